@@ -1,0 +1,1 @@
+"""The shared core: settings, Kafka plumbing, tokens, database tables, errors, fakes."""

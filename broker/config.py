@@ -1,0 +1,124 @@
+"""The configuration file: logical models and the provider deployments that serve them.
+
+One YAML file (`--config`, env `SLUICE_CONFIG`). Errors name the bad key, e.g.
+`models.gpt-4o.deployments[0]: unknown deployment 'eu-1'`.
+"""
+
+from __future__ import annotations
+
+import os
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from broker.errors import ConfigError
+from schemas import is_valid_topic_component
+
+
+class DeploymentConfig(BaseModel):
+    """One place a model can be called: a provider account, endpoint and upstream model."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    provider: Literal["openai", "simulated"]
+    """`openai` is any OpenAI-compatible HTTP API (OpenAI, vLLM, Ollama, llama.cpp server);
+    `simulated` answers in-process with deterministic text (no network, no cost)."""
+    model: Annotated[str, Field(min_length=1)]
+    base_url: str | None = None
+    api_key_env: str | None = None
+    timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    latency_ms: Annotated[float, Field(ge=0)] = 0.0
+
+    @model_validator(mode="after")
+    def _http_needs_url(self) -> DeploymentConfig:
+        if self.provider == "openai" and not self.base_url:
+            raise ValueError("base_url is required for provider 'openai'")
+        return self
+
+    def api_key(self) -> str | None:
+        """The secret, read from the named environment variable at call-site setup."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+    def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal | None:
+        """What the call cost, or None when no price is configured (never a silent zero)."""
+        if self.input_usd_per_mtok is None or self.output_usd_per_mtok is None:
+            return None
+        million = Decimal(1_000_000)
+        return (
+            self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens
+        ) / million
+
+
+class ModelConfig(BaseModel):
+    """A logical model clients ask for, served by an ordered list of deployments."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    deployments: Annotated[list[str], Field(min_length=1)]
+    encoding: str | None = None
+    """Token encoding for budgets; guessed from the upstream model name when absent."""
+
+
+class SluiceConfig(BaseModel):
+    """The whole configuration file."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
+    deployments: Annotated[dict[str, DeploymentConfig], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _references_resolve(self) -> SluiceConfig:
+        for name, model in self.models.items():
+            if not is_valid_topic_component(name):
+                raise ValueError(
+                    f"models.{name}: a model name may use only letters, digits, '.', '_' and "
+                    "'-' (it names a Kafka topic); put the provider's name in the "
+                    "deployment's 'model' instead"
+                )
+            for index, deployment in enumerate(model.deployments):
+                if deployment not in self.deployments:
+                    raise ValueError(
+                        f"models.{name}.deployments[{index}]: unknown deployment "
+                        f"'{deployment}' (known: {', '.join(sorted(self.deployments))})"
+                    )
+        return self
+
+    def deployment_chain(self, model: str) -> list[tuple[str, DeploymentConfig]]:
+        """The deployments serving `model`, in failover order."""
+        return [(name, self.deployments[name]) for name in self.models[model].deployments]
+
+
+def _describe(error: ValidationError) -> str:
+    lines = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"])
+        message = str(item["msg"]).removeprefix("Value error, ")
+        lines.append(f"{location}: {message}" if location else message)
+    return "; ".join(lines)
+
+
+def parse_config(data: Any, *, source: str = "config") -> SluiceConfig:
+    """Validate an already-parsed document; raise `ConfigError` naming the bad key."""
+    try:
+        return SluiceConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc)}") from exc
+
+
+def load_config(path: Path) -> SluiceConfig:
+    """Read and validate a YAML configuration file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return parse_config(data, source=str(path))

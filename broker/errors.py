@@ -1,0 +1,113 @@
+"""The one exception tree of sluicegate. The HTTP edge alone maps these to status codes.
+
+    SluiceError                      root; `retriable` says whether trying again may help
+    ├── ConfigError                  the config file or settings are wrong (not retriable)
+    ├── InvalidRequest               a client's request is malformed (not retriable)
+    │   ├── UnknownModel             no such logical model is configured
+    │   └── PayloadTooLarge          the body is over the configured limit
+    ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
+    ├── NotFound                     no such request (or not this tenant's)
+    ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
+    ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
+    ├── PoisonMessage                a Kafka message cannot be decoded or validated
+    └── ProviderError                a provider call failed; `status_code` when HTTP
+        ├── ProviderRetriable        429, 5xx, timeouts, connection errors
+        └── ProviderRejected         400/401/403/404/422: the request itself is refused
+"""
+
+from __future__ import annotations
+
+
+class SluiceError(Exception):
+    """Root of every error sluicegate raises on purpose."""
+
+    retriable: bool = False
+
+
+class ConfigError(SluiceError):
+    """The configuration is invalid; the message names the bad key."""
+
+
+class InvalidRequest(SluiceError):
+    """A client's request is malformed; `param` names the offending field."""
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param = param
+        self.code = code
+
+
+class UnknownModel(InvalidRequest):
+    """The requested logical model is not configured."""
+
+    def __init__(self, model: str):
+        super().__init__(
+            f"The model '{model}' does not exist; GET /v1/models lists the configured models.",
+            param="model",
+            code="model_not_found",
+        )
+        self.model = model
+
+
+class PayloadTooLarge(InvalidRequest):
+    """The request body is larger than the configured limit."""
+
+    def __init__(self, size: int, limit: int):
+        super().__init__(
+            f"Request body of {size} bytes is over the limit of {limit} bytes.",
+            code="request_too_large",
+        )
+
+
+class AuthenticationFailed(SluiceError):
+    """No API key, or one that is unknown or revoked."""
+
+
+class NotFound(SluiceError):
+    """The thing asked for does not exist, or belongs to another tenant."""
+
+
+class BrokerUnavailable(SluiceError):
+    """Kafka did not acknowledge in time; nothing was accepted."""
+
+    retriable = True
+
+
+class DatabaseUnavailable(SluiceError):
+    """PostgreSQL could not be reached."""
+
+    retriable = True
+
+
+class PoisonMessage(SluiceError):
+    """A Kafka message that can never be processed; it belongs in the dead-letter topic."""
+
+
+class ProviderError(SluiceError):
+    """A provider call failed."""
+
+    def __init__(self, message: str, *, status_code: int | None = None, deployment: str = ""):
+        super().__init__(message)
+        self.status_code = status_code
+        self.deployment = deployment
+
+
+class ProviderRetriable(ProviderError):
+    """Trying again (later, or elsewhere) may succeed: 429, 5xx, timeouts, connection errors."""
+
+    retriable = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        deployment: str = "",
+        retry_after_s: float | None = None,
+    ):
+        super().__init__(message, status_code=status_code, deployment=deployment)
+        self.retry_after_s = retry_after_s
+
+
+class ProviderRejected(ProviderError):
+    """The provider refused the request itself; failing over would not help."""

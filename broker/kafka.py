@@ -1,0 +1,156 @@
+"""Kafka plumbing shared by every process: clients, topics, codecs and dead letters.
+
+We drive aiokafka directly on the hot paths instead of FastStream's subscribers, because of
+three verified pitfalls (DESIGN.md): `ack()` commits every assigned partition's position
+(unsafe with concurrent processing), `nack()` redelivers at once with no backoff, and
+`request()` does not work on real Kafka. The pieces here make those paths explicit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from pydantic import BaseModel, ValidationError
+
+from broker.errors import BrokerUnavailable, PoisonMessage
+from broker.settings import KafkaSettings
+from schemas import Topics
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+Headers = Sequence[tuple[str, bytes]]
+
+DLQ_REASON = "x-sluice-dlq-reason"
+DLQ_TOPIC = "x-sluice-dlq-topic"
+DLQ_PARTITION = "x-sluice-dlq-partition"
+DLQ_OFFSET = "x-sluice-dlq-offset"
+DLQ_AT = "x-sluice-dlq-at"
+
+
+def topics_for(settings: KafkaSettings) -> Topics:
+    """Topic names under the configured prefix."""
+    return Topics(settings.topic_prefix)
+
+
+def new_producer(settings: KafkaSettings, *, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+    """A producer that answers only after every in-sync replica has the message."""
+    return AIOKafkaProducer(
+        bootstrap_servers=settings.kafka_bootstrap,
+        client_id=client_id,
+        acks="all",
+        # The development broker has no idempotent producer; duplicates are handled by ids.
+        enable_idempotence=False,
+        linger_ms=linger_ms,
+        request_timeout_ms=int(settings.publish_timeout_s * 1000),
+        max_batch_size=256 * 1024,
+    )
+
+
+def new_consumer(
+    settings: KafkaSettings,
+    *,
+    client_id: str,
+    group_id: str | None,
+    **overrides: Any,
+) -> AIOKafkaConsumer:
+    """A consumer that never auto-commits: callers commit after their effect is durable."""
+    options: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "client_id": client_id,
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "max_poll_interval_ms": 300_000,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+    }
+    options.update(overrides)
+    return AIOKafkaConsumer(**options)
+
+
+async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
+    """Create topics that do not exist yet (idempotent; racing creators are fine)."""
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    try:
+        await admin.start()
+    except KafkaError as exc:
+        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}") from exc
+    try:
+        existing = set(await admin.list_topics())
+        missing = [
+            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            for name in wanted
+            if name not in existing
+        ]
+        if missing:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(missing)
+    finally:
+        await admin.close()
+
+
+def encode(message: BaseModel) -> bytes:
+    """JSON bytes of a contract message."""
+    return message.model_dump_json(exclude_none=True).encode()
+
+
+def decode(model: type[ModelT], record: ConsumerRecord[bytes, bytes]) -> ModelT:
+    """Parse a record's value, or raise `PoisonMessage` saying exactly why it cannot be."""
+    if record.value is None:
+        raise PoisonMessage("empty message value")
+    try:
+        return model.model_validate_json(record.value)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(part) for part in first["loc"]) or "message"
+        raise PoisonMessage(
+            f"not a valid {model.__name__}: {where}: {first['msg']} ({exc.error_count()} errors)"
+        ) from exc
+
+
+def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
+    """The first header called `name`, decoded, or None."""
+    for key, value in record.headers or ():
+        if key == name and value is not None:
+            return value.decode(errors="replace")
+    return None
+
+
+async def send_to_dead_letter(
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    record: ConsumerRecord[bytes, bytes],
+    reason: str,
+) -> None:
+    """Park a message that cannot be processed, with where it came from and why.
+
+    The original bytes, key and headers are kept so `sluice dead-letters replay` can send
+    it back unchanged once the cause is fixed.
+    """
+    headers = [
+        *(record.headers or ()),
+        (DLQ_REASON, reason.encode()),
+        (DLQ_TOPIC, record.topic.encode()),
+        (DLQ_PARTITION, str(record.partition).encode()),
+        (DLQ_OFFSET, str(record.offset).encode()),
+        (DLQ_AT, datetime.now(UTC).isoformat().encode()),
+    ]
+    await producer.send_and_wait(
+        topics.dead_letter, value=record.value, key=record.key, headers=headers
+    )
+
+
+async def wait_all(futures: Iterable[asyncio.Future[Any]]) -> None:
+    """Await several produce futures, raising the first failure."""
+    await asyncio.gather(*futures)

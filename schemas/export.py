@@ -1,0 +1,23 @@
+"""JSON Schema of every message, for Kafka-native clients in any language."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from schemas.chat import ChatCompletion, ChatCompletionRequest
+from schemas.messages import InferenceRequest, InferenceResult, UsageEvent
+
+EXPORTED: dict[str, type[BaseModel]] = {
+    "InferenceRequest": InferenceRequest,
+    "InferenceResult": InferenceResult,
+    "UsageEvent": UsageEvent,
+    "ChatCompletionRequest": ChatCompletionRequest,
+    "ChatCompletion": ChatCompletion,
+}
+
+
+def json_schemas() -> dict[str, dict[str, Any]]:
+    """Each exported model's JSON Schema (validation mode), by model name."""
+    return {name: model.model_json_schema() for name, model in EXPORTED.items()}

@@ -1,0 +1,122 @@
+"""Messages that cross Kafka: commands (`InferenceRequest`) and events (result, usage).
+
+Every message carries a stable id and `schema_version`; consumers use the id to make every
+effect idempotent (Kafka delivers at least once). Models are frozen and forbid unknown
+fields: a producer that sends something else finds out from the dead-letter topic, not from
+a silently dropped field.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from decimal import Decimal
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.chat import ChatCompletion, ChatCompletionRequest
+
+SCHEMA_VERSION = 1
+
+
+class Lane(StrEnum):
+    """Which queue a request waits in; interactive is always served first."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class RequestStatus(StrEnum):
+    """Life cycle of a request; the last four are final."""
+
+    QUEUED = "queued"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    EXPIRED = "expired"
+    CANCELLED = "cancelled"
+
+
+FINAL_STATUSES = frozenset(
+    {RequestStatus.SUCCEEDED, RequestStatus.FAILED, RequestStatus.EXPIRED, RequestStatus.CANCELLED}
+)
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+class InferenceRequest(_Message):
+    """Command: answer this chat request. Key on Kafka: `id`.
+
+    `reply_to` and `correlation_id` are canonical here in the body; ingress mirrors them
+    into headers so routers can read them without parsing JSON.
+    """
+
+    id: Annotated[str, Field(min_length=1, max_length=200)]
+    model: Annotated[str, Field(min_length=1)]
+    body: ChatCompletionRequest
+    tenant: str = "default"
+    api_key_id: str | None = None
+    lane: Lane = Lane.INTERACTIVE
+    created_at: datetime
+    deadline: datetime | None = None
+    reply_to: str | None = None
+    correlation_id: str | None = None
+    attempt: Annotated[int, Field(ge=0)] = 0
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class ErrorInfo(BaseModel):
+    """Why a request did not succeed, in OpenAI's error vocabulary."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    type: str
+    code: str | None = None
+    message: str
+
+
+class InferenceResult(_Message):
+    """Event: a request reached its final answer. Key on Kafka: `request_id`."""
+
+    request_id: str
+    model: str
+    status: RequestStatus
+    completion: ChatCompletion | None = None
+    error: ErrorInfo | None = None
+    tenant: str = "default"
+    api_key_id: str | None = None
+    deployment: str | None = None
+    provider: str | None = None
+    attempts: Annotated[int, Field(ge=0)] = 0
+    correlation_id: str | None = None
+    created_at: datetime
+    finished_at: datetime
+
+
+class UsageEvent(_Message):
+    """Event: one provider call consumed tokens. Key on Kafka: `tenant`.
+
+    `event_id` is assigned once per provider call, so a redelivered event never becomes a
+    second ledger row while a second (billed) call always does.
+    """
+
+    event_id: str
+    request_id: str
+    tenant: str
+    api_key_id: str | None = None
+    model: str
+    deployment: str
+    provider: str
+    provider_request_id: str | None = None
+    input_tokens: Annotated[int, Field(ge=0)]
+    output_tokens: Annotated[int, Field(ge=0)]
+    cost_usd: Decimal | None = None
+    latency_ms: Annotated[float, Field(ge=0)]
+    status: Literal["succeeded", "failed"]
+    attempt: Annotated[int, Field(ge=0)] = 0
+    started_at: datetime
+    finished_at: datetime

@@ -1,0 +1,124 @@
+"""The `sluice` command line: one entry point for every process of the stack.
+
+Settings are read from the environment here, once, and passed down as typed objects.
+Each subcommand's implementation is imported lazily so `sluice --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from broker.errors import SluiceError
+
+Handler = Callable[[argparse.Namespace], int]
+
+
+def _handler(module: str, function: str) -> Handler:
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        target: Handler = getattr(importlib.import_module(module), function)
+        return target(args)
+
+    return run
+
+
+def _add_config(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="model/deployment config file (YAML); default: $SLUICE_CONFIG",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full command tree (tests check compose.yaml's commands against it)."""
+    parser = argparse.ArgumentParser(
+        prog="sluice",
+        description="sluicegate: a queued inference broker for LLM APIs.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    dev = commands.add_parser("dev", help="run the whole stack locally, embedded")
+    _add_config(dev)
+    dev.add_argument("--state-dir", type=Path, default=Path(".sluice"))
+    dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
+    dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
+    dev.add_argument("--latency-ms", type=float, default=0.0, help="simulated provider latency")
+    dev.set_defaults(handler=_handler("sluice.dev", "run_dev"))
+
+    ingress = commands.add_parser("ingress", help="run the OpenAI-compatible HTTP edge")
+    _add_config(ingress)
+    ingress.add_argument("--host", default=None)
+    ingress.add_argument("--port", type=int, default=None)
+    ingress.set_defaults(handler=_handler("sluice.processes", "run_ingress"))
+
+    worker = commands.add_parser("worker", help="run an inference worker pool")
+    _add_config(worker)
+    worker.add_argument("--models", default=None, help="comma-separated models (default: all)")
+    worker.add_argument("--concurrency", type=int, default=None)
+    worker.set_defaults(handler=_handler("sluice.processes", "run_worker"))
+
+    ledger = commands.add_parser("ledger", help="record usage and results in PostgreSQL")
+    ledger.set_defaults(handler=_handler("sluice.processes", "run_ledger"))
+
+    migrate = commands.add_parser("migrate", help="apply database migrations (Alembic)")
+    migrate.set_defaults(handler=_handler("sluice.processes", "run_migrate"))
+
+    mock = commands.add_parser("mock-provider", help="run the simulated OpenAI-compatible provider")
+    mock.add_argument("--host", default="127.0.0.1")
+    mock.add_argument("--port", type=int, default=9000)
+    mock.add_argument("--latency-ms", type=float, default=0.0)
+    mock.add_argument("--jitter-ms", type=float, default=0.0)
+    mock.add_argument("--output-tokens", type=int, default=16)
+    mock.set_defaults(handler=_handler("sluice.processes", "run_mock_provider"))
+
+    bench = commands.add_parser("bench", help="drive a running stack and report speed")
+    bench.add_argument("--state-dir", type=Path, default=Path(".sluice"))
+    bench.add_argument("--url", default=None, help="ingress URL (default: from sluice dev)")
+    bench.add_argument("--api-key", default=None)
+    bench.add_argument("--model", default=None)
+    bench.add_argument("--concurrency", type=int, default=64)
+    bench.add_argument("--requests", type=int, default=5000)
+    bench.add_argument("--warmup", type=int, default=200)
+    bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
+
+    schemas = commands.add_parser("schemas", help="the wire contract")
+    schema_commands = schemas.add_subparsers(dest="schemas_command", required=True)
+    export = schema_commands.add_parser("export", help="write JSON Schema files")
+    export.add_argument("directory", type=Path)
+    export.set_defaults(handler=_handler("sluice.processes", "run_schemas_export"))
+
+    config = commands.add_parser("config", help="configuration files")
+    config_commands = config.add_subparsers(dest="config_command", required=True)
+    check = config_commands.add_parser("check", help="validate a config file")
+    check.add_argument("file", type=Path)
+    check.set_defaults(handler=_handler("sluice.processes", "run_config_check"))
+
+    keys = commands.add_parser("keys", help="API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default=None)
+    create.set_defaults(handler=_handler("sluice.processes", "run_keys_create"))
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `sluice` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except SluiceError as exc:
+        print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
