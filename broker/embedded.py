@@ -36,16 +36,18 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(probe.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, timeout_s: float, process: subprocess.Popen[bytes]) -> None:
-    """Block until something accepts connections on `host:port`, or fail with its log."""
+def wait_for_port(
+    host: str, port: int, timeout_s: float, process: subprocess.Popen[bytes], name: str
+) -> None:
+    """Block until something accepts connections on `host:port`, or fail naming `name`."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise ConfigError(f"{process.args[0]} exited with code {process.returncode}")
+            raise ConfigError(f"{name} exited with code {process.returncode}")
         with contextlib.suppress(OSError), socket.create_connection((host, port), 0.2):
             return
         time.sleep(0.02)
-    raise ConfigError(f"{process.args[0]} did not listen on {host}:{port} in {timeout_s}s")
+    raise ConfigError(f"{name} did not listen on {host}:{port} in {timeout_s}s")
 
 
 class _ChildProcess:
@@ -101,7 +103,7 @@ class EmbeddedKafka(_ChildProcess):
         log_path = self.log_path or Path(os.devnull)
         with open(log_path, "ab") as log:
             self._process = self._spawn(url, log)
-        wait_for_port("127.0.0.1", self.port, 15, self._process)
+        wait_for_port("127.0.0.1", self.port, 15, self._process, "Kafka-protocol broker (Tansu)")
         return self
 
     @staticmethod
@@ -175,7 +177,7 @@ class EmbeddedPostgres(_ChildProcess):
                 user=user,
                 start_new_session=True,
             )
-        wait_for_port("127.0.0.1", self.port, 30, self._process)
+        wait_for_port("127.0.0.1", self.port, 30, self._process, "embedded PostgreSQL")
         self._wait_ready(bin_dir)
         return self
 

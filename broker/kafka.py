@@ -39,7 +39,9 @@ def topics_for(settings: KafkaSettings) -> Topics:
     return Topics(settings.topic_prefix)
 
 
-def new_producer(settings: KafkaSettings, *, client_id: str, linger_ms: int = 0) -> AIOKafkaProducer:
+def new_producer(
+    settings: KafkaSettings, *, client_id: str, linger_ms: int = 0
+) -> AIOKafkaProducer:
     """A producer that answers only after every in-sync replica has the message."""
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
@@ -69,8 +71,8 @@ def new_consumer(
         "auto_offset_reset": "earliest",
         "fetch_max_wait_ms": settings.fetch_max_wait_ms,
         "max_poll_interval_ms": 300_000,
-        "session_timeout_ms": 10_000,
-        "heartbeat_interval_ms": 1_000,
+        "session_timeout_ms": settings.session_timeout_ms,
+        "heartbeat_interval_ms": settings.heartbeat_interval_ms,
     }
     options.update(overrides)
     return AIOKafkaConsumer(**options)
@@ -123,7 +125,7 @@ def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
     """The first header called `name`, decoded, or None."""
     for key, value in record.headers or ():
         if key == name and value is not None:
-            return value.decode(errors="replace")
+            return bytes(value).decode(errors="replace")
     return None
 
 

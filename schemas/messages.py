@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.chat import ChatCompletion, ChatCompletionRequest
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Literal[1] = 1
 
 
 class Lane(StrEnum):

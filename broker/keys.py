@@ -1,0 +1,216 @@
+"""API keys: creation, lookup by hash, and a TTL cache for the HTTP edge.
+
+Only the sha256 of a secret is stored. Secrets carry 192 random bits, so a plain (unsalted,
+fast) hash is safe: there is nothing to brute-force, and lookup stays one indexed equality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.database import database_errors
+from broker.tables import api_keys
+
+SECRET_PREFIX = "sk-sluice-"
+_SHOWN_CHARS = len(SECRET_PREFIX) + 4  # "sk-sluice-ab12": enough to tell keys apart
+
+
+@dataclass(frozen=True, slots=True)
+class NewApiKey:
+    """A freshly generated key; `secret` exists only here and is shown to its owner once."""
+
+    id: str
+    secret: str
+    prefix: str
+    key_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class ApiKeyRecord:
+    """A stored API key (never the secret)."""
+
+    id: str
+    tenant: str
+    name: str | None
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def hash_secret(secret: str) -> str:
+    """The stored form of a secret: sha256, hex."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def generate_api_key() -> NewApiKey:
+    """A new random key: `sk-sluice-` plus 32 URL-safe characters (192 bits)."""
+    secret = SECRET_PREFIX + secrets.token_urlsafe(24)
+    return NewApiKey(
+        id=f"key_{secrets.token_hex(6)}",
+        secret=secret,
+        prefix=secret[:_SHOWN_CHARS],
+        key_hash=hash_secret(secret),
+    )
+
+
+def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in SQLAlchemy 2.0/2.1)
+    return ApiKeyRecord(
+        id=row.id,
+        tenant=row.tenant,
+        name=row.name,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+_COLUMNS = (
+    api_keys.c.id,
+    api_keys.c.tenant,
+    api_keys.c.name,
+    api_keys.c.prefix,
+    api_keys.c.created_at,
+    api_keys.c.revoked_at,
+)
+
+
+async def create_api_key(
+    engine: AsyncEngine, tenant: str, name: str | None = None
+) -> tuple[str, ApiKeyRecord]:
+    """Create and store a key for `tenant`.
+
+    Returns:
+        The plaintext secret (the only time it is available) and the stored record.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    new = generate_api_key()
+    statement = (
+        api_keys.insert()
+        .values(id=new.id, tenant=tenant, name=name, prefix=new.prefix, key_hash=new.key_hash)
+        .returning(*_COLUMNS)
+    )
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            row = (await connection.execute(statement)).one()
+    return new.secret, _record(row)
+
+
+async def find_api_key(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
+    """The active key whose secret this is, or None (unknown or revoked).
+
+    Also stamps `last_used_at`; behind `ApiKeyCache` that is once per cache miss, not once
+    per request.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    if not secret.startswith(SECRET_PREFIX):
+        return None  # not one of ours: no need to ask the database
+    statement = (
+        update(api_keys)
+        .where(api_keys.c.key_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None))
+        .values(last_used_at=func.now())
+        .returning(*_COLUMNS)
+    )
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+    return None if row is None else _record(row)
+
+
+async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
+    """Revoke a key by id; False if there is no such active key.
+
+    Edges that cache lookups (`ApiKeyCache`) keep accepting it for up to their positive TTL.
+    """
+    statement = (
+        update(api_keys)
+        .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+        .values(revoked_at=func.now())
+        .returning(api_keys.c.id)
+    )
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            return (await connection.execute(statement)).one_or_none() is not None
+
+
+async def list_api_keys(engine: AsyncEngine, tenant: str) -> list[ApiKeyRecord]:
+    """Every key of `tenant`, oldest first, revoked ones included."""
+    statement = select(*_COLUMNS).where(api_keys.c.tenant == tenant).order_by(api_keys.c.created_at)
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+    return [_record(row) for row in rows]
+
+
+class ApiKeyCache:
+    """`find_api_key` behind an in-memory TTL cache, so the edge rarely asks PostgreSQL.
+
+    Misses for the same secret that arrive together share one lookup. Entries are keyed by
+    the secret's hash, so plaintext secrets are not kept. A revoked key stays accepted for
+    up to `ttl_s`; an unknown key is rejected for `negative_ttl_s` even if created meanwhile.
+    """
+
+    def __init__(
+        self,
+        engine: AsyncEngine,
+        *,
+        ttl_s: float = 30.0,
+        negative_ttl_s: float = 5.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._negative_ttl_s = negative_ttl_s
+        self._max_entries = max_entries
+        self._clock = clock
+        self._entries: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._lookups: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
+
+    async def get(self, secret: str) -> ApiKeyRecord | None:
+        """The active key for `secret`, or None.
+
+        Raises:
+            DatabaseUnavailable: not cached and PostgreSQL cannot be reached (not cached).
+        """
+        key = hash_secret(secret)
+        entry = self._entries.get(key)
+        if entry is not None and entry[0] > self._clock():
+            return entry[1]
+        pending = self._lookups.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._lookup(key, secret))
+            self._lookups[key] = pending
+            pending.add_done_callback(lambda _: self._lookups.pop(key, None))
+        # Shielded: one caller giving up must not cancel the lookup the others wait for.
+        return await asyncio.shield(pending)
+
+    def invalidate(self, secret: str | None = None) -> None:
+        """Forget one secret's entry, or every entry."""
+        if secret is None:
+            self._entries.clear()
+        else:
+            self._entries.pop(hash_secret(secret), None)
+
+    async def _lookup(self, key: str, secret: str) -> ApiKeyRecord | None:
+        record = await find_api_key(self._engine, secret)
+        ttl = self._ttl_s if record is not None else self._negative_ttl_s
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._max_entries:
+            # Dicts keep insertion order: drop the oldest entry.
+            self._entries.pop(next(iter(self._entries)))
+        self._entries[key] = (self._clock() + ttl, record)
+        return record

@@ -1,0 +1,122 @@
+"""The deterministic brain of the simulated provider.
+
+Shared by the HTTP simulator (`sluice mock-provider`) and the in-process simulated
+deployment, so both answer the same prompt with the same text and the same usage. The
+answer is plain English words, each a single token in every bundled encoding, chosen by a
+hash of the prompt; its usage is counted with the model's real encoding, so budgets and
+the ledger see token-accurate numbers. It is on the benchmark hot path: keep it cheap.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from functools import lru_cache
+from hashlib import blake2b
+
+from broker.tokens import count_chat_prompt_tokens, encoding_for_model
+from schemas import ChatCompletion, ChatCompletionRequest, Choice, CompletionMessage, Usage
+
+# Common words that are one token each, with and without a leading space, in cl100k_base,
+# o200k_base, llama3 and qwen3, so n words (or n-1 and a full stop) are n tokens.
+WORDS = (
+    "the", "of", "and", "to", "in", "is", "that", "it", "for", "was", "on", "are", "with",
+    "as", "be", "at", "by", "this", "have", "from", "or", "one", "had", "not", "but", "what",
+    "all", "were", "when", "we", "there", "can", "an", "your", "which", "their", "said", "if",
+    "do", "will", "each", "about", "how", "up", "out", "them", "then", "she", "many", "some",
+    "so", "these", "would", "other", "into", "has", "more", "her", "two", "like", "him",
+    "see", "time", "could",
+)  # fmt: skip
+
+_MASK64 = (1 << 64) - 1
+# Knuth's MMIX linear congruential generator: cheap, and plenty for picking words.
+_LCG_MULTIPLIER = 6364136223846793005
+_LCG_INCREMENT = 1442695040888963407
+
+
+@lru_cache(maxsize=64)
+def _words_for(encoding: str) -> tuple[str, ...]:
+    """The words that really are single tokens in `encoding` (all of them, when bundled)."""
+    count = encoding_for_model("", encoding).count
+    words = tuple(w for w in WORDS if count(w) == 1 and count(" " + w) == 1)
+    # An encoding where no word fits still gets text; its usage is then counted, not assumed.
+    return words or WORDS
+
+
+def _prompt_seed(body: ChatCompletionRequest) -> int:
+    digest = blake2b(digest_size=8)
+    for message in body.messages:
+        digest.update(f"{message.role}\x00{message.name or ''}\x00{message.text()}\x01".encode())
+    return int.from_bytes(digest.digest(), "little")
+
+
+def _text(seed: int, words: tuple[str, ...], count: int, *, full_stop: bool) -> str:
+    """`count` tokens of words; a finished answer ends with a full stop (one more token)."""
+    if count <= 0:
+        return ""
+    n_words = count - 1 if full_stop and count > 1 else count
+    picked = []
+    state = seed
+    size = len(words)
+    for _ in range(n_words):
+        state = (state * _LCG_MULTIPLIER + _LCG_INCREMENT) & _MASK64
+        picked.append(words[(state >> 40) % size])
+    text = " ".join(picked)
+    return text + "." if n_words < count else text
+
+
+def simulate_completion(
+    body: ChatCompletionRequest,
+    *,
+    upstream_model: str,
+    output_tokens: int = 16,
+    request_id: str | None = None,
+    created: int | None = None,
+    encoding: str | None = None,
+) -> ChatCompletion:
+    """Answer `body` deterministically, with token-accurate usage.
+
+    Args:
+        body: The chat completion request.
+        upstream_model: The model name reported back and used to choose the encoding.
+        output_tokens: How many tokens a "natural" answer has; `max_tokens` (or
+            `max_completion_tokens`) below this truncates it with finish_reason "length".
+        request_id: The completion id; a fresh `chatcmpl-sim-<hex>` when None.
+        created: Unix time of the completion; now when None.
+        encoding: An encoding name overriding the guess from `upstream_model`.
+
+    Returns:
+        A `chat.completion`; the same prompt always gets the same text.
+    """
+    token_encoding = encoding_for_model(upstream_model, encoding)
+    limit = body.output_limit()
+    truncated = limit is not None and limit < output_tokens
+    target = limit if truncated and limit is not None else output_tokens
+    text = _text(
+        _prompt_seed(body), _words_for(token_encoding.name), target, full_stop=not truncated
+    )
+    prompt_tokens = count_chat_prompt_tokens(body.messages, upstream_model, encoding)
+    # Counted, not assumed: the word list guarantees `target` for bundled encodings, and
+    # the count keeps usage honest for any other.
+    completion_tokens = token_encoding.count(text)
+    # model_construct: every value here is built by us and already valid, and validation
+    # would cost more than the whole rest of the simulation.
+    return ChatCompletion.model_construct(
+        id=request_id or f"chatcmpl-sim-{os.urandom(12).hex()}",
+        object="chat.completion",
+        created=int(time.time()) if created is None else created,
+        model=upstream_model,
+        choices=[
+            Choice.model_construct(
+                index=0,
+                message=CompletionMessage.model_construct(role="assistant", content=text),
+                finish_reason="length" if truncated else "stop",
+            )
+        ],
+        usage=Usage.model_construct(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            total_tokens=prompt_tokens + completion_tokens,
+        ),
+        system_fingerprint=None,
+    )

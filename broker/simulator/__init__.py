@@ -1,0 +1,18 @@
+"""The simulated OpenAI-compatible provider: `sluice mock-provider`.
+
+Deterministic answers with token-accurate usage, configurable latency, and counters at
+`GET /stats`, for load tests and development without a real (paid) provider.
+"""
+
+from broker.simulator.app import SimulatorApp, create_simulator_app
+from broker.simulator.server import serve_simulator
+from broker.simulator.settings import SimulatorSettings
+from broker.simulator.state import SimulatorState
+
+__all__ = [
+    "SimulatorApp",
+    "SimulatorSettings",
+    "SimulatorState",
+    "create_simulator_app",
+    "serve_simulator",
+]

@@ -1,0 +1,128 @@
+"""The simulated OpenAI-compatible provider as a bare ASGI app.
+
+Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, `GET /stats`.
+Answers come from `broker.simulation`, so they are deterministic per prompt and their
+usage is token-accurate; the same brain serves the in-process simulated deployment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Awaitable, Callable
+
+import orjson
+from pydantic import ValidationError
+
+from broker.simulation import simulate_completion
+from broker.simulator.asgi import (
+    Receive,
+    Scope,
+    Send,
+    describe_invalid,
+    error_body,
+    read_body,
+    send_json,
+)
+from broker.simulator.settings import SimulatorSettings
+from broker.simulator.state import SimulatorState
+from schemas import ChatCompletionRequest
+
+_Handler = Callable[["SimulatorApp", Receive, Send], Awaitable[None]]
+
+
+class SimulatorApp:
+    """An ASGI app answering like an OpenAI-compatible chat completions API.
+
+    Attributes:
+        settings: How it behaves.
+        state: What it has done so far (served by `GET /stats`).
+    """
+
+    def __init__(self, settings: SimulatorSettings) -> None:
+        self.settings = settings
+        self.state = SimulatorState(seed=settings.seed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Serve one ASGI connection."""
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        if scope["type"] != "http":
+            return
+        method, path = scope["method"], scope["path"].rstrip("/")
+        route = _ROUTES.get(path)
+        if route is None:
+            message = f"Invalid URL ({method} {scope['path']})"
+            await send_json(send, 404, error_body(message, code="unknown_url"))
+        elif method != route[0]:
+            message = f"Method {method} is not allowed for {path}; use {route[0]}."
+            await send_json(send, 405, error_body(message, code="method_not_allowed"))
+        else:
+            await route[1](self, receive, send)
+
+    async def _chat_completions(self, receive: Receive, send: Send) -> None:
+        state, settings = self.state, self.settings
+        state.requests += 1
+        # One id names the call in the header and the body, as a real provider's logs would.
+        token = os.urandom(12).hex()
+        headers = [(b"x-request-id", f"req-sim-{token}".encode())]
+        raw = await read_body(receive)
+        try:
+            body = ChatCompletionRequest.model_validate_json(raw)
+        except ValidationError as exc:
+            message, param = describe_invalid(exc)
+            state.record_error(400)
+            await send_json(send, 400, error_body(message, param=param), headers)
+            return
+        delay_ms = settings.latency_ms
+        if settings.jitter_ms > 0:
+            delay_ms += state.random.random() * settings.jitter_ms
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
+        completion = simulate_completion(
+            body,
+            upstream_model=body.model,
+            output_tokens=settings.output_tokens,
+            request_id=f"chatcmpl-sim-{token}",
+            encoding=settings.encoding,
+        )
+        state.record_success(completion.usage)
+        await send_json(send, 200, completion.model_dump_json().encode(), headers)
+
+    async def _models(self, receive: Receive, send: Send) -> None:
+        data = [
+            {"id": model, "object": "model", "created": 0, "owned_by": "sluicegate-simulator"}
+            for model in self.settings.models
+        ]
+        await send_json(send, 200, orjson.dumps({"object": "list", "data": data}))
+
+    async def _health(self, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, b'{"status":"ok"}')
+
+    async def _stats(self, receive: Receive, send: Send) -> None:
+        await send_json(send, 200, orjson.dumps(self.state.snapshot()))
+
+
+_ROUTES: dict[str, tuple[str, _Handler]] = {
+    "/v1/chat/completions": ("POST", SimulatorApp._chat_completions),
+    "/v1/models": ("GET", SimulatorApp._models),
+    "/health": ("GET", SimulatorApp._health),
+    "/stats": ("GET", SimulatorApp._stats),
+}
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    # Nothing to start or stop; answering keeps servers from logging "unsupported".
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+def create_simulator_app(settings: SimulatorSettings) -> SimulatorApp:
+    """Build the simulator's ASGI app (its `state` holds the counters)."""
+    return SimulatorApp(settings)

@@ -1,0 +1,29 @@
+"""Run the simulator as an HTTP server (`sluice mock-provider`)."""
+
+from __future__ import annotations
+
+import uvicorn
+
+from broker.simulator.app import create_simulator_app
+from broker.simulator.settings import SimulatorSettings
+
+
+def serve_simulator(settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    """Serve the simulator until interrupted (blocking).
+
+    Args:
+        settings: How the simulator behaves.
+        host: Interface to listen on.
+        port: TCP port to listen on.
+    """
+    uvicorn.run(
+        create_simulator_app(settings),
+        host=host,
+        port=port,
+        # "auto" picks uvloop and httptools when installed: the simulator sits on the
+        # benchmark path, and the access log alone would cost more than an answer.
+        loop="auto",
+        http="auto",
+        access_log=False,
+        log_level="warning",
+    )

@@ -1,0 +1,48 @@
+"""What the simulator has done so far, served by `GET /stats`."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+from typing import Any
+
+from schemas import Usage
+
+
+class SimulatorState:
+    """Counters of one simulator app (one per process; the event loop is single-threaded).
+
+    New features add their own counters here and to `snapshot()`; readers of `/stats`
+    must ignore keys they do not know.
+    """
+
+    def __init__(self, *, seed: int | None = None) -> None:
+        self.requests = 0
+        self.succeeded = 0
+        self.prompt_tokens = 0
+        self.completion_tokens = 0
+        self.errors_by_status: Counter[int] = Counter()
+        self.random = random.Random(seed)
+
+    def record_success(self, usage: Usage | None) -> None:
+        """Count a chat completion answered with 200."""
+        self.succeeded += 1
+        if usage is not None:
+            self.prompt_tokens += usage.prompt_tokens
+            self.completion_tokens += usage.completion_tokens
+
+    def record_error(self, status: int) -> None:
+        """Count a chat completion answered with an error status."""
+        self.errors_by_status[status] += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The counters as JSON-ready data (status codes become string keys)."""
+        return {
+            "requests": self.requests,
+            "succeeded": self.succeeded,
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "errors_by_status": {
+                str(status): count for status, count in sorted(self.errors_by_status.items())
+            },
+        }

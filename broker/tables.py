@@ -1,0 +1,110 @@
+"""The PostgreSQL schema as SQLAlchemy Core tables: the usage ledger, requests and API keys.
+
+Migrations in `migrations/versions` are written by hand and must match these definitions;
+`tests/integration/test_database.py` compares the two. Money is `numeric` (never float) and
+every timestamp is `timestamptz`, so analysts can sum cost exactly and compare times across
+zones.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    CheckConstraint,
+    Column,
+    DateTime,
+    Double,
+    Index,
+    Integer,
+    MetaData,
+    Numeric,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+# Stable constraint names, so later migrations can refer to them.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+REQUEST_STATUSES = ("queued", "succeeded", "failed", "expired", "cancelled")
+
+
+def _timestamp(name: str, *, nullable: bool = False, now: bool = False) -> Column[object]:
+    return Column(
+        name,
+        DateTime(timezone=True),
+        nullable=nullable,
+        server_default=func.now() if now else None,
+    )
+
+
+usage_events = Table(
+    "usage_events",
+    metadata,
+    # Assigned once per provider call by the worker: a redelivered event is the same row.
+    Column("event_id", Text, primary_key=True),
+    Column("request_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("api_key_id", Text, nullable=True),
+    Column("model", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    # The provider's own id, for reconciling our ledger against its invoice.
+    Column("provider_request_id", Text, nullable=True),
+    Column("attempt", Integer, nullable=False, server_default="0"),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    Column("cost_usd", Numeric(20, 10), nullable=True),
+    Column("latency_ms", Double, nullable=False),
+    Column("status", Text, nullable=False),
+    _timestamp("started_at"),
+    _timestamp("finished_at"),
+    _timestamp("recorded_at", now=True),
+    Index(None, "tenant", "finished_at"),
+    Index(None, "model", "finished_at"),
+    Index(None, "request_id"),
+)
+
+requests = Table(
+    "requests",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("api_key_id", Text, nullable=True),
+    Column("model", Text, nullable=False),
+    # Null only while the result has been recorded but the request itself not yet seen.
+    Column("lane", Text, nullable=True),
+    Column("status", Text, nullable=False),
+    Column("result", JSONB, nullable=True),
+    Column("error", JSONB, nullable=True),
+    _timestamp("created_at"),
+    _timestamp("finished_at", nullable=True),
+    _timestamp("updated_at", now=True),
+    CheckConstraint(
+        "status IN ('queued', 'succeeded', 'failed', 'expired', 'cancelled')", name="status"
+    ),
+    Index(None, "tenant", "created_at"),
+)
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("name", Text, nullable=True),
+    # First characters of the secret, shown to humans to tell keys apart.
+    Column("prefix", Text, nullable=False),
+    # sha256 hex of the full secret; the secret itself is never stored.
+    Column("key_hash", Text, nullable=False, unique=True),
+    _timestamp("created_at", now=True),
+    _timestamp("revoked_at", nullable=True),
+    _timestamp("last_used_at", nullable=True),
+    Index(None, "tenant"),
+)

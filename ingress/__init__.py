@@ -1,0 +1,1 @@
+"""The HTTP edge: an OpenAI-compatible API that turns requests into Kafka messages."""

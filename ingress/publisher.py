@@ -1,0 +1,84 @@
+"""Publishing requests: an answer of 200/202 only after Kafka acknowledged (acks=all)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from broker.errors import BrokerUnavailable
+from broker.kafka import encode, new_producer, topics_for
+from broker.settings import KafkaSettings
+from schemas import InferenceRequest
+
+log = logging.getLogger("sluice.ingress")
+
+
+class RequestPublisher:
+    """Owns the ingress producer; keeps trying to connect while Kafka is away."""
+
+    def __init__(self, kafka: KafkaSettings):
+        self._kafka = kafka
+        self._topics = topics_for(kafka)
+        self._producer: AIOKafkaProducer | None = None
+        self._connector: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        """Whether the producer is connected."""
+        return self._producer is not None
+
+    async def start(self) -> None:
+        """Connect now if Kafka answers; otherwise keep trying in the background."""
+        if not await self._try_connect():
+            self._connector = asyncio.create_task(self._keep_connecting())
+
+    async def _try_connect(self) -> bool:
+        producer = new_producer(self._kafka, client_id="sluice-ingress")
+        try:
+            await producer.start()
+        except KafkaError as exc:
+            log.warning("Kafka at %s unreachable (%s); answering 503 meanwhile",
+                        self._kafka.kafka_bootstrap, exc)
+            await producer.stop()
+            return False
+        self._producer = producer
+        return True
+
+    async def _keep_connecting(self) -> None:
+        delay = 0.5
+        while not await self._try_connect():
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def publish(self, request: InferenceRequest, traceparent: str | None = None) -> None:
+        """Send `request` to its model's topic and wait for the acknowledgement."""
+        if self._producer is None:
+            raise BrokerUnavailable(f"Kafka at {self._kafka.kafka_bootstrap} is unreachable.")
+        headers = [("correlation_id", (request.correlation_id or request.id).encode())]
+        if request.reply_to:
+            headers.append(("reply_to", request.reply_to.encode()))
+        if traceparent:
+            headers.append(("traceparent", traceparent.encode()))
+        try:
+            await self._producer.send_and_wait(
+                self._topics.requests(request.model, request.lane),
+                encode(request),
+                key=request.id.encode(),
+                headers=headers,
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge the request ({exc}).") from exc
+
+    async def stop(self) -> None:
+        """Flush and disconnect."""
+        if self._connector is not None:
+            self._connector.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connector
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None

@@ -1,0 +1,111 @@
+"""Reply correlation for callers waiting on HTTP.
+
+FastStream's `broker.request()` does not work on real Kafka (DESIGN.md), so each ingress
+instance reads its own reply topic and resolves a map of correlation id -> future. The
+consumer has no group: it reads every partition of its topic from the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from broker.errors import PoisonMessage
+from broker.kafka import decode, ensure_topics, header, new_consumer, topics_for
+from broker.settings import KafkaSettings
+from schemas import InferenceResult
+
+log = logging.getLogger("sluice.ingress")
+
+
+class ReplyListener:
+    """Delivers results arriving on this instance's reply topic to their waiters."""
+
+    def __init__(self, kafka: KafkaSettings, ingress_id: str):
+        self._kafka = kafka
+        self.topic = topics_for(kafka).replies(ingress_id)
+        self._waiters: dict[str, asyncio.Future[InferenceResult]] = {}
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Start reading; if Kafka is away, keep trying in the background."""
+        self._task = asyncio.create_task(self._run())
+
+    async def wait_ready(self, timeout_s: float) -> bool:
+        """Wait until the listener reads its topic (tests and startup use this)."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._consumer is None:
+            if asyncio.get_running_loop().time() > deadline:
+                return False
+            await asyncio.sleep(0.02)
+        return True
+
+    def expect(self, correlation_id: str) -> asyncio.Future[InferenceResult]:
+        """A future resolved when the result for `correlation_id` arrives."""
+        future: asyncio.Future[InferenceResult] = asyncio.get_running_loop().create_future()
+        self._waiters[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> None:
+        """Stop waiting (timeout or failed publish); a late reply is then ignored."""
+        self._waiters.pop(correlation_id, None)
+
+    async def _connect(self) -> AIOKafkaConsumer:
+        delay = 0.5
+        while True:
+            consumer = new_consumer(self._kafka, client_id="sluice-ingress-replies", group_id=None)
+            try:
+                await ensure_topics(self._kafka, [self.topic])
+                await consumer.start()
+                partitions = consumer.partitions_for_topic(self.topic) or set()
+                while not partitions:
+                    await consumer.topics()  # refreshes metadata
+                    partitions = consumer.partitions_for_topic(self.topic) or set()
+                assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+                consumer.assign(assigned)
+                await consumer.seek_to_end(*assigned)
+                for tp in assigned:  # resolve positions now, before any request is sent
+                    await consumer.position(tp)
+                return consumer
+            except Exception as exc:
+                log.warning("reply listener cannot start (%s); retrying", exc)
+                with contextlib.suppress(Exception):
+                    await consumer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    async def _run(self) -> None:
+        self._consumer = consumer = await self._connect()
+        while True:
+            try:
+                batch = await consumer.getmany(timeout_ms=1000)
+            except KafkaError as exc:
+                log.warning("reply listener fetch failed: %s", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for records in batch.values():
+                for record in records:
+                    correlation_id = header(record, "correlation_id") or (
+                        record.key.decode() if record.key else ""
+                    )
+                    waiter = self._waiters.pop(correlation_id, None)
+                    if waiter is None or waiter.done():
+                        continue
+                    try:
+                        waiter.set_result(decode(InferenceResult, record))
+                    except PoisonMessage as exc:
+                        waiter.set_exception(exc)
+
+    async def stop(self) -> None:
+        """Stop reading and fail nobody: waiters time out into 504 with a status URL."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        if self._consumer is not None:
+            await self._consumer.stop()

@@ -1,0 +1,101 @@
+"""What the HTTP edge needs from the rest of the system, as narrow protocols.
+
+The composition root passes real implementations (Kafka, PostgreSQL); unit tests pass
+in-memory ones.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol
+
+from broker.config import SluiceConfig
+from broker.settings import IngressSettings, KafkaSettings
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: the tenant and the API key it used."""
+
+    tenant: str
+    api_key_id: str
+
+
+class ApiKeyFinder(Protocol):
+    """Resolves a bearer secret to its caller (cached; no database trip per request)."""
+
+    async def principal(self, secret: str) -> Principal | None:
+        """The caller owning `secret`, or None if unknown or revoked."""
+        ...
+
+
+class StoredRequest(Protocol):
+    """A request as the ledger recorded it (read-only)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def tenant(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def result(self) -> dict[str, Any] | None: ...
+    @property
+    def created_at(self) -> datetime: ...
+    @property
+    def finished_at(self) -> datetime | None: ...
+
+
+class RequestFinder(Protocol):
+    """Reads requests of record."""
+
+    async def find(self, request_id: str) -> StoredRequest | None:
+        """The request, or None if the ledger has not seen it."""
+        ...
+
+
+class RecentlyAccepted:
+    """Ids this instance accepted lately, so a poll right after 202 does not answer 404.
+
+    The ledger records a request within milliseconds of its acceptance; this bridges that
+    window. Bounded in size and age so it never grows without limit.
+    """
+
+    def __init__(self, max_entries: int = 100_000, ttl_s: float = 600.0):
+        self._entries: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
+        self._max_entries = max_entries
+        self._ttl_s = ttl_s
+
+    def remember(self, request_id: str, tenant: str, model: str) -> None:
+        """Note an accepted request."""
+        self._entries[request_id] = (tenant, model, time.monotonic())
+        while len(self._entries) > self._max_entries:
+            self._entries.popitem(last=False)
+
+    def lookup(self, request_id: str) -> tuple[str, str] | None:
+        """(tenant, model) of a recently accepted request, or None."""
+        entry = self._entries.get(request_id)
+        if entry is None or time.monotonic() - entry[2] > self._ttl_s:
+            return None
+        return entry[0], entry[1]
+
+
+@dataclass(frozen=True)
+class IngressServices:
+    """Everything `create_app` needs."""
+
+    settings: IngressSettings
+    kafka: KafkaSettings
+    config: SluiceConfig
+    api_keys: ApiKeyFinder
+    requests: RequestFinder
+
+    def ingress_id(self) -> str:
+        """This instance's id, naming its reply topic."""
+        return self.settings.ingress_id or f"i{uuid.uuid4().hex[:12]}"

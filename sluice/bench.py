@@ -1,0 +1,131 @@
+"""`sluice bench`: drive a running stack over HTTP and report throughput, latency and memory.
+
+By default it targets the stack `sluice dev` started (read from `.sluice/endpoints.json`),
+whose simulated provider answers with zero latency, so the figures measure sluicegate itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import orjson
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from broker.errors import ConfigError
+from sluice.loadgen import LoadResult, percentile, run_load
+
+console = Console()
+
+
+def _endpoints(args: argparse.Namespace) -> tuple[str, str, dict[str, int]]:
+    path = args.state_dir / "endpoints.json"
+    data: dict[str, object] = {}
+    if path.exists():
+        data = json.loads(path.read_text())
+    url = args.url or data.get("ingress_url")
+    key = args.api_key or data.get("api_key")
+    if not url or not key:
+        raise ConfigError(
+            f"no stack to benchmark: start one with `sluice dev` (writes {path}) "
+            "or pass --url and --api-key"
+        )
+    pids = data.get("pids") if not args.url else {}
+    return str(url), str(key), dict(pids) if isinstance(pids, dict) else {}
+
+
+def _rss_mb(pid: int, field: str) -> float | None:
+    """`VmRSS` (now) or `VmHWM` (peak) of a process, in MB, from /proc."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        return None
+    return None
+
+
+def _memory(pids: dict[str, int], field: str) -> dict[str, float]:
+    wanted = {n: p for n, p in pids.items() if n == "ingress" or n == "ledger" or "worker" in n}
+    return {n: mb for n, p in wanted.items() if (mb := _rss_mb(p, field)) is not None}
+
+
+def _body(model: str) -> Callable[[int], bytes]:
+    def make(index: int) -> bytes:
+        return orjson.dumps({
+            "model": model,
+            "messages": [{"role": "user", "content": f"Benchmark prompt number {index}."}],
+            "max_tokens": 16,
+        })
+
+    return make
+
+
+async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
+                 pids: dict[str, int]) -> tuple[LoadResult, list[dict[str, float]]]:
+    endpoint = f"{url}/v1/chat/completions"
+    if args.warmup:
+        await run_load(endpoint, key, _body(model), total=args.warmup, concurrency=args.concurrency)
+    checkpoints: list[dict[str, float]] = [_memory(pids, "VmRSS")]
+    with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+                  TimeRemainingColumn(), console=console, transient=True) as progress:
+        task = progress.add_task(f"c={args.concurrency}", total=args.requests)
+        result = await run_load(
+            endpoint, key, _body(model), total=args.requests, concurrency=args.concurrency,
+            on_progress=lambda n: progress.advance(task, n),
+        )
+    checkpoints.append(_memory(pids, "VmRSS"))
+    return result, checkpoints
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark and print a table (and a JSON line for the record)."""
+    url, key, pids = _endpoints(args)
+    model = args.model
+    if model is None:
+        listing = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
+        listing.raise_for_status()
+        model = listing.json()["data"][0]["id"]
+    result, checkpoints = asyncio.run(_drive(url, key, model, args, pids))
+    if not result.latencies:
+        raise ConfigError("no request completed; is the stack running? (sluice dev)")
+    peak = _memory(pids, "VmHWM")
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores",
+        "model": model,
+        "concurrency": args.concurrency,
+        "requests": args.requests,
+        "ok": result.ok,
+        "statuses": result.statuses,
+        "throughput_rps": round(result.ok / result.elapsed_s, 1),
+        "p50_ms": round(percentile(result.latencies, 0.50) * 1000, 2),
+        "p95_ms": round(percentile(result.latencies, 0.95) * 1000, 2),
+        "p99_ms": round(percentile(result.latencies, 0.99) * 1000, 2),
+        "rss_mb_before": {n: round(v, 1) for n, v in checkpoints[0].items()},
+        "rss_mb_after": {n: round(v, 1) for n, v in checkpoints[-1].items()},
+        "peak_rss_mb": {n: round(v, 1) for n, v in peak.items()},
+    }
+    table = Table(title=f"sluice bench — {model}, concurrency {args.concurrency}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for name in ("requests", "ok", "throughput_rps", "p50_ms", "p95_ms", "p99_ms"):
+        table.add_row(name, str(summary[name]))
+    for name, mb in peak.items():
+        table.add_row(f"peak RSS {name} (MB)", f"{mb:.1f}")
+    console.print(table)
+    print(json.dumps(summary))
+    failed = args.requests - result.ok
+    if failed:
+        console.print(f"[yellow]{failed} requests did not get 200: {result.statuses}[/]")
+    console.print("Record the JSON line in docs/BENCHMARKS.md with the command that made it.")
+    return 0 if not failed else 1

@@ -1,0 +1,215 @@
+"""`sluice dev`: the whole stack on one machine, with nothing to install or configure.
+
+Starts a Kafka-protocol broker and PostgreSQL (embedded, unless SLUICE_KAFKA_BOOTSTRAP /
+SLUICE_DATABASE_URL point at running ones), migrates, creates a development API key, then
+runs the simulated provider, worker pool(s), ledger and ingress as child processes.
+Ctrl-C stops every child, then the embedded services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+
+from broker.database import create_engine, upgrade_database
+from broker.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
+from broker.errors import ConfigError
+from broker.keys import create_api_key
+from broker.settings import DatabaseSettings
+
+# soft_wrap: commands printed for copy-paste must never be broken across lines.
+console = Console(soft_wrap=True)
+DEMO_CONFIG = Path(__file__).with_name("demo.yaml")
+
+
+@dataclass
+class _Children:
+    log_dir: Path
+    env: dict[str, str]
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
+        with open(self.log_dir / f"{name}.log", "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sluice", *args],
+                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            )
+        self.processes[name] = process
+        return process
+
+    def first_exited(self) -> str | None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                return name
+        return None
+
+    def stop_all(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        for process in self.processes.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(max(0.1, deadline - time.monotonic()))
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+def _wait_http(url: str, child: subprocess.Popen[bytes], name: str, log: Path) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise ConfigError(f"{name} exited with code {child.returncode}; see {log}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        time.sleep(0.1)
+    raise ConfigError(f"{name} did not become healthy at {url} in 60s; see {log}")
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+async def _prepare_database(url: str) -> str:
+    await upgrade_database(url)
+    engine = create_engine(DatabaseSettings(database_url=url))
+    try:
+        secret, _ = await create_api_key(engine, "dev", "sluice dev")
+    finally:
+        await engine.dispose()
+    return secret
+
+
+def run_dev(args: argparse.Namespace) -> int:
+    """Start everything, print how to use it, and wait for Ctrl-C."""
+    state_dir: Path = args.state_dir.resolve()
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if not _port_free(args.port):
+        raise ConfigError(f"port {args.port} is taken; pass --port to use another")
+    with contextlib.ExitStack() as stack:
+        bootstrap = os.environ.get("SLUICE_KAFKA_BOOTSTRAP")
+        with console.status("starting Kafka-protocol broker (Tansu)…"):
+            if not bootstrap:
+                kafka = stack.enter_context(EmbeddedKafka(log_path=log_dir / "kafka.log"))
+                bootstrap = kafka.bootstrap
+        console.print(f"[green]✓[/] Kafka at {bootstrap}")
+        database_url = os.environ.get("SLUICE_DATABASE_URL")
+        with console.status("starting PostgreSQL…"):
+            if not database_url:
+                postgres = stack.enter_context(EmbeddedPostgres())
+                database_url = postgres.url("sluice")
+        with console.status("migrating and creating a development API key…"):
+            api_key = asyncio.run(_prepare_database(database_url))
+        console.print(f"[green]✓[/] PostgreSQL at {_libpq(database_url)}")
+
+        mock_port = free_port()
+        config_path = args.config or _write_demo_config(state_dir, mock_port)
+        env = {
+            **os.environ,
+            "SLUICE_KAFKA_BOOTSTRAP": bootstrap,
+            "SLUICE_DATABASE_URL": database_url,
+            "SLUICE_CONFIG": str(config_path),
+            "PYTHONUNBUFFERED": "1",
+        }
+        children = _Children(log_dir, env)
+        stack.callback(children.stop_all)
+        with console.status("starting simulator, workers, ledger and ingress…"):
+            mock = children.start("mock-provider", "mock-provider", "--port", str(mock_port),
+                                   "--latency-ms", str(args.latency_ms))
+            _wait_http(f"http://127.0.0.1:{mock_port}/health", mock, "mock-provider",
+                       log_dir / "mock-provider.log")
+            for index in range(args.workers):
+                children.start(f"worker-{index + 1}", "worker")
+            children.start("ledger", "ledger")
+            ingress = children.start("ingress", "ingress", "--port", str(args.port))
+            ingress_url = f"http://127.0.0.1:{args.port}"
+            _wait_http(f"{ingress_url}/health", ingress, "ingress", log_dir / "ingress.log")
+        endpoints = {
+            "ingress_url": ingress_url,
+            "api_key": api_key,
+            "kafka_bootstrap": bootstrap,
+            "postgres_dsn": _libpq(database_url),
+            "mock_provider_url": f"http://127.0.0.1:{mock_port}/v1",
+            "config": str(config_path),
+            "pids": {name: process.pid for name, process in children.processes.items()},
+        }
+        (state_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
+        _print_usage(endpoints, state_dir)
+        return _wait_for_exit(children)
+    return 0
+
+
+def _wait_for_exit(children: _Children) -> int:
+    stop = {"requested": False}
+
+    def request_stop(signum: int, frame: object) -> None:
+        stop["requested"] = True
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    while not stop["requested"]:
+        crashed = children.first_exited()
+        if crashed is not None:
+            console.print(f"[red]✗[/] {crashed} exited; see {children.log_dir / crashed}.log. "
+                          "Stopping everything.")
+            return 1
+        time.sleep(0.2)
+    console.print("stopping… (every child gets SIGTERM, then the embedded services stop)")
+    return 0
+
+
+def _write_demo_config(state_dir: Path, mock_port: int) -> Path:
+    text = DEMO_CONFIG.read_text().replace("{mock_url}", f"http://127.0.0.1:{mock_port}/v1")
+    path = state_dir / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def _libpq(url: str) -> str:
+    return url.replace("postgresql+asyncpg://", "postgresql://", 1)
+
+
+def _print_usage(endpoints: Mapping[str, object], state_dir: Path) -> None:
+    url, key = endpoints["ingress_url"], endpoints["api_key"]
+    console.print(f"""
+[bold green]sluicegate is running[/] — endpoints in {state_dir / 'endpoints.json'}
+
+  ingress      {url}   (OpenAI-compatible: {url}/v1)
+  API key      {key}
+  Kafka        {endpoints['kafka_bootstrap']}
+  PostgreSQL   {endpoints['postgres_dsn']}
+  logs         {state_dir / 'logs'}
+
+[bold]Try it[/]
+  curl -s {url}/v1/chat/completions -H 'Authorization: Bearer {key}' \\
+       -H 'Content-Type: application/json' \\
+       -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello!"}}]}}'
+
+  OpenAI SDK:  OpenAI(base_url="{url}/v1", api_key="{key}")
+  Ledger:      psql '{endpoints['postgres_dsn']}' -c 'select * from usage_events limit 5'
+  Benchmark:   sluice bench --concurrency 64 --requests 5000
+
+Press Ctrl-C to stop everything.""")

@@ -1,0 +1,180 @@
+"""Entry points of the long-running processes and small commands (composition root).
+
+Each reads settings from the environment once, builds the real components and runs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import httpx
+
+from broker.config import SluiceConfig, load_config
+from broker.errors import ConfigError
+from broker.settings import (
+    AppSettings,
+    DatabaseSettings,
+    IngressSettings,
+    KafkaSettings,
+    LedgerSettings,
+    WorkerSettings,
+)
+from sluice.runtime import configure_logging, run_until_signalled
+
+log = logging.getLogger("sluice")
+
+
+def _config(args: argparse.Namespace) -> SluiceConfig:
+    path: Path | None = getattr(args, "config", None) or AppSettings().config
+    if path is None:
+        raise ConfigError("no config file: pass --config FILE or set SLUICE_CONFIG")
+    return load_config(path)
+
+
+def run_ingress(args: argparse.Namespace) -> int:
+    """`sluice ingress`: serve the HTTP API with uvicorn."""
+    import uvicorn
+
+    from broker.database import create_engine
+    from ingress.app import create_app
+    from ingress.postgres import PostgresApiKeys, PostgresRequests
+    from ingress.services import IngressServices
+
+    configure_logging()
+    settings = IngressSettings()
+    engine = create_engine(DatabaseSettings())
+    services = IngressServices(
+        settings=settings,
+        kafka=KafkaSettings(),
+        config=_config(args),
+        api_keys=PostgresApiKeys(engine),
+        requests=PostgresRequests(engine),
+    )
+    uvicorn.run(
+        create_app(services),
+        host=args.host or settings.host,
+        port=args.port or settings.port,
+        access_log=False,
+        log_level="warning",
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+    )
+    return 0
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    """`sluice worker`: consume request topics and call providers."""
+    from broker.database import create_engine
+    from workers.inference import InferencePool
+    from workers.inference.results import PostgresFinalResults
+    from workers.providers import build_provider
+
+    configure_logging()
+    config = _config(args)
+    models = args.models.split(",") if args.models else list(config.models)
+    unknown = [m for m in models if m not in config.models]
+    if unknown:
+        raise ConfigError(f"--models names unknown models: {', '.join(unknown)}")
+    worker_settings = WorkerSettings()
+    if args.concurrency:
+        worker_settings = WorkerSettings(worker_concurrency=args.concurrency)
+
+    async def main(stop: asyncio.Event) -> None:
+        limits = httpx.Limits(max_connections=worker_settings.worker_concurrency,
+                              max_keepalive_connections=worker_settings.worker_concurrency)
+        engine = create_engine(DatabaseSettings())
+        async with httpx.AsyncClient(limits=limits, timeout=None) as client:
+            providers = {
+                name: build_provider(name, deployment, client)
+                for name, deployment in config.deployments.items()
+            }
+            pool = InferencePool(
+                KafkaSettings(), worker_settings, config, models, providers,
+                PostgresFinalResults(engine),
+            )
+            await pool.run(stop)
+        await engine.dispose()
+
+    return run_until_signalled(main)
+
+
+def run_ledger(args: argparse.Namespace) -> int:
+    """`sluice ledger`: record usage and results in PostgreSQL."""
+    from broker.database import create_engine
+    from workers.ledger import Ledger
+
+    configure_logging()
+
+    async def main(stop: asyncio.Event) -> None:
+        engine = create_engine(DatabaseSettings())
+        try:
+            await Ledger(KafkaSettings(), LedgerSettings(), engine).run(stop)
+        finally:
+            await engine.dispose()
+
+    return run_until_signalled(main)
+
+
+def run_migrate(args: argparse.Namespace) -> int:
+    """`sluice migrate`: bring the database schema to the latest version."""
+    from broker.database import upgrade_database
+
+    url = DatabaseSettings().database_url
+    asyncio.run(upgrade_database(url))
+    print("database is at the latest schema version; next: sluice ledger / sluice ingress")
+    return 0
+
+
+def run_mock_provider(args: argparse.Namespace) -> int:
+    """`sluice mock-provider`: the simulated OpenAI-compatible provider."""
+    from broker.simulator import SimulatorSettings, serve_simulator
+
+    settings = SimulatorSettings(
+        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens
+    )
+    print(f"simulated provider on http://{args.host}:{args.port}/v1 (stats: /stats)", flush=True)
+    serve_simulator(settings, args.host, args.port)
+    return 0
+
+
+def run_schemas_export(args: argparse.Namespace) -> int:
+    """`sluice schemas export DIR`: one JSON Schema file per message."""
+    from schemas.export import json_schemas
+
+    directory: Path = args.directory
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in json_schemas().items():
+        (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
+        print(f"wrote {directory / f'{name}.schema.json'}")
+    return 0
+
+
+def run_config_check(args: argparse.Namespace) -> int:
+    """`sluice config check FILE`: validate and summarise a config file."""
+    config = load_config(args.file)
+    for model, spec in config.models.items():
+        print(f"{model}: {' -> '.join(spec.deployments)}")
+    print(f"{args.file}: OK ({len(config.models)} models, {len(config.deployments)} deployments)")
+    return 0
+
+
+def run_keys_create(args: argparse.Namespace) -> int:
+    """`sluice keys create --tenant T`: print a new API key once."""
+    from broker.database import create_engine
+    from broker.keys import create_api_key
+
+    async def main() -> str:
+        engine = create_engine(DatabaseSettings())
+        try:
+            secret, record = await create_api_key(engine, args.tenant, args.name)
+        finally:
+            await engine.dispose()
+        return f"{secret}\n(key id {record.id}, tenant {record.tenant}; shown once, store it now)"
+
+    print(asyncio.run(main()))
+    return 0

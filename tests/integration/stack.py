@@ -1,0 +1,131 @@
+"""An in-process sluicegate stack on the session's real Kafka and PostgreSQL.
+
+Ingress (through its ASGI app), an inference pool, the ledger, and the simulated provider
+served over HTTP semantics (httpx ASGI transport) all share the test's event loop; what
+crosses Kafka and PostgreSQL is real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.config import SluiceConfig, parse_config
+from broker.database import create_engine
+from broker.keys import create_api_key
+from broker.settings import (
+    DatabaseSettings,
+    IngressSettings,
+    KafkaSettings,
+    LedgerSettings,
+    WorkerSettings,
+)
+from broker.simulator import SimulatorSettings, create_simulator_app
+from ingress.app import create_app
+from ingress.postgres import PostgresApiKeys, PostgresRequests
+from ingress.services import IngressServices
+from workers.inference import InferencePool
+from workers.inference.results import PostgresFinalResults
+from workers.ledger import Ledger
+from workers.providers import build_provider
+
+T = TypeVar("T")
+
+SIM_BASE = "http://simulator"
+
+
+def demo_config(**deployment: Any) -> SluiceConfig:
+    """One model, `gpt-4o-mini`, served by the simulator over the OpenAI-compatible adapter."""
+    return parse_config({
+        "models": {"gpt-4o-mini": {"deployments": ["sim"]}},
+        "deployments": {"sim": {"provider": "openai", "base_url": f"{SIM_BASE}/v1",
+                                "model": "gpt-4o-mini", "input_usd_per_mtok": "0.15",
+                                "output_usd_per_mtok": "0.60", **deployment}},
+    })
+
+
+@dataclass
+class Stack:
+    """Handles a test uses to drive and inspect the running stack."""
+
+    client: httpx.AsyncClient
+    api_key: str
+    engine: AsyncEngine
+    simulator: httpx.AsyncClient
+    kafka: KafkaSettings
+
+    @property
+    def auth(self) -> dict[str, str]:
+        """Headers carrying this stack's API key."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
+    async def scalar(self, sql: str, **params: Any) -> Any:
+        """One value from the ledger database."""
+        async with self.engine.connect() as connection:
+            return (await connection.execute(text(sql), params)).scalar()
+
+
+async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 15.0) -> T:
+    """Poll `check` until it returns a truthy value; fail with the last value otherwise."""
+    deadline = time.monotonic() + timeout_s
+    value = await check()
+    while not value and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+        value = await check()
+    assert value, f"condition not reached in {timeout_s}s (last value: {value!r})"
+    return value
+
+
+@asynccontextmanager
+async def running_stack(
+    kafka: KafkaSettings,
+    database_url: str,
+    *,
+    config: SluiceConfig | None = None,
+    simulator: SimulatorSettings | None = None,
+    ingress: IngressSettings | None = None,
+    ingress_kafka: KafkaSettings | None = None,
+    tenant: str = "acme",
+) -> AsyncIterator[Stack]:
+    """Start ledger, worker pool and ingress; stop them all on exit."""
+    config = config or demo_config()
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    api_key, _ = await create_api_key(engine, tenant)
+    sim_app = create_simulator_app(simulator or SimulatorSettings())
+    sim_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim_app), base_url=SIM_BASE)
+    providers = {
+        name: build_provider(name, deployment, sim_client)
+        for name, deployment in config.deployments.items()
+    }
+    stop = asyncio.Event()
+    pool = InferencePool(kafka, WorkerSettings(), config, list(config.models), providers,
+                         PostgresFinalResults(engine))
+    tasks = [
+        asyncio.create_task(pool.run(stop)),
+        asyncio.create_task(Ledger(kafka, LedgerSettings(), engine).run(stop)),
+    ]
+    app = create_app(IngressServices(
+        settings=ingress or IngressSettings(sync_timeout_s=20),
+        kafka=ingress_kafka or kafka,
+        config=config,
+        api_keys=PostgresApiKeys(engine),
+        requests=PostgresRequests(engine),
+    ))
+    try:
+        async with app.router.lifespan_context(app), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://ingress", timeout=30
+        ) as client:
+            yield Stack(client, api_key, engine, sim_client, kafka)
+    finally:
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)
+        await sim_client.aclose()
+        await engine.dispose()

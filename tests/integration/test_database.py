@@ -1,0 +1,186 @@
+"""PostgreSQL plumbing against a real server: migrations, URLs, API keys, requests of record."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import Connection, insert, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from broker.database import (
+    create_engine,
+    normalize_url,
+    upgrade_database,
+    wait_for_database,
+)
+from broker.embedded import free_port
+from broker.errors import ConfigError, DatabaseUnavailable
+from broker.keys import (
+    ApiKeyCache,
+    create_api_key,
+    find_api_key,
+    generate_api_key,
+    hash_secret,
+    revoke_api_key,
+)
+from broker.request_store import get_request
+from broker.settings import DatabaseSettings
+from broker.tables import api_keys, metadata
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
+    yield engine
+    await engine.dispose()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://u:p@db:5433/x", "postgresql+asyncpg://u:p@db:5433/x"),
+        ("postgresql://u@db/x", "postgresql+asyncpg://u@db/x"),
+        ("postgresql+asyncpg://u@db/x", "postgresql+asyncpg://u@db/x"),
+        ("postgresql://u@db/x?sslmode=require", "postgresql+asyncpg://u@db/x?ssl=require"),
+    ],
+)
+def test_normalize_url(url: str, expected: str) -> None:
+    assert normalize_url(url) == expected
+
+
+@pytest.mark.parametrize("url", ["mysql://u@db/x", "not a url"])
+def test_normalize_url_refuses_other_databases(url: str) -> None:
+    with pytest.raises(ConfigError):
+        normalize_url(url)
+
+
+async def test_upgrade_is_idempotent(database_url: str, engine: AsyncEngine) -> None:
+    await upgrade_database(database_url)
+    await asyncio.gather(upgrade_database(database_url), upgrade_database(database_url))
+    async with engine.connect() as connection:
+        version = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
+    assert version == [("0001",)]
+
+
+async def test_migrations_match_tables(engine: AsyncEngine) -> None:
+    def compare(connection: Connection) -> list[object]:
+        return list(compare_metadata(MigrationContext.configure(connection), metadata))
+
+    async with engine.connect() as connection:
+        assert await connection.run_sync(compare) == []
+
+
+async def test_upgrade_creates_a_missing_database(postgres_admin_url: str) -> None:
+    name = f"created_{uuid.uuid4().hex[:10]}"
+    url = make_url(postgres_admin_url).set(database=name).render_as_string(hide_password=False)
+    admin = create_async_engine(postgres_admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        await upgrade_database(url)
+        async with admin.connect() as connection:
+            found = await connection.scalar(
+                text("SELECT count(*) FROM pg_database WHERE datname = :name"), {"name": name}
+            )
+        assert found == 1
+    finally:
+        async with admin.connect() as connection:
+            await connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        await admin.dispose()
+
+
+async def test_wait_for_database(database_url: str) -> None:
+    await wait_for_database(database_url, timeout_s=5)
+    port = free_port()
+    with pytest.raises(DatabaseUnavailable, match=f"127.0.0.1:{port}"):
+        await wait_for_database(f"postgresql://postgres@127.0.0.1:{port}/x", timeout_s=0.3)
+
+
+async def test_unreachable_database_is_database_unavailable() -> None:
+    settings = DatabaseSettings(database_url=f"postgresql://postgres@127.0.0.1:{free_port()}/x")
+    engine = create_engine(settings)
+    try:
+        with pytest.raises(DatabaseUnavailable):
+            await find_api_key(engine, generate_api_key().secret)
+    finally:
+        await engine.dispose()
+
+
+def test_generated_keys() -> None:
+    key = generate_api_key()
+    assert key.secret.startswith("sk-sluice-") and len(key.secret) == len("sk-sluice-") + 32
+    assert key.prefix == key.secret[:14]
+    assert key.id.startswith("key_") and len(key.id) == 16
+    assert key.key_hash == hash_secret(key.secret) and len(key.key_hash) == 64
+    assert generate_api_key().secret != key.secret
+
+
+async def test_create_find_and_revoke_keys(engine: AsyncEngine) -> None:
+    secret, record = await create_api_key(engine, "acme", "ci")
+    assert (record.tenant, record.name, record.revoked_at) == ("acme", "ci", None)
+    assert secret.startswith(record.prefix)
+    assert await find_api_key(engine, secret) == record
+    async with engine.connect() as connection:
+        stored = (await connection.execute(select(api_keys))).one()
+    assert stored.key_hash == hash_secret(secret) and secret not in stored
+    assert stored.last_used_at is not None
+
+    assert await find_api_key(engine, secret + "x") is None
+    assert await find_api_key(engine, "Bearer nonsense") is None
+    assert await revoke_api_key(engine, record.id)
+    assert not await revoke_api_key(engine, record.id)
+    assert await find_api_key(engine, secret) is None
+
+
+async def test_cache_keeps_answers_for_their_ttl(engine: AsyncEngine) -> None:
+    clock = FakeClock()
+    cache = ApiKeyCache(engine, ttl_s=30, negative_ttl_s=5, clock=clock)
+    secret, record = await create_api_key(engine, "acme")
+
+    found = await asyncio.gather(*(cache.get(secret) for _ in range(20)))
+    assert found == [record] * 20
+    await revoke_api_key(engine, record.id)
+    clock.now += 29
+    assert await cache.get(secret) == record  # cached: revocation not seen yet
+    clock.now += 2
+    assert await cache.get(secret) is None
+
+    # A negative answer is cached for a shorter time.
+    new = generate_api_key()
+    assert await cache.get(new.secret) is None
+    async with engine.begin() as connection:
+        await connection.execute(
+            insert(api_keys).values(
+                id=new.id, tenant="acme", prefix=new.prefix, key_hash=new.key_hash
+            )
+        )
+    assert await cache.get(new.secret) is None
+    clock.now += 6
+    late = await cache.get(new.secret)
+    assert late is not None and late.id == new.id
+    cache.invalidate()
+
+
+async def test_cache_is_bounded(engine: AsyncEngine) -> None:
+    cache = ApiKeyCache(engine, max_entries=3)
+    for _ in range(10):
+        assert await cache.get(generate_api_key().secret) is None
+    assert len(cache._entries) == 3
+
+
+async def test_unknown_request_is_none(engine: AsyncEngine) -> None:
+    assert await get_request(engine, "req_nope") is None

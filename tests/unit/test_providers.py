@@ -1,0 +1,257 @@
+"""Provider adapters: one contract for every implementation, then the HTTP adapter's edges."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+
+from broker.config import DeploymentConfig
+from broker.errors import ProviderRejected, ProviderRetriable
+from broker.simulation import simulate_completion
+from broker.simulator import SimulatorSettings, create_simulator_app
+from broker.tokens import count_chat_prompt_tokens
+from schemas import ChatCompletionRequest
+from workers.providers import (
+    OpenAICompatibleProvider,
+    Provider,
+    SimulatedProvider,
+    build_provider,
+)
+
+UPSTREAM = "gpt-4o-mini-2024-07-18"
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def _body(content: str = "Summarise the design.", **fields: Any) -> ChatCompletionRequest:
+    return ChatCompletionRequest.model_validate(
+        {"model": "logical-model", "messages": [{"role": "user", "content": content}], **fields}
+    )
+
+
+def _http_config(**fields: Any) -> DeploymentConfig:
+    return DeploymentConfig.model_validate(
+        {"provider": "openai", "model": UPSTREAM, "base_url": "http://upstream.test/v1", **fields}
+    )
+
+
+def _simulating_upstream(request: httpx.Request) -> httpx.Response:
+    """A fake OpenAI endpoint answering with the simulator's brain."""
+    payload = orjson.loads(request.content)
+    model = payload.pop("model")
+    body = ChatCompletionRequest.model_validate({"model": model, **payload})
+    completion = simulate_completion(body, upstream_model=model)
+    return httpx.Response(
+        200,
+        content=completion.model_dump_json(),
+        headers={"x-request-id": "req-upstream-1", "x-ratelimit-remaining-requests": "99"},
+    )
+
+
+@pytest.fixture
+async def http_client() -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(transport=httpx.MockTransport(_simulating_upstream)) as client:
+        yield client
+
+
+@pytest.fixture(params=["openai", "simulated"])
+def provider(request: pytest.FixtureRequest, http_client: httpx.AsyncClient) -> Provider:
+    if request.param == "openai":
+        return build_provider("dep-1", _http_config(), http_client)
+    return build_provider(
+        "dep-1", DeploymentConfig(provider="simulated", model=UPSTREAM), http_client
+    )
+
+
+# --- the contract every provider keeps -------------------------------------------------
+
+
+async def test_answers_with_the_upstream_model_and_accurate_usage(provider: Provider) -> None:
+    body = _body()
+    response = await provider.complete(body, timeout_s=5)
+    completion = response.completion
+    assert completion.model == UPSTREAM
+    assert completion.choices[0].message.content
+    assert completion.choices[0].finish_reason == "stop"
+    assert completion.usage is not None
+    assert completion.usage.prompt_tokens == count_chat_prompt_tokens(body.messages, UPSTREAM)
+    assert completion.usage.completion_tokens == 16
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + 16
+    assert response.provider_request_id
+    assert response.latency_ms >= 0
+    assert all(name.islower() for name in response.rate_limit_headers)
+
+
+async def test_respects_the_output_limit(provider: Provider) -> None:
+    response = await provider.complete(_body(max_completion_tokens=4), timeout_s=5)
+    assert response.completion.usage is not None
+    assert response.completion.usage.completion_tokens == 4
+    assert response.completion.choices[0].finish_reason == "length"
+
+
+async def test_same_prompt_same_answer(provider: Provider) -> None:
+    first = await provider.complete(_body("x"), timeout_s=5)
+    second = await provider.complete(_body("x"), timeout_s=5)
+    assert first.completion.choices == second.completion.choices
+
+
+def test_names_itself(provider: Provider) -> None:
+    assert provider.deployment == "dep-1"
+    assert provider.name in {"openai", "simulated"}
+
+
+# --- the OpenAI-compatible adapter ------------------------------------------------------
+
+
+def _adapter(handler: Handler, **config: Any) -> OpenAICompatibleProvider:
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    return OpenAICompatibleProvider(client, "dep-1", _http_config(**config))
+
+
+async def test_sends_upstream_model_auth_and_no_null_fields(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_TEST_KEY", "sk-test")
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _simulating_upstream(request)
+
+    adapter = _adapter(handler, api_key_env="SLUICE_TEST_KEY", base_url="http://h:8000/v1/")
+    response = await adapter.complete(_body(temperature=0), timeout_s=5)
+    (request,) = seen
+    assert str(request.url) == "http://h:8000/v1/chat/completions"
+    assert request.headers["authorization"] == "Bearer sk-test"
+    assert orjson.loads(request.content) == {
+        "model": UPSTREAM,
+        "messages": [{"role": "user", "content": "Summarise the design."}],
+        "temperature": 0.0,
+    }
+    assert response.provider_request_id == "req-upstream-1"
+    assert response.rate_limit_headers == {"x-ratelimit-remaining-requests": "99"}
+
+
+async def test_no_auth_header_without_a_key() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return _simulating_upstream(request)
+
+    await _adapter(handler).complete(_body(), timeout_s=5)
+    assert "authorization" not in seen[0].headers
+
+
+def _answer(status: int, body: Any = None, **headers: str) -> Handler:
+    content = body if isinstance(body, bytes) else orjson.dumps(body)
+    return lambda request: httpx.Response(status, content=content, headers=headers)
+
+
+async def test_429_is_retriable_with_retry_after() -> None:
+    adapter = _adapter(_answer(429, {"error": {"message": "slow down"}}, **{"retry-after": "2"}))
+    with pytest.raises(ProviderRetriable) as caught:
+        await adapter.complete(_body(), timeout_s=5)
+    assert (caught.value.status_code, caught.value.retry_after_s) == (429, 2.0)
+    assert caught.value.deployment == "dep-1"
+    assert "slow down" in str(caught.value)
+
+
+async def test_retry_after_ms_wins_over_retry_after() -> None:
+    headers = {"retry-after": "2", "retry-after-ms": "250"}
+    with pytest.raises(ProviderRetriable) as caught:
+        await _adapter(_answer(429, {}, **headers)).complete(_body(), timeout_s=5)
+    assert caught.value.retry_after_s == 0.25
+
+
+@pytest.mark.parametrize("status", [408, 409, 500, 502, 503, 504])
+async def test_transient_statuses_are_retriable(status: int) -> None:
+    with pytest.raises(ProviderRetriable) as caught:
+        await _adapter(_answer(status, b"upstream sad")).complete(_body(), timeout_s=5)
+    assert caught.value.status_code == status
+    assert "upstream sad" in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (400, {"error": {"message": "max_tokens is too large", "type": "x"}}, "max_tokens is too"),
+        (401, {"error": {"message": "Incorrect API key provided"}}, "Incorrect API key"),
+        (404, {"error": "model 'llama9' not found"}, "model 'llama9' not found"),  # Ollama
+        (422, b"unprocessable", "unprocessable"),
+        (403, b"", "Forbidden"),
+    ],
+)
+async def test_request_errors_are_rejected_with_the_providers_message(
+    status: int, body: Any, message: str
+) -> None:
+    with pytest.raises(ProviderRejected) as caught:
+        await _adapter(_answer(status, body)).complete(_body(), timeout_s=5)
+    assert caught.value.status_code == status
+    assert message in str(caught.value)
+    assert not caught.value.retriable
+
+
+@pytest.mark.parametrize(
+    "error", [httpx.ReadTimeout("read timed out"), httpx.ConnectError("connection refused")]
+)
+async def test_transport_failures_are_retriable(error: httpx.RequestError) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    with pytest.raises(ProviderRetriable) as caught:
+        await _adapter(handler).complete(_body(), timeout_s=5)
+    assert caught.value.__cause__ is error
+    assert caught.value.status_code is None
+
+
+async def test_a_slow_provider_times_out_within_the_deadline() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        await asyncio.sleep(5)
+        return _simulating_upstream(request)
+
+    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
+    adapter = OpenAICompatibleProvider(client, "dep-1", _http_config())
+    with pytest.raises(ProviderRetriable, match=r"timed out after 0\.05s"):
+        await adapter.complete(_body(), timeout_s=0.05)
+
+
+@pytest.mark.parametrize("body", [b"<html>bad gateway</html>", b'{"id": "x"}'])
+async def test_undecodable_success_body_is_retriable(body: bytes) -> None:
+    with pytest.raises(ProviderRetriable, match="not a chat completion"):
+        await _adapter(_answer(200, body)).complete(_body(), timeout_s=5)
+
+
+async def test_against_the_real_simulator_app() -> None:
+    app = create_simulator_app(SimulatorSettings())
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
+        adapter = OpenAICompatibleProvider(client, "sim", _http_config(base_url="http://sim/v1"))
+        body = _body()
+        response = await adapter.complete(body, timeout_s=5)
+    usage = response.completion.usage
+    assert usage is not None
+    assert usage.prompt_tokens == count_chat_prompt_tokens(body.messages, UPSTREAM)
+    assert usage.completion_tokens == 16
+    assert response.completion.model == UPSTREAM
+    assert response.provider_request_id is not None
+    assert response.provider_request_id.startswith("req-sim-")
+    assert app.state.succeeded == 1
+
+
+# --- the simulated provider -------------------------------------------------------------
+
+
+async def test_simulated_latency_longer_than_the_timeout_times_out() -> None:
+    config = DeploymentConfig(provider="simulated", model=UPSTREAM, latency_ms=1000)
+    with pytest.raises(ProviderRetriable, match="timed out"):
+        await SimulatedProvider("slow", config).complete(_body(), timeout_s=0.01)
+
+
+async def test_simulated_latency_is_applied() -> None:
+    config = DeploymentConfig(provider="simulated", model=UPSTREAM, latency_ms=20)
+    response = await SimulatedProvider("slow", config).complete(_body(), timeout_s=1)
+    assert response.latency_ms >= 20

@@ -1,0 +1,1 @@
+"""Long-running consumers: the inference pool, provider adapters, the ledger writer."""

@@ -1,0 +1,289 @@
+"""The inference pool: one consumer group per model topic, many requests in flight.
+
+Each polled message becomes a task; a process-wide bound caps how many run at once. When
+the bound is reached the pool pauses its partitions and keeps polling (so the group does
+not evict it) instead of nacking or spinning. Offsets are committed only up to the oldest
+unfinished message of each partition (`broker.offsets.OffsetTracker`), after its result and
+usage were acknowledged by Kafka: a crash redelivers unfinished work, never skips it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeAlias
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+
+from broker.config import SluiceConfig
+from broker.errors import PoisonMessage
+from broker.kafka import (
+    decode,
+    encode,
+    ensure_topics,
+    header,
+    new_consumer,
+    new_producer,
+    send_to_dead_letter,
+    topics_for,
+)
+from broker.offsets import OffsetTracker
+from broker.settings import KafkaSettings, WorkerSettings
+from schemas import InferenceRequest
+from workers.inference.processor import Outcome, RequestProcessor
+from workers.inference.results import FinalResults
+from workers.providers import Provider
+
+log = logging.getLogger("sluice.worker")
+
+Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
+
+
+class _Slots:
+    """A process-wide bound on requests in flight, with a wake-up when one frees."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.used = 0
+        self.freed = asyncio.Event()
+
+    @property
+    def free(self) -> int:
+        return self.size - self.used
+
+    def release(self) -> None:
+        self.used -= 1
+        self.freed.set()
+
+
+class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, lane: _ModelConsumer):
+        self._lane = lane
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._lane.commit(only=revoked)
+        self._lane.tracker.forget(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._lane.paused.clear()
+
+
+class _ModelConsumer:
+    """Consumes one model's request topic in its own consumer group."""
+
+    def __init__(self, pool: InferencePool, model: str, consumer: AIOKafkaConsumer):
+        self.pool = pool
+        self.model = model
+        self.consumer = consumer
+        self.tracker = OffsetTracker()
+        self.paused: set[TopicPartition] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        committer = asyncio.create_task(self._commit_periodically(stop))
+        try:
+            while not stop.is_set():
+                if self.pool.slots.free <= 0:
+                    await self._wait_for_slot()
+                    continue
+                self._resume()
+                batch = await self.consumer.getmany(
+                    timeout_ms=100, max_records=min(self.pool.slots.free, 500)
+                )
+                if batch:
+                    await self._dispatch(batch)
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+
+    async def _wait_for_slot(self) -> None:
+        # Full: pause fetching but keep polling so the group keeps us (max_poll_interval).
+        assigned = self.consumer.assignment()
+        if assigned and not self.paused:
+            self.consumer.pause(*assigned)
+            self.paused = set(assigned)
+        await self.consumer.getmany(timeout_ms=0)
+        self.pool.slots.freed.clear()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.pool.slots.freed.wait(), 0.5)
+
+    def _resume(self) -> None:
+        if self.paused:
+            self.consumer.resume(*self.paused)
+            self.paused.clear()
+
+    async def _dispatch(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> None:
+        decoded: list[tuple[TopicPartition, Record, InferenceRequest]] = []
+        for tp, records in batch.items():
+            for record in records:
+                self.tracker.started(tp, record.offset)
+                try:
+                    request = decode(InferenceRequest, record)
+                    self._check_model(request)
+                except PoisonMessage as exc:
+                    self.pool.track(self._dead_letter(tp, record, str(exc)))
+                    continue
+                decoded.append((tp, record, request))
+        done = await self.pool.final_results.already_final([r.id for _, _, r in decoded])
+        for tp, record, request in decoded:
+            if request.id in done:
+                log.info("request %s already has a final result; not calling again", request.id)
+                self.tracker.finished(tp, record.offset)
+                continue
+            self.pool.track(self._handle(tp, record, request))
+
+    def _check_model(self, request: InferenceRequest) -> None:
+        if request.model != self.model or request.model not in self.pool.config.models:
+            raise PoisonMessage(
+                f"request for model '{request.model}' arrived on the topic of '{self.model}'"
+            )
+
+    async def _dead_letter(self, tp: TopicPartition, record: Record, reason: str) -> None:
+        log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, reason)
+        await self.pool.publish_with_retry(
+            lambda: send_to_dead_letter(self.pool.producer, self.pool.topics, record, reason)
+        )
+        self.tracker.finished(tp, record.offset)
+
+    async def _handle(self, tp: TopicPartition, record: Record, request: InferenceRequest) -> None:
+        outcome = await self.pool.processor.process(request)
+        reply_to = request.reply_to or header(record, "reply_to")
+        await self.pool.publish_with_retry(lambda: self.pool.publish(outcome, reply_to))
+        self.tracker.finished(tp, record.offset)
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        positions = self.tracker.pending_commits()
+        if only is not None:
+            positions = {tp: pos for tp, pos in positions.items() if tp in only}
+        if not positions:
+            return
+        try:
+            await self.consumer.commit(positions)
+        except KafkaError as exc:  # a rebalance in progress; the next round retries
+            log.warning("commit of %s failed: %s", self.model, exc)
+            return
+        self.tracker.mark_committed(positions)
+
+    async def _commit_periodically(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(self.pool.worker_settings.commit_interval_s)
+            await self.commit()
+
+
+class InferencePool:
+    """Serves the given models until `stop` is set, then drains in-flight work."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        worker_settings: WorkerSettings,
+        config: SluiceConfig,
+        models: Sequence[str],
+        providers: Mapping[str, Provider],
+        final_results: FinalResults,
+        *,
+        drain_timeout_s: float = 30.0,
+    ):
+        self.kafka = kafka
+        self.worker_settings = worker_settings
+        self.config = config
+        self.models = list(models)
+        self.topics = topics_for(kafka)
+        self.processor = RequestProcessor(config, providers)
+        self.final_results = final_results
+        self.slots = _Slots(worker_settings.worker_concurrency)
+        self.producer: AIOKafkaProducer = new_producer(
+            kafka, client_id="sluice-worker", linger_ms=1
+        )
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._drain_timeout_s = drain_timeout_s
+        self._stop = asyncio.Event()
+
+    def track(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run `work` as a task that holds one slot until it ends."""
+        self.slots.used += 1
+        task = asyncio.create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self.slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("request task failed", exc_info=task.exception())
+
+    async def publish(self, outcome: Outcome, reply_to: str | None) -> None:
+        """Send usage, the result of record, and the caller's reply; wait for every ack."""
+        result = outcome.result
+        payload = encode(result)
+        pending = [
+            await self.producer.send(self.topics.usage, encode(usage), key=usage.tenant.encode())
+            for usage in outcome.usage
+        ]
+        pending.append(
+            await self.producer.send(self.topics.results, payload, key=result.request_id.encode())
+        )
+        if reply_to:
+            correlation = (result.correlation_id or result.request_id).encode()
+            pending.append(
+                await self.producer.send(
+                    reply_to, payload, key=correlation, headers=[("correlation_id", correlation)]
+                )
+            )
+        await asyncio.gather(*pending)
+
+    async def publish_with_retry(self, send: Callable[[], Awaitable[None]]) -> None:
+        """Retry a publish while Kafka is unavailable; give up only when stopping."""
+        delay = 0.1
+        while True:
+            try:
+                await send()
+                return
+            except KafkaError as exc:
+                if self._stop.is_set():
+                    raise
+                log.warning("publish failed (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume until `stop` is set; then finish in-flight requests and commit."""
+        topic_names = [self.topics.requests(model) for model in self.models]
+        await ensure_topics(
+            self.kafka,
+            [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter],
+        )
+        await self.producer.start()
+        lanes = []
+        for model, topic in zip(self.models, topic_names, strict=True):
+            consumer = new_consumer(
+                self.kafka,
+                client_id=f"sluice-worker-{model}",
+                group_id=f"{self.kafka.topic_prefix}workers.{model}",
+                max_poll_records=500,
+            )
+            lane = _ModelConsumer(self, model, consumer)
+            consumer.subscribe([topic], listener=_CommitOnRevoke(lane))
+            await consumer.start()
+            lanes.append(lane)
+        log.info("worker serving %s", ", ".join(self.models))
+        try:
+            await asyncio.gather(*(lane.run(stop) for lane in lanes))
+        finally:
+            await self._drain(lanes)
+
+    async def _drain(self, lanes: list[_ModelConsumer]) -> None:
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
+        self._stop.set()
+        for lane in lanes:
+            with contextlib.suppress(KafkaError):
+                await lane.commit()
+            await lane.consumer.stop()
+        for task in list(self._tasks):
+            task.cancel()
+        await self.producer.stop()

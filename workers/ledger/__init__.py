@@ -1,0 +1,34 @@
+"""The ledger: records usage, requests and final results from Kafka in PostgreSQL, once each.
+
+`Ledger` is the service; `rows` holds its pure helpers (decoding, deduplication, commit
+positions) and `store` its idempotent SQL.
+"""
+
+from workers.ledger.rows import (
+    Kind,
+    LedgerBatch,
+    LedgerRow,
+    Poison,
+    classify,
+    commit_positions,
+    first_offsets,
+    plan_batch,
+    subscription_pattern,
+)
+from workers.ledger.service import Ledger, rewind
+from workers.ledger.store import write_batch
+
+__all__ = [
+    "Kind",
+    "Ledger",
+    "LedgerBatch",
+    "LedgerRow",
+    "Poison",
+    "classify",
+    "commit_positions",
+    "first_offsets",
+    "plan_batch",
+    "rewind",
+    "subscription_pattern",
+    "write_batch",
+]

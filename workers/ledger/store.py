@@ -1,0 +1,110 @@
+"""The ledger's writes: one transaction per batch, every statement idempotent.
+
+- usage: `INSERT … ON CONFLICT (event_id) DO NOTHING` — a redelivered event is not a row.
+- request: insert as `queued`; if its result got there first, only fill in the lane.
+- result: upsert the final status, but only over `queued` — the first final answer wins,
+  whichever of request and result arrives first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import func
+from sqlalchemy.dialects.postgresql import Insert, insert
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from broker.database import database_errors, is_data_error, sqlstate
+from broker.tables import requests, usage_events
+from workers.ledger.rows import Kind, LedgerBatch, LedgerRow, Poison, chunks
+
+
+def usage_statement(values: Sequence[dict[str, Any]]) -> Insert:
+    """Insert usage rows that are not recorded yet."""
+    return (
+        insert(usage_events)
+        .values(list(values))
+        .on_conflict_do_nothing(index_elements=[usage_events.c.event_id])
+    )
+
+
+def request_statement(values: Sequence[dict[str, Any]]) -> Insert:
+    """Insert queued requests; never touch the status of one already recorded."""
+    statement = insert(requests).values(list(values))
+    return statement.on_conflict_do_update(
+        index_elements=[requests.c.id],
+        set_={"lane": statement.excluded.lane, "updated_at": func.now()},
+        where=requests.c.lane.is_(None),
+    )
+
+
+def result_statement(values: Sequence[dict[str, Any]]) -> Insert:
+    """Record final results; a request that already has one keeps it."""
+    statement = insert(requests).values(list(values))
+    return statement.on_conflict_do_update(
+        index_elements=[requests.c.id],
+        set_={
+            "status": statement.excluded.status,
+            "result": statement.excluded.result,
+            "error": statement.excluded.error,
+            "finished_at": statement.excluded.finished_at,
+            "updated_at": func.now(),
+        },
+        where=requests.c.status == "queued",
+    )
+
+
+_STATEMENTS = {
+    Kind.USAGE: usage_statement,
+    Kind.REQUEST: request_statement,
+    Kind.RESULT: result_statement,
+}
+
+
+async def _write(connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow]) -> None:
+    for chunk in chunks(rows):
+        await connection.execute(_STATEMENTS[kind]([row.values for row in chunk]))
+
+
+async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
+    """Write a batch in one transaction; return the rows PostgreSQL refused as poison.
+
+    Normally every row goes in with a few multi-row statements. If PostgreSQL refuses the
+    data itself (SQLSTATE class 22/23: a NUL character, a number out of range), the batch is
+    written again row by row under savepoints, so one bad record cannot stall the ledger.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached; nothing was written.
+        sqlalchemy.exc.DBAPIError: any other database failure; nothing was written.
+    """
+    # Kind's order puts requests before results: a result in the same batch then finds
+    # (and finalises) the queued row instead of racing it.
+    with database_errors(engine):
+        try:
+            async with engine.begin() as connection:
+                for kind in Kind:
+                    await _write(connection, kind, batch.rows[kind])
+            return []
+        except DBAPIError as exc:
+            if not is_data_error(exc):
+                raise
+        return await _write_one_by_one(engine, batch)
+
+
+async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
+    refused: list[Poison] = []
+    async with engine.begin() as connection:
+        for kind in Kind:
+            for row in batch.rows[kind]:
+                try:
+                    async with connection.begin_nested():
+                        await _write(connection, kind, [row])
+                except DBAPIError as exc:
+                    if not is_data_error(exc):
+                        raise
+                    orig = exc.orig if exc.orig is not None else exc
+                    reason = f"refused by PostgreSQL ({sqlstate(exc)}): {orig}"
+                    refused.append(Poison(row.record, reason))
+    return refused

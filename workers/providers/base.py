@@ -1,0 +1,51 @@
+"""The one interface every provider adapter implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from schemas import ChatCompletion, ChatCompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderResponse:
+    """A successful provider call.
+
+    Attributes:
+        completion: The provider's answer, with its reported usage.
+        provider_request_id: The provider's id of the call (for support tickets), if any.
+        latency_ms: Wall time of the call as the worker saw it.
+        rate_limit_headers: The provider's rate limit headers (`x-ratelimit-*`,
+            `retry-after`, `anthropic-ratelimit-*`), lower-cased, for budget tuning.
+    """
+
+    completion: ChatCompletion
+    provider_request_id: str | None
+    latency_ms: float
+    rate_limit_headers: Mapping[str, str]
+
+
+class Provider(Protocol):
+    """One deployment of a model, callable for chat completions.
+
+    Implementations translate every failure into `ProviderRetriable` or `ProviderRejected`
+    (from `broker.errors`) and never retry or fail over themselves: the worker decides.
+    """
+
+    name: str
+    """The provider kind, e.g. `openai` or `simulated`."""
+    deployment: str
+    """The deployment's name in the configuration."""
+
+    async def complete(
+        self, body: ChatCompletionRequest, *, timeout_s: float
+    ) -> ProviderResponse:  # pragma: no cover - protocol
+        """Answer `body` with the deployment's upstream model within `timeout_s` seconds.
+
+        Raises:
+            ProviderRetriable: Trying again later or elsewhere may succeed.
+            ProviderRejected: The provider refused the request itself.
+        """
+        ...

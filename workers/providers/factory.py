@@ -1,0 +1,31 @@
+"""Build the adapter a deployment's configuration asks for."""
+
+from __future__ import annotations
+
+from typing import assert_never
+
+import httpx
+
+from broker.config import DeploymentConfig
+from workers.providers.base import Provider
+from workers.providers.openai_compatible import OpenAICompatibleProvider
+from workers.providers.simulated import SimulatedProvider
+
+
+def build_provider(
+    deployment: str, config: DeploymentConfig, client: httpx.AsyncClient
+) -> Provider:
+    """The provider adapter for one deployment.
+
+    Args:
+        deployment: The deployment's name in the configuration.
+        config: Its configuration; `config.provider` picks the adapter.
+        client: The shared HTTP client (HTTP adapters only; connection pooling lives there).
+    """
+    match config.provider:
+        case "openai":
+            return OpenAICompatibleProvider(client, deployment, config)
+        case "simulated":
+            return SimulatedProvider(deployment, config)
+        case _:  # a new provider kind in the config must get an adapter here
+            assert_never(config.provider)

@@ -1,0 +1,162 @@
+"""Adapter for any OpenAI-compatible chat completions API: OpenAI, vLLM, Ollama, llama.cpp.
+
+Every failure becomes a sluicegate provider error in this file alone: transport errors in
+`_translate_transport`, HTTP statuses in `_translate_status`, an undecodable success body
+in `complete`. Nothing here retries or fails over; the worker decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from datetime import UTC
+from email.utils import parsedate_to_datetime
+from typing import Any, NoReturn
+
+import httpx
+import orjson
+from pydantic import ValidationError
+
+from broker.config import DeploymentConfig
+from broker.errors import ConfigError, ProviderRejected, ProviderRetriable
+from schemas import ChatCompletion, ChatCompletionRequest
+from workers.providers.base import ProviderResponse
+
+_RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
+# 408 (request timeout) and 409 (conflict, e.g. OpenAI's "busy, try again") are transient.
+_RETRIABLE_CLIENT_STATUSES = frozenset({408, 409, 429})
+_MAX_MESSAGE_CHARS = 500
+
+
+class OpenAICompatibleProvider:
+    """Calls `POST {base_url}/chat/completions` with the deployment's upstream model.
+
+    Args:
+        client: The shared HTTP client (its pool is shared by every deployment).
+        deployment: The deployment's name in the configuration.
+        config: Its configuration; `base_url` looks like `http://host:8000/v1`.
+    """
+
+    name = "openai"
+
+    def __init__(self, client: httpx.AsyncClient, deployment: str, config: DeploymentConfig):
+        if not config.base_url:
+            raise ConfigError(f"deployments.{deployment}.base_url: required for 'openai'")
+        self.deployment = deployment
+        self._client = client
+        self._model = config.model
+        # Appending, not httpx.URL.join: join would drop a base path without trailing "/".
+        self._url = config.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"content-type": "application/json"}
+        api_key = config.api_key()
+        if api_key:
+            self._headers["authorization"] = f"Bearer {api_key}"
+
+    async def complete(self, body: ChatCompletionRequest, *, timeout_s: float) -> ProviderResponse:
+        """Send `body` upstream and return the provider's completion.
+
+        Raises:
+            ProviderRetriable: Timeouts, connection errors, 408/409/429, 5xx, or a 2xx body
+                that is not a chat completion.
+            ProviderRejected: Any other 4xx; the message is the provider's own.
+        """
+        payload = body.model_dump(mode="json", exclude_none=True)
+        payload["model"] = self._model
+        started = time.perf_counter()
+        try:
+            # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the
+            # whole call, so a provider trickling bytes cannot outlive the deadline.
+            async with asyncio.timeout(timeout_s):
+                response = await self._client.post(
+                    self._url,
+                    content=orjson.dumps(payload),
+                    headers=self._headers,
+                    timeout=timeout_s,
+                )
+        except (httpx.RequestError, TimeoutError) as exc:
+            self._translate_transport(exc, timeout_s)
+        latency_ms = (time.perf_counter() - started) * 1000
+        if not response.is_success:
+            self._translate_status(response)
+        try:
+            completion = ChatCompletion.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ProviderRetriable(
+                f"deployment '{self.deployment}' answered {response.status_code} with a body "
+                "that is not a chat completion",
+                status_code=response.status_code,
+                deployment=self.deployment,
+            ) from exc
+        return ProviderResponse(
+            completion=completion,
+            provider_request_id=response.headers.get("x-request-id") or completion.id,
+            latency_ms=latency_ms,
+            rate_limit_headers={
+                name: value
+                for name, value in response.headers.items()
+                if name.startswith(_RATE_LIMIT_PREFIXES)
+            },
+        )
+
+    def _translate_transport(
+        self, exc: httpx.RequestError | TimeoutError, timeout_s: float
+    ) -> NoReturn:
+        if isinstance(exc, httpx.TimeoutException | TimeoutError):
+            message = f"deployment '{self.deployment}' timed out after {timeout_s}s"
+        else:
+            message = f"deployment '{self.deployment}' unreachable: {type(exc).__name__}: {exc}"
+        raise ProviderRetriable(message, deployment=self.deployment) from exc
+
+    def _translate_status(self, response: httpx.Response) -> NoReturn:
+        status = response.status_code
+        message = f"deployment '{self.deployment}' answered {status}: {_error_message(response)}"
+        if status in _RETRIABLE_CLIENT_STATUSES or not 400 <= status < 500:
+            # Not a 4xx: 5xx is the provider's trouble; a redirect is this deployment's
+            # misconfiguration. Either way another try or deployment may succeed.
+            raise ProviderRetriable(
+                message,
+                status_code=status,
+                deployment=self.deployment,
+                retry_after_s=_retry_after_s(response.headers),
+            )
+        raise ProviderRejected(message, status_code=status, deployment=self.deployment)
+
+
+def _error_message(response: httpx.Response) -> str:
+    """The provider's own words: OpenAI's `{"error": {"message"}}`, Ollama's `{"error"}`."""
+    try:
+        data: Any = orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        error = data.get("error", data)
+        if isinstance(error, dict) and isinstance(error.get("message"), str):
+            return str(error["message"])
+        if isinstance(error, str):
+            return error
+    text = response.text.strip()
+    return text[:_MAX_MESSAGE_CHARS] if text else response.reason_phrase
+
+
+def _retry_after_s(headers: httpx.Headers) -> float | None:
+    """Seconds to wait from `retry-after-ms`, or `retry-after` (seconds or an HTTP date)."""
+    milliseconds = headers.get("retry-after-ms")
+    if milliseconds is not None:
+        try:
+            return max(0.0, float(milliseconds) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)  # HTTP dates are GMT
+    return max(0.0, moment.timestamp() - time.time())
