@@ -1,0 +1,77 @@
+"""`sluice dev` as a newcomer runs it: one command, then the OpenAI SDK and psql work."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import asyncpg
+import pytest
+from openai import OpenAI
+
+from broker.embedded import free_port
+
+pytestmark = pytest.mark.integration
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie (exited, not yet reaped by its parent) counts as gone.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+async def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sluice", "dev", "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    endpoints_file = tmp_path / "state" / "endpoints.json"
+    try:
+        deadline = time.monotonic() + 90
+        while not endpoints_file.exists():
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "sluice dev did not write endpoints.json"
+            time.sleep(0.2)
+        endpoints = json.loads(endpoints_file.read_text())
+        assert endpoints["ingress_url"] == f"http://127.0.0.1:{port}"
+        assert {"api_key", "kafka_bootstrap", "postgres_dsn"} <= set(endpoints)
+
+        client = OpenAI(base_url=f"{endpoints['ingress_url']}/v1", api_key=endpoints["api_key"])
+        completion = client.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
+        assert completion.choices[0].message.content
+        assert {m.id for m in client.models.list().data} == {"gpt-4o-mini", "llama-3.1-8b"}
+
+        connection = await asyncpg.connect(endpoints["postgres_dsn"])
+        try:
+            rows = 0
+            for _ in range(300):
+                rows = await connection.fetchval(
+                    "select count(*) from usage_events where request_id = $1", completion.id)
+                if rows:
+                    break
+                await asyncio.sleep(0.1)
+            assert rows == 1
+        finally:
+            await connection.close()
+    finally:
+        process.send_signal(signal.SIGINT)
+        output, _ = process.communicate(timeout=60)
+    assert process.returncode == 0, output
+    assert "sluicegate is running" in output
+    assert "Press Ctrl-C to stop everything." in output
+    for name, pid in endpoints["pids"].items():
+        assert not _alive(pid), f"{name} (pid {pid}) still running after Ctrl-C"
