@@ -30,7 +30,21 @@ def _alive(pid: int) -> bool:
     return status.exists() and "State:\tZ" not in status.read_text()
 
 
-async def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
+async def _ledger_rows(dsn: str, request_id: str, timeout_s: float = 30) -> int:
+    connection = await asyncpg.connect(dsn)
+    try:
+        rows = 0
+        deadline = time.monotonic() + timeout_s
+        while not rows and time.monotonic() < deadline:
+            rows = await connection.fetchval(
+                "select count(*) from usage_events where request_id = $1", request_id)
+            await asyncio.sleep(0.1)
+        return int(rows)
+    finally:
+        await connection.close()
+
+
+def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     process = subprocess.Popen(
@@ -55,18 +69,7 @@ async def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path)
         assert completion.choices[0].message.content
         assert {m.id for m in client.models.list().data} == {"gpt-4o-mini", "llama-3.1-8b"}
 
-        connection = await asyncpg.connect(endpoints["postgres_dsn"])
-        try:
-            rows = 0
-            for _ in range(300):
-                rows = await connection.fetchval(
-                    "select count(*) from usage_events where request_id = $1", completion.id)
-                if rows:
-                    break
-                await asyncio.sleep(0.1)
-            assert rows == 1
-        finally:
-            await connection.close()
+        assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)

@@ -23,7 +23,9 @@ def test_schemas_export_writes_one_json_schema_per_message(
     assert "wrote" in capsys.readouterr().out
 
 
-def test_config_check_accepts_a_valid_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_config_check_accepts_a_valid_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "ok.yaml"
     config.write_text(
         "models:\n  m:\n    deployments: [a, b]\n"
