@@ -69,6 +69,8 @@ def run_ingress(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     """`sluice worker`: consume request topics and call providers."""
+    from httpx_aiohttp import AiohttpTransport
+
     from broker.database import create_engine
     from workers.inference import InferencePool
     from workers.inference.results import PostgresFinalResults
@@ -88,7 +90,11 @@ def run_worker(args: argparse.Namespace) -> int:
         limits = httpx.Limits(max_connections=worker_settings.worker_concurrency,
                               max_keepalive_connections=worker_settings.worker_concurrency)
         engine = create_engine(DatabaseSettings())
-        async with httpx.AsyncClient(limits=limits, timeout=None) as client:
+        # Adapters speak httpx; aiohttp moves the bytes. Measured here against the
+        # simulator at concurrency 64: 330 µs of CPU per call instead of 2.4 ms with
+        # httpcore's pool, whose bookkeeping grows with the number of connections.
+        transport = AiohttpTransport(limits=limits)
+        async with httpx.AsyncClient(transport=transport, timeout=None) as client:
             providers = {
                 name: build_provider(name, deployment, client)
                 for name, deployment in config.deployments.items()
