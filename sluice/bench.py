@@ -75,15 +75,26 @@ async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
     endpoint = f"{url}/v1/chat/completions"
     if args.warmup:
         await run_load(endpoint, key, _body(model), total=args.warmup, concurrency=args.concurrency)
-    checkpoints: list[dict[str, float]] = [_memory(pids, "VmRSS")]
+    # Resident memory of each process at every tenth of the run: it must stay flat.
+    checkpoints: list[dict[str, float]] = [{"requests": 0, **_memory(pids, "VmRSS")}]
+    every = max(1, args.requests // 10)
+    done = 0
+
     with Progress("[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
                   TimeRemainingColumn(), console=console, transient=True) as progress:
         task = progress.add_task(f"c={args.concurrency}", total=args.requests)
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            progress.advance(task, count)
+            if done % every == 0:
+                checkpoints.append({"requests": done, **_memory(pids, "VmRSS")})
+
         result = await run_load(
             endpoint, key, _body(model), total=args.requests, concurrency=args.concurrency,
-            on_progress=lambda n: progress.advance(task, n),
+            on_progress=advance,
         )
-    checkpoints.append(_memory(pids, "VmRSS"))
     return result, checkpoints
 
 
@@ -111,9 +122,9 @@ def run_bench(args: argparse.Namespace) -> int:
         "p50_ms": round(percentile(result.latencies, 0.50) * 1000, 2),
         "p95_ms": round(percentile(result.latencies, 0.95) * 1000, 2),
         "p99_ms": round(percentile(result.latencies, 0.99) * 1000, 2),
-        "rss_mb_before": {n: round(v, 1) for n, v in checkpoints[0].items()},
-        "rss_mb_after": {n: round(v, 1) for n, v in checkpoints[-1].items()},
         "peak_rss_mb": {n: round(v, 1) for n, v in peak.items()},
+        "rss_mb_checkpoints": [{n: round(v, 1) for n, v in point.items()}
+                               for point in checkpoints],
     }
     table = Table(title=f"sluice bench — {model}, concurrency {args.concurrency}")
     table.add_column("metric")
