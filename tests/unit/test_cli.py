@@ -21,6 +21,9 @@ def test_schemas_export_writes_one_json_schema_per_message(
     assert {"id", "model", "body", "schema_version"} <= set(request["properties"])
     assert set(request["required"]) >= {"id", "model", "body", "created_at"}
     assert "wrote" in capsys.readouterr().out
+    asyncapi = json.loads((tmp_path / "out" / "asyncapi.json").read_text())
+    assert any(channel["address"] == "sluice.requests.{model}"
+               for channel in asyncapi["channels"].values())
 
 
 def test_config_check_accepts_a_valid_file(

@@ -1,0 +1,62 @@
+"""Long polling: `GET /v1/requests/{id}?wait=30` answers as soon as the request is final.
+
+Any ingress instance can be asked, and the result of record lives in PostgreSQL (written by
+the ledger), so the wait polls the database with a growing interval: a waiting client costs
+a handful of indexed lookups per second at most, whichever instance accepted its request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from broker.errors import InvalidRequest
+from ingress.services import RequestFinder, StoredRequest
+from schemas import RequestStatus
+
+MAX_WAIT_S = 60.0
+_FIRST_INTERVAL_S = 0.05
+_MAX_INTERVAL_S = 0.5
+# A request accepted by another instance is recorded by the ledger within milliseconds;
+# an id still unknown after this long does not exist, and waiting longer helps nobody.
+UNKNOWN_GRACE_S = 2.0
+
+
+def parse_wait(raw: str | None) -> float:
+    """The `wait` query parameter in seconds (0 when absent), or `InvalidRequest`."""
+    if raw is None or raw == "":
+        return 0.0
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds <= MAX_WAIT_S:
+        raise InvalidRequest(
+            f"wait must be a number of seconds between 0 and {MAX_WAIT_S:g}.", param="wait"
+        )
+    return seconds
+
+
+async def wait_until_final(
+    requests: RequestFinder, request_id: str, tenant: str, wait_s: float
+) -> StoredRequest | None:
+    """The stored request once final, or as it stands when `wait_s` has passed.
+
+    Returns at once for another tenant's request (the caller answers 404), and waits at
+    most `UNKNOWN_GRACE_S` for a request that is not recorded at all.
+    """
+    started = time.monotonic()
+    deadline = started + wait_s
+    interval = _FIRST_INTERVAL_S
+    while True:
+        stored = await requests.find(request_id)
+        if stored is not None and (
+            stored.tenant != tenant or stored.status != RequestStatus.QUEUED
+        ):
+            return stored
+        now = time.monotonic()
+        remaining = deadline - now
+        if remaining <= 0 or (stored is None and now - started >= UNKNOWN_GRACE_S):
+            return stored
+        await asyncio.sleep(min(interval, remaining))
+        interval = min(interval * 1.5, _MAX_INTERVAL_S)
