@@ -54,6 +54,48 @@ class DeploymentConfig(BaseModel):
         ) / million
 
 
+class RetryPolicy(BaseModel):
+    """When a request whose every deployment failed (retriably) is tried again, and until when.
+
+    Delays grow exponentially with the provider calls already made, with "equal jitter"
+    (half fixed, half random): never zero, so nothing loops hot, and spread, so a burst of
+    failures does not come back as a synchronised burst.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    max_attempts: Annotated[int, Field(ge=1)] = 6
+    """Provider calls per request, over every delivery, before it ends `failed`."""
+    max_total_s: Annotated[float, Field(gt=0)] = 600.0
+    """No retry is scheduled later than this after the request was created."""
+    initial_backoff_s: Annotated[float, Field(gt=0)] = 1.0
+    max_backoff_s: Annotated[float, Field(gt=0)] = 60.0
+    multiplier: Annotated[float, Field(ge=1)] = 2.0
+
+
+class BreakerConfig(BaseModel):
+    """When a deployment's circuit breaker opens, and how long it stays open."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    consecutive_failures: Annotated[int, Field(ge=1)] = 5
+    error_rate: Annotated[float, Field(gt=0, le=1)] = 0.5
+    """Open when this share of calls in `window_s` failed (and at least `min_calls`)."""
+    window_s: Annotated[float, Field(gt=0)] = 30.0
+    min_calls: Annotated[int, Field(ge=1)] = 20
+    cooldown_s: Annotated[float, Field(gt=0)] = 15.0
+    """Open this long before one probe call is let through (half-open)."""
+
+
+class LaneDeadlines(BaseModel):
+    """Deadline of a request that did not bring its own (`X-Request-Timeout`), per lane."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    interactive_s: Annotated[float, Field(gt=0)] = 600.0
+    batch_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
+
+
 class ModelConfig(BaseModel):
     """A logical model clients ask for, served by an ordered list of deployments."""
 
@@ -62,6 +104,11 @@ class ModelConfig(BaseModel):
     deployments: Annotated[list[str], Field(min_length=1)]
     encoding: str | None = None
     """Token encoding for budgets; guessed from the upstream model name when absent."""
+    weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)
+    """Optional load split: each request's first choice is drawn among the weighted
+    deployments by weight (then the others of them, also by weight); unweighted deployments
+    are pure fallbacks, tried afterwards in the listed order."""
+    retry: RetryPolicy = RetryPolicy()
 
 
 class SluiceConfig(BaseModel):
@@ -71,6 +118,8 @@ class SluiceConfig(BaseModel):
 
     models: Annotated[dict[str, ModelConfig], Field(min_length=1)]
     deployments: Annotated[dict[str, DeploymentConfig], Field(min_length=1)]
+    circuit_breaker: BreakerConfig = BreakerConfig()
+    deadlines: LaneDeadlines = LaneDeadlines()
 
     @model_validator(mode="after")
     def _references_resolve(self) -> SluiceConfig:
@@ -86,6 +135,11 @@ class SluiceConfig(BaseModel):
                     raise ValueError(
                         f"models.{name}.deployments[{index}]: unknown deployment "
                         f"'{deployment}' (known: {', '.join(sorted(self.deployments))})"
+                    )
+            for weighted in model.weights:
+                if weighted not in model.deployments:
+                    raise ValueError(
+                        f"models.{name}.weights.{weighted}: not one of this model's deployments"
                     )
         return self
 

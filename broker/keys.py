@@ -11,11 +11,12 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import datetime
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
@@ -36,6 +37,17 @@ class NewApiKey:
 
 
 @dataclass(frozen=True, slots=True)
+class KeyLimits:
+    """What a key may do; None everywhere means "no limit of this kind"."""
+
+    models: frozenset[str] | None = None
+    rpm: int | None = None
+    tpm: int | None = None
+    monthly_budget_usd: Decimal | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ApiKeyRecord:
     """A stored API key (never the secret)."""
 
@@ -45,6 +57,13 @@ class ApiKeyRecord:
     prefix: str
     created_at: datetime
     revoked_at: datetime | None
+    limits: KeyLimits = field(default_factory=lambda: KeyLimits())
+    # Not part of a key's identity: every lookup stamps it.
+    last_used_at: datetime | None = field(default=None, compare=False)
+
+    def may_use(self, model: str) -> bool:
+        """Whether this key may call `model` (a key without a model list may call any)."""
+        return self.limits.models is None or model in self.limits.models
 
 
 def hash_secret(secret: str) -> str:
@@ -71,6 +90,14 @@ def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in S
         prefix=row.prefix,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
+        limits=KeyLimits(
+            models=frozenset(row.models) if row.models is not None else None,
+            rpm=row.rpm,
+            tpm=row.tpm,
+            monthly_budget_usd=row.monthly_budget_usd,
+            expires_at=row.expires_at,
+        ),
+        last_used_at=row.last_used_at,
     )
 
 
@@ -81,13 +108,19 @@ _COLUMNS = (
     api_keys.c.prefix,
     api_keys.c.created_at,
     api_keys.c.revoked_at,
+    api_keys.c.models,
+    api_keys.c.rpm,
+    api_keys.c.tpm,
+    api_keys.c.monthly_budget_usd,
+    api_keys.c.expires_at,
+    api_keys.c.last_used_at,
 )
 
 
 async def create_api_key(
-    engine: AsyncEngine, tenant: str, name: str | None = None
+    engine: AsyncEngine, tenant: str, name: str | None = None, limits: KeyLimits | None = None
 ) -> tuple[str, ApiKeyRecord]:
-    """Create and store a key for `tenant`.
+    """Create and store a key for `tenant`, with optional `limits`.
 
     Returns:
         The plaintext secret (the only time it is available) and the stored record.
@@ -96,9 +129,15 @@ async def create_api_key(
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
     new = generate_api_key()
+    limits = limits or KeyLimits()
     statement = (
         api_keys.insert()
-        .values(id=new.id, tenant=tenant, name=name, prefix=new.prefix, key_hash=new.key_hash)
+        .values(
+            id=new.id, tenant=tenant, name=name, prefix=new.prefix, key_hash=new.key_hash,
+            models=sorted(limits.models) if limits.models is not None else None,
+            rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
+            expires_at=limits.expires_at,
+        )
         .returning(*_COLUMNS)
     )
     with database_errors(engine):
@@ -108,7 +147,7 @@ async def create_api_key(
 
 
 async def find_api_key(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
-    """The active key whose secret this is, or None (unknown or revoked).
+    """The active key whose secret this is, or None (unknown, revoked or expired).
 
     Also stamps `last_used_at`; behind `ApiKeyCache` that is once per cache miss, not once
     per request.
@@ -120,7 +159,11 @@ async def find_api_key(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
         return None  # not one of ours: no need to ask the database
     statement = (
         update(api_keys)
-        .where(api_keys.c.key_hash == hash_secret(secret), api_keys.c.revoked_at.is_(None))
+        .where(
+            api_keys.c.key_hash == hash_secret(secret),
+            api_keys.c.revoked_at.is_(None),
+            or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > func.now()),
+        )
         .values(last_used_at=func.now())
         .returning(*_COLUMNS)
     )
@@ -146,9 +189,11 @@ async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
             return (await connection.execute(statement)).one_or_none() is not None
 
 
-async def list_api_keys(engine: AsyncEngine, tenant: str) -> list[ApiKeyRecord]:
-    """Every key of `tenant`, oldest first, revoked ones included."""
-    statement = select(*_COLUMNS).where(api_keys.c.tenant == tenant).order_by(api_keys.c.created_at)
+async def list_api_keys(engine: AsyncEngine, tenant: str | None = None) -> list[ApiKeyRecord]:
+    """Every key of `tenant` (or of every tenant), oldest first, revoked ones included."""
+    statement = select(*_COLUMNS).order_by(api_keys.c.created_at, api_keys.c.id)
+    if tenant is not None:
+        statement = statement.where(api_keys.c.tenant == tenant)
     with database_errors(engine):
         async with engine.connect() as connection:
             rows = (await connection.execute(statement)).all()
@@ -189,14 +234,14 @@ class ApiKeyCache:
         key = hash_secret(secret)
         entry = self._entries.get(key)
         if entry is not None and entry[0] > self._clock():
-            return entry[1]
+            return _unexpired(entry[1])
         pending = self._lookups.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._lookup(key, secret))
             self._lookups[key] = pending
             pending.add_done_callback(lambda _: self._lookups.pop(key, None))
         # Shielded: one caller giving up must not cancel the lookup the others wait for.
-        return await asyncio.shield(pending)
+        return _unexpired(await asyncio.shield(pending))
 
     def invalidate(self, secret: str | None = None) -> None:
         """Forget one secret's entry, or every entry."""
@@ -214,3 +259,11 @@ class ApiKeyCache:
             self._entries.pop(next(iter(self._entries)))
         self._entries[key] = (self._clock() + ttl, record)
         return record
+
+
+def _unexpired(record: ApiKeyRecord | None) -> ApiKeyRecord | None:
+    # A cached key must not outlive its expiry by the cache's TTL.
+    expires_at = record.limits.expires_at if record is not None else None
+    if expires_at is not None and expires_at <= datetime.now(UTC):
+        return None
+    return record

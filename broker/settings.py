@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -48,6 +48,8 @@ class IngressSettings(_Settings):
     sync_timeout_s: float = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     public_url: str | None = None
+    # SLUICE_ADMIN_KEY: guards /v1/admin/* and tenant-wide usage; unset disables them.
+    admin_key: SecretStr | None = None
 
 
 class WorkerSettings(_Settings):
@@ -55,6 +57,9 @@ class WorkerSettings(_Settings):
 
     worker_concurrency: int = Field(default=128, ge=1, le=10_000)
     commit_interval_s: float = Field(default=0.2, gt=0)
+    # `GET /status` (breakers, held retries) of this worker; off unless a port is given.
+    status_port: int | None = Field(default=None, ge=0, le=65535)
+    status_host: str = "127.0.0.1"
 
 
 class LedgerSettings(_Settings):

@@ -1,4 +1,4 @@
-"""The PostgreSQL schema as SQLAlchemy Core tables: the usage ledger, requests and API keys.
+"""The PostgreSQL schema as SQLAlchemy Core tables: ledger, requests, keys, prices, tenants.
 
 Migrations in `migrations/versions` are written by hand and must match these definitions;
 `tests/integration/test_database.py` compares the two. Money is `numeric` (never float) and
@@ -9,19 +9,23 @@ zones.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
     Double,
+    Identity,
     Index,
     Integer,
     MetaData,
     Numeric,
     Table,
     Text,
+    UniqueConstraint,
     func,
 )
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
 # Stable constraint names, so later migrations can refer to them.
 metadata = MetaData(
@@ -64,12 +68,16 @@ usage_events = Table(
     Column("cost_usd", Numeric(20, 10), nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("status", Text, nullable=False),
+    # The `prices` row the ledger charged with (None: config fallback or unknown price).
+    Column("price_id", BigInteger, nullable=True),
     _timestamp("started_at"),
     _timestamp("finished_at"),
     _timestamp("recorded_at", now=True),
     Index(None, "tenant", "finished_at"),
     Index(None, "model", "finished_at"),
     Index(None, "request_id"),
+    Index(None, "api_key_id", "finished_at"),
+    Index(None, "finished_at"),
 )
 
 requests = Table(
@@ -106,5 +114,41 @@ api_keys = Table(
     _timestamp("created_at", now=True),
     _timestamp("revoked_at", nullable=True),
     _timestamp("last_used_at", nullable=True),
+    # Limits of this key; None means "no limit of this kind".
+    Column("models", ARRAY(Text), nullable=True),
+    Column("rpm", Integer, nullable=True),
+    Column("tpm", Integer, nullable=True),
+    Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
+    _timestamp("expires_at", nullable=True),
     Index(None, "tenant"),
+)
+
+prices = Table(
+    "prices",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("model", Text, nullable=False),
+    # None: the model's price on every deployment without a price of its own.
+    Column("deployment", Text, nullable=True),
+    Column("input_usd_per_mtok", Numeric(20, 10), nullable=False),
+    Column("output_usd_per_mtok", Numeric(20, 10), nullable=False),
+    Column("cached_input_usd_per_mtok", Numeric(20, 10), nullable=True),
+    Column("currency", Text, nullable=False, server_default="USD"),
+    _timestamp("effective_from"),
+    _timestamp("created_at", now=True),
+    # NULLS NOT DISTINCT (PostgreSQL 15+): one model-wide price per model and date, too.
+    UniqueConstraint(
+        "model", "deployment", "effective_from", postgresql_nulls_not_distinct=True
+    ),
+    CheckConstraint("currency = 'USD'", name="currency"),
+)
+
+tenants = Table(
+    "tenants",
+    metadata,
+    Column("name", Text, primary_key=True),
+    # Privacy: completion text stays in `requests.result` only when the tenant opts in.
+    Column("store_content", Boolean, nullable=False, server_default="false"),
+    Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
+    _timestamp("created_at", now=True),
 )

@@ -8,20 +8,26 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.asyncapi import asyncapi_document
 from broker.errors import InvalidRequest, NotFound, UnknownModel
+from broker.kafka import topics_for
+from ingress.admin import register_ledger_routes
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import error_body, install_error_handlers, json_response
+from ingress.polling import parse_wait, wait_until_final
 from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
 from schemas import ChatCompletionRequest, InferenceRequest, RequestStatus
+from schemas.messages import CancelRequested
 
 
 class Ingress:
@@ -33,6 +39,7 @@ class Ingress:
         self.replies = ReplyListener(services.kafka, services.ingress_id())
         self.accepted = RecentlyAccepted()
         self.started = int(time.time())
+        self._asyncapi: dict[str, Any] | None = None
 
     def status_url(self, request: Request, request_id: str) -> str:
         base = self.services.settings.public_url or str(request.base_url)
@@ -42,8 +49,8 @@ class Ingress:
         principal = await authenticate(request, self.services.api_keys)
         data = await read_json_object(request, self.services.settings.max_body_bytes)
         body = validate_body(ChatCompletionRequest, data)
-        if body.model not in self.services.config.models:
-            raise UnknownModel(body.model)
+        if body.model not in self.services.config.models or not principal.may_use(body.model):
+            raise UnknownModel(body.model)  # 404 for a key's unlisted model: no existence leak
         now = datetime.now(UTC)
         request_id = f"req_{uuid.uuid4().hex}"
         inference = InferenceRequest(
@@ -111,7 +118,13 @@ class Ingress:
     async def request_status(self, request: Request, request_id: str) -> Response:
         principal = await authenticate(request, self.services.api_keys)
         url = self.status_url(request, request_id)
-        stored = await self.services.requests.find(request_id)
+        wait_s = parse_wait(request.query_params.get("wait"))
+        recent_tenant = (self.accepted.lookup(request_id) or ("", ""))[0]
+        if wait_s and recent_tenant not in ("", principal.tenant):
+            wait_s = 0.0  # someone else's id: answer 404 now, without waiting
+        stored = await wait_until_final(
+            self.services.requests, request_id, principal.tenant, wait_s
+        )
         if stored is not None and stored.tenant == principal.tenant:
             return json_response(request_state(
                 stored.id, stored.status, stored.model, stored.created_at, stored.finished_at,
@@ -123,6 +136,37 @@ class Ingress:
                 request_id, RequestStatus.QUEUED.value, recent[1], None, None, None, url,
             ))
         raise NotFound(f"No request with id '{request_id}'.")
+
+    async def cancel(self, request: Request, request_id: str) -> Response:
+        """Ask workers to answer a not-yet-started request `cancelled` (a started one ends)."""
+        principal = await authenticate(request, self.services.api_keys)
+        url = self.status_url(request, request_id)
+        stored = await self.services.requests.find(request_id)
+        recent = self.accepted.lookup(request_id)
+        if stored is not None and stored.tenant == principal.tenant:
+            if stored.status != RequestStatus.QUEUED.value:  # final already: nothing to do
+                return json_response(request_state(
+                    stored.id, stored.status, stored.model, stored.created_at,
+                    stored.finished_at, stored.result, url))
+            model = stored.model
+        elif stored is None and recent is not None and recent[0] == principal.tenant:
+            model = recent[1]
+        else:
+            raise NotFound(f"No request with id '{request_id}'.")
+        await self.publisher.publish_cancel(CancelRequested(
+            request_id=request_id, tenant=principal.tenant, requested_at=datetime.now(UTC)))
+        body = request_state(request_id, RequestStatus.QUEUED.value, model, None, None, None, url)
+        body["cancel_requested"] = True
+        return json_response(body, 202, headers={"Location": url})
+
+    def asyncapi(self) -> dict[str, Any]:
+        """The AsyncAPI document of this deployment's topics (built once, on first ask)."""
+        if self._asyncapi is None:
+            self._asyncapi = asyncapi_document(
+                topics_for(self.services.kafka), self.services.config.models,
+                bootstrap=self.services.kafka.kafka_bootstrap,
+            )
+        return self._asyncapi
 
     async def models(self, request: Request) -> Response:
         await authenticate(request, self.services.api_keys)
@@ -163,9 +207,15 @@ def create_app(services: IngressServices) -> FastAPI:
         await ingress.publisher.stop()
         await ingress.replies.stop()
 
-    app = FastAPI(title="sluicegate", version="0.1.0", lifespan=lifespan)
+    # FastAPI's native OpenTelemetry hook probes the environment on every request (7% of
+    # ingress CPU in the profile) although no OpenTelemetry provider is configured.
+    app = FastAPI(
+        title="sluicegate", version="0.1.0", lifespan=lifespan,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.ingress = ingress
     install_error_handlers(app)
+    register_ledger_routes(app, services)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:
@@ -179,9 +229,17 @@ def create_app(services: IngressServices) -> FastAPI:
     async def request_status(request: Request, request_id: str) -> Response:
         return await ingress.request_status(request, request_id)
 
+    @app.post("/v1/requests/{request_id}/cancel")
+    async def cancel(request: Request, request_id: str) -> Response:
+        return await ingress.cancel(request, request_id)
+
     @app.get("/v1/models")
     async def models(request: Request) -> Response:
         return await ingress.models(request)
+
+    @app.get("/asyncapi.json")
+    async def asyncapi() -> Response:
+        return json_response(ingress.asyncapi())
 
     @app.get("/health")
     async def health() -> Response:

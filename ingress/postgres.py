@@ -18,7 +18,9 @@ class PostgresApiKeys:
     async def principal(self, secret: str) -> Principal | None:
         """The caller owning `secret`, or None."""
         record = await self._cache.get(secret)
-        return Principal(tenant=record.tenant, api_key_id=record.id) if record else None
+        if record is None:
+            return None
+        return Principal(tenant=record.tenant, api_key_id=record.id, models=record.limits.models)
 
 
 class PostgresRequests:

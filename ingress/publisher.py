@@ -13,6 +13,7 @@ from broker.errors import BrokerUnavailable
 from broker.kafka import encode, new_producer, topics_for
 from broker.settings import KafkaSettings
 from schemas import InferenceRequest
+from schemas.messages import CancelRequested
 
 log = logging.getLogger("sluice.ingress")
 
@@ -72,6 +73,17 @@ class RequestPublisher:
             )
         except KafkaError as exc:
             raise BrokerUnavailable(f"Kafka did not acknowledge the request ({exc}).") from exc
+
+    async def publish_cancel(self, marker: CancelRequested) -> None:
+        """Send a cancellation marker (keyed by request id) and wait for the acknowledgement."""
+        if self._producer is None:
+            raise BrokerUnavailable(f"Kafka at {self._kafka.kafka_bootstrap} is unreachable.")
+        try:
+            await self._producer.send_and_wait(
+                self._topics.cancels, encode(marker), key=marker.request_id.encode()
+            )
+        except KafkaError as exc:
+            raise BrokerUnavailable(f"Kafka did not acknowledge the cancel ({exc}).") from exc
 
     async def stop(self) -> None:
         """Flush and disconnect."""

@@ -11,10 +11,13 @@ import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import SluiceConfig
 from broker.settings import IngressSettings, KafkaSettings
+
+if TYPE_CHECKING:
+    from ingress.admin import LedgerAccess
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +26,12 @@ class Principal:
 
     tenant: str
     api_key_id: str
+    # None: any model. A key limited to some models gets 404 model_not_found for the others.
+    models: frozenset[str] | None = None
+
+    def may_use(self, model: str) -> bool:
+        """Whether this caller may call `model`."""
+        return self.models is None or model in self.models
 
 
 class ApiKeyFinder(Protocol):
@@ -95,6 +104,8 @@ class IngressServices:
     config: SluiceConfig
     api_keys: ApiKeyFinder
     requests: RequestFinder
+    # Admin keys API and usage queries (ingress/admin.py); None leaves those routes out.
+    ledger: LedgerAccess | None = None
 
     def ingress_id(self) -> str:
         """This instance's id, naming its reply topic."""

@@ -97,6 +97,17 @@ class InferenceResult(_Message):
     finished_at: datetime
 
 
+class CancelRequested(_Message):
+    """Event: a client asked to cancel a request. Key on Kafka: `request_id`.
+
+    Workers answer a request not yet started `cancelled`; one already started finishes.
+    """
+
+    request_id: Annotated[str, Field(min_length=1, max_length=200)]
+    tenant: str
+    requested_at: datetime
+
+
 class UsageEvent(_Message):
     """Event: one provider call consumed tokens. Key on Kafka: `tenant`.
 

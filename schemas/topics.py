@@ -46,6 +46,15 @@ class Topics:
         """Poison and exhausted messages, with the reason."""
         return f"{self.prefix}dead-letter"
 
+    def retry(self, model: str) -> str:
+        """Requests of `model` waiting for a delayed retry (not a request topic)."""
+        return f"{self.prefix}retry.{model}"
+
+    @property
+    def cancels(self) -> str:
+        """Cancellation markers, keyed by request id (compacted semantics)."""
+        return f"{self.prefix}cancels"
+
     def replies(self, ingress_id: str) -> str:
         """Results for callers waiting on one ingress instance."""
         return f"{self.prefix}replies.{ingress_id}"

@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.errors import SluiceError
+from sluice.ledger_commands import add_ledger_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -61,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(worker)
     worker.add_argument("--models", default=None, help="comma-separated models (default: all)")
     worker.add_argument("--concurrency", type=int, default=None)
+    worker.add_argument("--status-port", type=int, default=None,
+                        help="serve GET /status (circuit breakers, held retries) on this port")
     worker.set_defaults(handler=_handler("sluice.processes", "run_worker"))
 
     ledger = commands.add_parser("ledger", help="record usage and results in PostgreSQL")
@@ -75,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--jitter-ms", type=float, default=0.0)
     mock.add_argument("--output-tokens", type=int, default=16)
+    mock.add_argument("--faults", default=None,
+                      help='injected faults as JSON, e.g. \'{"error_rate": 0.2}\'')
     mock.set_defaults(handler=_handler("sluice.processes", "run_mock_provider"))
 
     bench = commands.add_parser("bench", help="drive a running stack and report speed")
@@ -86,6 +91,16 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--requests", type=int, default=5000)
     bench.add_argument("--warmup", type=int, default=200)
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
+
+    dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")
+    dead_commands = dead.add_subparsers(dest="dead_letters_command", required=True)
+    dead_list = dead_commands.add_parser("list", help="print entries as JSON lines")
+    dead_list.add_argument("--limit", type=int, default=None, help="only the newest N")
+    dead_list.set_defaults(handler=_handler("sluice.deadletters", "run_dead_letters"))
+    dead_replay = dead_commands.add_parser("replay", help="send entries back to their topics")
+    dead_replay.add_argument("--id", action="append", help="PARTITION:OFFSET (repeatable)")
+    dead_replay.add_argument("--all", action="store_true")
+    dead_replay.set_defaults(handler=_handler("sluice.deadletters", "run_dead_letters"))
 
     schemas = commands.add_parser("schemas", help="the wire contract")
     schema_commands = schemas.add_subparsers(dest="schemas_command", required=True)
@@ -99,12 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", type=Path)
     check.set_defaults(handler=_handler("sluice.processes", "run_config_check"))
 
-    keys = commands.add_parser("keys", help="API keys")
-    key_commands = keys.add_subparsers(dest="keys_command", required=True)
-    create = key_commands.add_parser("create", help="create an API key (printed once)")
-    create.add_argument("--tenant", required=True)
-    create.add_argument("--name", default=None)
-    create.set_defaults(handler=_handler("sluice.processes", "run_keys_create"))
+    add_ledger_commands(commands, ledger, _handler)  # keys, prices, usage, ledger reconcile
     return parser
 
 

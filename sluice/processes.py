@@ -40,6 +40,7 @@ def run_ingress(args: argparse.Namespace) -> int:
     import uvicorn
 
     from broker.database import create_engine
+    from ingress.admin import LedgerAccess
     from ingress.app import create_app
     from ingress.postgres import PostgresApiKeys, PostgresRequests
     from ingress.services import IngressServices
@@ -53,6 +54,7 @@ def run_ingress(args: argparse.Namespace) -> int:
         config=_config(args),
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
+        ledger=LedgerAccess(engine),
     )
     uvicorn.run(
         create_app(services),
@@ -85,6 +87,8 @@ def run_worker(args: argparse.Namespace) -> int:
     worker_settings = WorkerSettings()
     if args.concurrency:
         worker_settings = WorkerSettings(worker_concurrency=args.concurrency)
+    if args.status_port is not None:
+        worker_settings = worker_settings.model_copy(update={"status_port": args.status_port})
 
     async def main(stop: asyncio.Event) -> None:
         limits = httpx.Limits(max_connections=worker_settings.worker_concurrency,
@@ -141,7 +145,8 @@ def run_mock_provider(args: argparse.Namespace) -> int:
     from broker.simulator import SimulatorSettings, serve_simulator
 
     settings = SimulatorSettings(
-        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens
+        latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens,
+        **({"faults": json.loads(args.faults)} if args.faults else {}),
     )
     print(f"simulated provider on http://{args.host}:{args.port}/v1 (stats: /stats)", flush=True)
     serve_simulator(settings, args.host, args.port)
@@ -157,6 +162,12 @@ def run_schemas_export(args: argparse.Namespace) -> int:
     for name, schema in json_schemas().items():
         (directory / f"{name}.schema.json").write_text(json.dumps(schema, indent=2) + "\n")
         print(f"wrote {directory / f'{name}.schema.json'}")
+    from broker.asyncapi import asyncapi_document
+    from schemas import Topics
+
+    document = asyncapi_document(Topics(KafkaSettings().topic_prefix), ["{model}"])
+    (directory / "asyncapi.json").write_text(json.dumps(document, indent=2) + "\n")
+    print(f"wrote {directory / 'asyncapi.json'}")
     return 0
 
 

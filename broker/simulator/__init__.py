@@ -6,10 +6,12 @@ Deterministic answers with token-accurate usage, configurable latency, and count
 
 from broker.simulator.app import SimulatorApp, create_simulator_app
 from broker.simulator.server import serve_simulator
-from broker.simulator.settings import SimulatorSettings
+from broker.simulator.settings import Faults, FaultWindow, SimulatorSettings
 from broker.simulator.state import SimulatorState
 
 __all__ = [
+    "FaultWindow",
+    "Faults",
     "SimulatorApp",
     "SimulatorSettings",
     "SimulatorState",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -24,6 +25,7 @@ from broker.simulator.asgi import (
     read_body,
     send_json,
 )
+from broker.simulator.faults import choose_fault
 from broker.simulator.settings import SimulatorSettings
 from broker.simulator.state import SimulatorState
 from schemas import ChatCompletionRequest
@@ -39,9 +41,13 @@ class SimulatorApp:
         state: What it has done so far (served by `GET /stats`).
     """
 
-    def __init__(self, settings: SimulatorSettings) -> None:
+    def __init__(
+        self, settings: SimulatorSettings, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
         self.state = SimulatorState(seed=settings.seed)
+        self._clock = clock
+        self._started = clock()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection."""
@@ -74,6 +80,20 @@ class SimulatorApp:
             message, param = describe_invalid(exc)
             state.record_error(400)
             await send_json(send, 400, error_body(message, param=param), headers)
+            return
+        state.requests_by_model[body.model] += 1
+        faults = settings.model_faults.get(body.model, settings.faults)
+        fault = choose_fault(faults, state.random, self._clock() - self._started)
+        if fault is not None:
+            state.record_injected(fault.kind)
+            if fault.hang_s:
+                # Longer than the caller's timeout: it gives up (and is cancelled, in-process).
+                await asyncio.sleep(fault.hang_s)
+            if fault.retry_after_s is not None:
+                headers.append((b"retry-after", f"{fault.retry_after_s:g}".encode()))
+            state.record_error(fault.status)
+            kind = "rate_limit_error" if fault.status == 429 else "server_error"
+            await send_json(send, fault.status, error_body(fault.message, type_=kind), headers)
             return
         delay_ms = settings.latency_ms
         if settings.jitter_ms > 0:
@@ -123,6 +143,13 @@ async def _lifespan(receive: Receive, send: Send) -> None:
             return
 
 
-def create_simulator_app(settings: SimulatorSettings) -> SimulatorApp:
-    """Build the simulator's ASGI app (its `state` holds the counters)."""
-    return SimulatorApp(settings)
+def create_simulator_app(
+    settings: SimulatorSettings, *, clock: Callable[[], float] = time.monotonic
+) -> SimulatorApp:
+    """Build the simulator's ASGI app (its `state` holds the counters).
+
+    Args:
+        settings: How it behaves, injected faults included.
+        clock: Monotonic seconds; fault windows are measured from the app's creation.
+    """
+    return SimulatorApp(settings, clock=clock)

@@ -4,15 +4,52 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+_Share = Annotated[float, Field(ge=0, le=1)]
+_ErrorStatus = Annotated[int, Field(ge=400, le=599)]
+
+
+class FaultWindow(BaseModel):
+    """A stretch of time when every call fails: an outage (503) or a 429 burst."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    start_s: Annotated[float, Field(ge=0)]
+    """Seconds after the simulator started."""
+    end_s: Annotated[float, Field(gt=0)]
+    status: _ErrorStatus = 503
+    retry_after_s: Annotated[float, Field(ge=0)] | None = None
+    """Sent as `retry-after` (as real providers do on 429)."""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> FaultWindow:
+        if self.end_s <= self.start_s:
+            raise ValueError("end_s must be after start_s")
+        return self
+
+
+class Faults(BaseModel):
+    """Injected failures; all off by default. Checked in order: windows, hangs, errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    error_rate: _Share = 0.0
+    """Share of calls answered with a status drawn from `error_statuses`."""
+    error_statuses: Annotated[tuple[_ErrorStatus, ...], Field(min_length=1)] = (
+        500, 502, 503, 429,
+    )
+    timeout_rate: _Share = 0.0
+    """Share of calls that hang `hang_s` (longer than a client's timeout), then answer 504."""
+    hang_s: Annotated[float, Field(gt=0)] = 30.0
+    windows: tuple[FaultWindow, ...] = ()
 
 
 class SimulatorSettings(BaseModel):
     """How the simulator behaves; the CLI builds it from flags, tests build it directly.
 
-    Later knobs (rate limits answered with 429 and `x-ratelimit-*` headers, fault
-    injection) belong here too, each defaulting to "off" so old configurations keep their
-    meaning.
+    Later knobs (rate limits answered with 429 and `x-ratelimit-*` headers) belong here
+    too, each defaulting to "off" so old configurations keep their meaning.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -28,4 +65,9 @@ class SimulatorSettings(BaseModel):
     encoding: str | None = None
     """Token encoding for usage; guessed from each request's model name when None."""
     seed: int | None = None
-    """Seed of the jitter generator, for reproducible latency runs."""
+    """Seed of the jitter and fault generator, for reproducible runs."""
+    faults: Faults = Faults()
+    """Failures injected into every chat completion call."""
+    model_faults: dict[str, Faults] = Field(default_factory=dict)
+    """Per requested model name, replacing `faults`: one simulator can play a healthy and
+    a failing deployment at once."""

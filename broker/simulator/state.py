@@ -22,6 +22,8 @@ class SimulatorState:
         self.prompt_tokens = 0
         self.completion_tokens = 0
         self.errors_by_status: Counter[int] = Counter()
+        self.requests_by_model: Counter[str] = Counter()
+        self.injected: Counter[str] = Counter()
         self.random = random.Random(seed)
 
     def record_success(self, usage: Usage | None) -> None:
@@ -35,6 +37,19 @@ class SimulatorState:
         """Count a chat completion answered with an error status."""
         self.errors_by_status[status] += 1
 
+    def _fault_counters(self) -> dict[str, Any]:
+        # Only once a fault was injected, so the stats of a healthy simulator stay as they were.
+        if not self.injected:
+            return {}
+        return {
+            "requests_by_model": dict(sorted(self.requests_by_model.items())),
+            "injected": dict(sorted(self.injected.items())),
+        }
+
+    def record_injected(self, kind: str) -> None:
+        """Count a fault injected on purpose (`error`, `timeout` or `window`)."""
+        self.injected[kind] += 1
+
     def snapshot(self) -> dict[str, Any]:
         """The counters as JSON-ready data (status codes become string keys)."""
         return {
@@ -45,4 +60,5 @@ class SimulatorState:
             "errors_by_status": {
                 str(status): count for status, count in sorted(self.errors_by_status.items())
             },
+            **self._fault_counters(),
         }

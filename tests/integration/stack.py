@@ -29,6 +29,7 @@ from broker.settings import (
     WorkerSettings,
 )
 from broker.simulator import SimulatorSettings, create_simulator_app
+from ingress.admin import LedgerAccess
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests
 from ingress.services import IngressServices
@@ -118,6 +119,7 @@ async def running_stack(
         config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
+        ledger=LedgerAccess(engine),
     ))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(

@@ -75,7 +75,7 @@ async def test_upgrade_is_idempotent(database_url: str, engine: AsyncEngine) -> 
     await asyncio.gather(upgrade_database(database_url), upgrade_database(database_url))
     async with engine.connect() as connection:
         version = (await connection.execute(text("SELECT version_num FROM alembic_version"))).all()
-    assert version == [("0001",)]
+    assert version == [("0002",)]
 
 
 async def test_migrations_match_tables(engine: AsyncEngine) -> None:

@@ -262,8 +262,9 @@ async def test_poison_goes_to_dead_letter_and_the_ledger_goes_on(
     version_2 = (
         usage("use_v2").model_dump_json().replace('"schema_version":1', '"schema_version":2')
     )
-    # Valid to pydantic, refused by PostgreSQL: a NUL in text, a cost beyond numeric(20,10).
-    refused = [usage(tenant="a\x00b"), usage(cost_usd=Decimal("1e12"))]
+    # Valid to pydantic, refused by PostgreSQL: a NUL in text, a cost beyond numeric(20,10)
+    # (on a model without a catalog price, so the ledger keeps the event's cost).
+    refused = [usage(tenant="a\x00b"), usage(cost_usd=Decimal("1e12"), model="unpriced")]
     async with running_ledger(kafka_settings, engine):
         await produce(
             kafka_settings,

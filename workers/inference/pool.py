@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -23,7 +24,6 @@ from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
 from broker.kafka import (
     decode,
-    encode,
     ensure_topics,
     header,
     new_consumer,
@@ -34,11 +34,28 @@ from broker.kafka import (
 from broker.offsets import OffsetTracker
 from broker.settings import KafkaSettings, WorkerSettings
 from schemas import InferenceRequest
+from workers.inference.background import Background
+from workers.inference.outcomes import publish_outcome
 from workers.inference.processor import Outcome, RequestProcessor
 from workers.inference.results import FinalResults
 from workers.providers import Provider
 
 log = logging.getLogger("sluice.worker")
+
+CLOCK_SKEW_S = 5.0
+
+
+def may_be_redelivery(timestamp_ms: int, assigned_at: float | None) -> bool:
+    """Whether another worker may already have processed a message of this partition.
+
+    Only a message that existed before we were given its partition can have been processed
+    by another worker (one that crashed before committing). Newer ones skip the results of
+    record, so in steady state the check costs nothing. The margin covers clock skew
+    between the producer (message timestamp) and this machine.
+    """
+    if assigned_at is None:
+        return True
+    return timestamp_ms / 1000 < assigned_at + CLOCK_SKEW_S
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
@@ -70,6 +87,9 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         self._lane.paused.clear()
+        now = time.time()
+        for tp in assigned:
+            self._lane.assigned_at[tp] = now
 
 
 class _ModelConsumer:
@@ -81,6 +101,7 @@ class _ModelConsumer:
         self.consumer = consumer
         self.tracker = OffsetTracker()
         self.paused: set[TopicPartition] = set()
+        self.assigned_at: dict[TopicPartition, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_periodically(stop))
@@ -128,13 +149,29 @@ class _ModelConsumer:
                     self.pool.track(self._dead_letter(tp, record, str(exc)))
                     continue
                 decoded.append((tp, record, request))
-        done = await self.pool.final_results.already_final([r.id for _, _, r in decoded])
+        done = await self._already_final(decoded)
         for tp, record, request in decoded:
             if request.id in done:
                 log.info("request %s already has a final result; not calling again", request.id)
                 self.tracker.finished(tp, record.offset)
                 continue
             self.pool.track(self._handle(tp, record, request))
+
+    async def _already_final(
+        self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
+    ) -> set[str]:
+        suspects = [
+            request.id for tp, record, request in decoded
+            if may_be_redelivery(record.timestamp, self.assigned_at.get(tp))
+        ]
+        if not suspects:
+            return set()
+        try:
+            return await self.pool.final_results.already_final(suspects)
+        except Exception:
+            log.warning("results of record unavailable; redelivered requests may be "
+                        "called again", exc_info=True)
+            return set()
 
     def _check_model(self, request: InferenceRequest) -> None:
         if request.model != self.model or request.model not in self.pool.config.models:
@@ -152,7 +189,7 @@ class _ModelConsumer:
     async def _handle(self, tp: TopicPartition, record: Record, request: InferenceRequest) -> None:
         outcome = await self.pool.processor.process(request)
         reply_to = request.reply_to or header(record, "reply_to")
-        await self.pool.publish_with_retry(lambda: self.pool.publish(outcome, reply_to))
+        await self.pool.publish_with_retry(lambda: self.pool.publish(outcome, reply_to, record))
         self.tracker.finished(tp, record.offset)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
@@ -216,25 +253,9 @@ class InferencePool:
         if not task.cancelled() and task.exception() is not None:
             log.error("request task failed", exc_info=task.exception())
 
-    async def publish(self, outcome: Outcome, reply_to: str | None) -> None:
-        """Send usage, the result of record, and the caller's reply; wait for every ack."""
-        result = outcome.result
-        payload = encode(result)
-        pending = [
-            await self.producer.send(self.topics.usage, encode(usage), key=usage.tenant.encode())
-            for usage in outcome.usage
-        ]
-        pending.append(
-            await self.producer.send(self.topics.results, payload, key=result.request_id.encode())
-        )
-        if reply_to:
-            correlation = (result.correlation_id or result.request_id).encode()
-            pending.append(
-                await self.producer.send(
-                    reply_to, payload, key=correlation, headers=[("correlation_id", correlation)]
-                )
-            )
-        await asyncio.gather(*pending)
+    async def publish(self, outcome: Outcome, reply_to: str | None, record: Record) -> None:
+        """Send a retry, or usage + result of record + the caller's reply; wait for acks."""
+        await publish_outcome(self.producer, self.topics, outcome, record, reply_to)
 
     async def publish_with_retry(self, send: Callable[[], Awaitable[None]]) -> None:
         """Retry a publish while Kafka is unavailable; give up only when stopping."""
@@ -253,11 +274,14 @@ class InferencePool:
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then finish in-flight requests and commit."""
         topic_names = [self.topics.requests(model) for model in self.models]
+        background = Background(self, stop)  # retries, cancels, status endpoint
         await ensure_topics(
             self.kafka,
-            [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter],
+            [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter,
+             *background.topics],
         )
         await self.producer.start()
+        await background.start()
         lanes = []
         for model, topic in zip(self.models, topic_names, strict=True):
             consumer = new_consumer(
@@ -274,6 +298,8 @@ class InferencePool:
         try:
             await asyncio.gather(*(lane.run(stop) for lane in lanes))
         finally:
+            stop.set()  # helpers end with the pool, however it ends
+            await background.stop()
             await self._drain(lanes)
 
     async def _drain(self, lanes: list[_ModelConsumer]) -> None:

@@ -1,19 +1,33 @@
-"""Turn one `InferenceRequest` into its final result and the usage it consumed.
+"""Turn one `InferenceRequest` into its final result, or a retry later, and its usage.
 
 No Kafka here: the pool feeds requests in and publishes what comes out, so this logic is
 tested with in-process providers and a fake clock.
+
+Per delivery: a cancelled request ends `cancelled`; one past its deadline (its own, or its
+lane's default) ends `expired`; otherwise its deployments are tried in routing order,
+skipping those whose circuit breaker is open. A rejection ends the request `failed` at once
+(failing over would not help); a retriable failure moves on to the next deployment. When
+every deployment failed, the request is scheduled again later (`Outcome.retry`) until its
+model's retry policy is exhausted, which ends it `failed` and dead-letters it.
+
+`InferenceRequest.attempt` counts the provider calls made for the request in earlier
+deliveries, so every billed call's usage event has its own attempt number.
 """
 
 from __future__ import annotations
 
+import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from broker.config import SluiceConfig
 from broker.errors import ProviderRejected, ProviderRetriable
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, UsageEvent
+from workers.inference.breakers import BreakerBoard
+from workers.inference.cancels import CancelledIds
+from workers.inference.routing import backoff_s, effective_deadline, route
 from workers.providers import Provider, ProviderResponse
 
 Clock = Callable[[], datetime]
@@ -25,83 +39,142 @@ def utc_now() -> datetime:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """What processing a request produced: one final result, one usage event per billed call."""
+class Retry:
+    """Deliver `request` (its attempt count advanced) again once `due`."""
 
-    result: InferenceResult
+    request: InferenceRequest
+    due: datetime
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """What one delivery produced: a final result or a retry, and one usage per billed call.
+
+    `dead_letter_reason` is set when the final result ends a request that exhausted its
+    retries: the message is parked in the dead-letter topic too, for operators.
+    """
+
+    result: InferenceResult | None
     usage: list[UsageEvent] = field(default_factory=list)
+    retry: Retry | None = None
+    dead_letter_reason: str | None = None
 
 
 class RequestProcessor:
-    """Calls a model's deployments in order until one answers or all have failed."""
+    """Routes a request over its model's deployments until one answers or all have failed."""
 
     def __init__(
         self,
         config: SluiceConfig,
         providers: Mapping[str, Provider],
         clock: Clock = utc_now,
+        *,
+        breakers: BreakerBoard | None = None,
+        cancelled: CancelledIds | None = None,
+        rng: random.Random | None = None,
     ):
         self._config = config
         self._providers = providers
         self._clock = clock
+        self.breakers = breakers or BreakerBoard(config.circuit_breaker, config.deployments)
+        self.cancelled = cancelled or CancelledIds()
+        self._rng = rng or random.Random()
 
     async def process(self, request: InferenceRequest) -> Outcome:
-        """Answer `request`; never raises for provider failures (they become results)."""
-        if request.deadline is not None and self._clock() >= request.deadline:
-            return self._expired(request, 0, "before a provider was called")
+        """Answer `request`; never raises for provider failures (they become outcomes)."""
+        if self.cancelled.is_cancelled(request.id, request.tenant):
+            error = ErrorInfo(type="cancelled", code="cancelled",
+                              message="The request was cancelled before it started.")
+            return Outcome(self._final(request, RequestStatus.CANCELLED, error=error,
+                                       attempts=request.attempt))
+        deadline = effective_deadline(request, self._config.deadlines)
+        if self._clock() >= deadline:
+            return self._expired(request, request.attempt, "before a provider was called")
+        calls = 0
         last_error: ProviderRetriable | None = None
-        attempts = 0
-        for deployment_name, deployment in self._config.deployment_chain(request.model):
-            timeout_s = deployment.timeout_s
-            if request.deadline is not None:
-                remaining = (request.deadline - self._clock()).total_seconds()
-                if remaining <= 0:
-                    break
-                timeout_s = min(timeout_s, remaining)
-            provider = self._providers[deployment_name]
-            attempts += 1
+        for name in route(self._config.models[request.model], self._rng):
+            breaker = self.breakers[name]
+            if not breaker.allow():
+                continue
+            remaining = (deadline - self._clock()).total_seconds()
+            if remaining <= 0:
+                break
+            provider = self._providers[name]
+            calls += 1
             started = self._clock()
             try:
-                response = await provider.complete(request.body, timeout_s=timeout_s)
+                response = await provider.complete(
+                    request.body, timeout_s=min(self._config.deployments[name].timeout_s, remaining)
+                )
             except ProviderRetriable as exc:
+                breaker.record_failure()
                 last_error = exc
                 continue
             except ProviderRejected as exc:
-                return Outcome(self._final(
-                    request,
-                    RequestStatus.FAILED,
-                    error=ErrorInfo(
-                        type="invalid_request_error",
-                        code=f"provider_{exc.status_code}" if exc.status_code else None,
-                        message=str(exc),
-                    ),
-                    deployment=deployment_name,
-                    provider=provider.name,
-                    attempts=attempts,
-                ))
-            usage = self._usage(request, deployment_name, provider, response, started, attempts)
+                breaker.record_success()  # it answered: the deployment is healthy
+                return Outcome(self._rejected(request, exc, name, provider, calls))
+            breaker.record_success()
+            attempt = request.attempt + calls - 1
+            usage = self._usage(request, name, provider, response, started, attempt)
             result = self._final(
-                request,
-                RequestStatus.SUCCEEDED,
-                response=response,
-                deployment=deployment_name,
-                provider=provider.name,
-                attempts=attempts,
+                request, RequestStatus.SUCCEEDED, response=response, deployment=name,
+                provider=provider.name, attempts=request.attempt + calls,
             )
             return Outcome(result, [usage])
-        if last_error is None and request.deadline is not None:
-            return self._expired(request, attempts, "while providers were failing")
-        detail = str(last_error) if last_error else "no deployment could be called"
-        return Outcome(self._final(
-            request,
-            RequestStatus.FAILED,
-            attempts=attempts,
-            error=ErrorInfo(
-                type="upstream_error",
-                code="providers_unavailable",
-                message=f"Every deployment of '{request.model}' failed; last error: {detail}",
-            ),
-        ))
+        return self._retry_or_fail(request, calls, last_error, deadline)
+
+    def _retry_or_fail(
+        self,
+        request: InferenceRequest,
+        calls: int,
+        last_error: ProviderRetriable | None,
+        deadline: datetime,
+    ) -> Outcome:
+        now = self._clock()
+        if now >= deadline:
+            return self._expired(request, request.attempt + calls, "while providers were failing")
+        policy = self._config.models[request.model].retry
+        # A delivery that called nobody (every breaker open) still counts, so even a long
+        # outage ends in a bounded number of deliveries.
+        attempts = request.attempt + max(calls, 1)
+        reason = str(last_error) if last_error else "every deployment's circuit breaker is open"
+        # Deliveries so far, estimated from calls: a long chain must not inflate the backoff.
+        chain = len(self._config.models[request.model].deployments)
+        delay = backoff_s(policy, -(-attempts // chain), self._rng)
+        if last_error is not None and last_error.retry_after_s is not None:
+            delay = max(delay, min(last_error.retry_after_s, policy.max_backoff_s))
+        due = now + timedelta(seconds=delay)
+        if attempts >= policy.max_attempts:
+            return self._exhausted(request, attempts, f"{attempts} attempts failed", reason)
+        if (due - request.created_at).total_seconds() > policy.max_total_s:
+            return self._exhausted(
+                request, attempts, f"no retry within {policy.max_total_s:g}s", reason
+            )
+        if due >= deadline:
+            return self._expired(request, attempts, "before it could be tried again")
+        return Outcome(None, retry=Retry(request.model_copy(update={"attempt": attempts}),
+                                         due, reason))
+
+    def _exhausted(
+        self, request: InferenceRequest, attempts: int, why: str, last: str
+    ) -> Outcome:
+        message = f"Every deployment of '{request.model}' failed ({why}); last error: {last}"
+        error = ErrorInfo(type="upstream_error", code="providers_unavailable", message=message)
+        result = self._final(request, RequestStatus.FAILED, error=error, attempts=attempts)
+        return Outcome(result, dead_letter_reason=f"retries exhausted: {why}; last error: {last}")
+
+    def _rejected(
+        self, request: InferenceRequest, exc: ProviderRejected, name: str, provider: Provider,
+        calls: int,
+    ) -> InferenceResult:
+        error = ErrorInfo(
+            type="invalid_request_error",
+            code=f"provider_{exc.status_code}" if exc.status_code else None,
+            message=str(exc),
+        )
+        return self._final(request, RequestStatus.FAILED, error=error, deployment=name,
+                           provider=provider.name, attempts=request.attempt + calls)
 
     def _expired(self, request: InferenceRequest, attempts: int, when: str) -> Outcome:
         error = ErrorInfo(
@@ -165,7 +238,7 @@ class RequestProcessor:
             cost_usd=deployment.cost_usd(input_tokens, output_tokens),
             latency_ms=response.latency_ms,
             status="succeeded",
-            attempt=request.attempt + attempt - 1,
+            attempt=attempt,
             started_at=started,
             finished_at=self._clock(),
         )

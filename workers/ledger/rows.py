@@ -97,7 +97,9 @@ def usage_row(event: UsageEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "input_tokens": event.input_tokens,
         "output_tokens": event.output_tokens,
+        # The worker's estimate (config price); the ledger re-prices it from the catalog.
         "cost_usd": event.cost_usd,
+        "price_id": None,
         "latency_ms": event.latency_ms,
         "status": event.status,
         "started_at": _utc(event.started_at),

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.database import database_errors, is_data_error, sqlstate
 from broker.tables import requests, usage_events
+from workers.ledger.pricing import price_usage
 from workers.ledger.rows import Kind, LedgerBatch, LedgerRow, Poison, chunks
 
 
@@ -84,6 +85,7 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
     with database_errors(engine):
         try:
             async with engine.begin() as connection:
+                await price_usage(connection, batch.rows[Kind.USAGE])
                 for kind in Kind:
                     await _write(connection, kind, batch.rows[kind])
             return []
@@ -96,6 +98,7 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
 async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
     refused: list[Poison] = []
     async with engine.begin() as connection:
+        await price_usage(connection, batch.rows[Kind.USAGE])
         for kind in Kind:
             for row in batch.rows[kind]:
                 try:

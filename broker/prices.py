@@ -1,0 +1,176 @@
+"""The price catalog: USD per million tokens, per model and deployment, with history.
+
+Prices live in the `prices` table, seeded from the shipped `prices.yaml` by migration 0002
+and edited with `sluice prices set`. A price is never updated in place for a new period:
+a row with a later `effective_from` takes over from that moment, so usage recorded late
+(a ledger catching up after an outage) is still charged the price of its own time.
+
+Which price applies to a call that finished at `t` on deployment `d` of model `m`: the
+latest row of (`m`, `d`) effective at `t`; failing that, the latest model-wide row
+(`m`, NULL) effective at `t`; failing that, none (the ledger falls back to the config
+file's price and otherwise records cost NULL — never a silent zero).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from broker.database import database_errors
+from broker.errors import ConfigError
+from broker.tables import prices
+
+CATALOG = Path(__file__).with_name("prices.yaml")
+_MILLION = Decimal(1_000_000)
+_UNIQUE = "uq_prices_model_deployment_effective_from"
+
+PerMillion = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
+
+
+class PriceSpec(BaseModel):
+    """One price as written in the catalog file or given to `sluice prices set`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    model: Annotated[str, Field(min_length=1)]
+    deployment: str | None = None
+    input_usd_per_mtok: PerMillion
+    output_usd_per_mtok: PerMillion
+    cached_input_usd_per_mtok: PerMillion | None = None
+    currency: str = "USD"
+    effective_from: AwareDatetime
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A stored price."""
+
+    id: int
+    model: str
+    deployment: str | None
+    input_usd_per_mtok: Decimal
+    output_usd_per_mtok: Decimal
+    cached_input_usd_per_mtok: Decimal | None
+    currency: str
+    effective_from: datetime
+
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
+        """What a call cost. Cached input tokens are part of `input_tokens` (OpenAI's
+        convention) and charged at the cached price when there is one."""
+        cached_price = self.cached_input_usd_per_mtok
+        if cached_price is None:
+            cached_price = self.input_usd_per_mtok
+        uncached = input_tokens - cached_input_tokens
+        total = (
+            self.input_usd_per_mtok * uncached
+            + cached_price * cached_input_tokens
+            + self.output_usd_per_mtok * output_tokens
+        )
+        return total / _MILLION
+
+
+class PriceBook:
+    """Prices of some models, all periods, answering "which price applied then?"."""
+
+    def __init__(self, rows: Iterable[Price]):
+        # Newest first, so the first effective row found is the one in force.
+        self._rows = sorted(rows, key=lambda price: price.effective_from, reverse=True)
+
+    def find(self, model: str, deployment: str | None, at: datetime) -> Price | None:
+        """The price in force for `model` on `deployment` at `at`, or None."""
+        model_wide: Price | None = None
+        for price in self._rows:
+            if price.model != model or price.effective_from > at:
+                continue
+            if deployment is not None and price.deployment == deployment:
+                return price  # a deployment's own price wins over the model-wide one
+            if price.deployment is None and model_wide is None:
+                model_wide = price
+        return model_wide
+
+
+def _price(row: Any) -> Price:  # a Row of the prices table
+    return Price(
+        id=row.id,
+        model=row.model,
+        deployment=row.deployment,
+        input_usd_per_mtok=row.input_usd_per_mtok,
+        output_usd_per_mtok=row.output_usd_per_mtok,
+        cached_input_usd_per_mtok=row.cached_input_usd_per_mtok,
+        currency=row.currency,
+        effective_from=row.effective_from,
+    )
+
+
+def load_catalog(path: Path = CATALOG) -> list[PriceSpec]:
+    """Read a price catalog file (`prices: [...]`).
+
+    Raises:
+        ConfigError: the file is missing or invalid; the message names the bad entry.
+    """
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return [PriceSpec.model_validate(item) for item in data.get("prices", [])]
+    except (OSError, yaml.YAMLError, ValidationError, AttributeError) as exc:
+        raise ConfigError(f"price catalog {path}: {exc}") from exc
+
+
+def upsert_statement(specs: Sequence[PriceSpec]) -> Any:
+    """Insert prices; one already there for the same model, deployment and date is replaced."""
+    statement = insert(prices).values([spec.model_dump() for spec in specs])
+    return statement.on_conflict_do_update(
+        constraint=_UNIQUE,
+        set_={
+            column: statement.excluded[column]
+            for column in (
+                "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok",
+                "currency",
+            )
+        },
+    ).returning(*prices.c)
+
+
+async def set_prices(engine: AsyncEngine, specs: Sequence[PriceSpec]) -> list[Price]:
+    """Store prices (see `upsert_statement`).
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    if not specs:
+        return []
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            rows = (await connection.execute(upsert_statement(specs))).all()
+    return [_price(row) for row in rows]
+
+
+async def list_prices(engine: AsyncEngine, model: str | None = None) -> list[Price]:
+    """Every stored price (all periods), by model, deployment and date."""
+    statement = select(prices).order_by(
+        prices.c.model, prices.c.deployment.nulls_first(), prices.c.effective_from
+    )
+    if model is not None:
+        statement = statement.where(prices.c.model == model)
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+    return [_price(row) for row in rows]
+
+
+async def price_book(connection: AsyncConnection, models: Iterable[str]) -> PriceBook:
+    """Every price of `models`, read inside the caller's transaction (one query)."""
+    wanted = sorted(set(models))
+    if not wanted:
+        return PriceBook([])
+    rows = (await connection.execute(select(prices).where(prices.c.model.in_(wanted)))).all()
+    return PriceBook(_price(row) for row in rows)

@@ -1,0 +1,155 @@
+"""Admin API (keys) and usage queries: the ledger's read and manage side over HTTP.
+
+- `GET /v1/admin/keys[?tenant=]`, `POST /v1/admin/keys`, `POST /v1/admin/keys/{id}/revoke`:
+  only with the admin key (`SLUICE_ADMIN_KEY`, compared in constant time). With no admin
+  key configured every admin call answers 401: there is no default admin.
+- `GET /v1/usage?from=&to=&group_by=&format=json|csv[&tenant=]`: a normal key sees its own
+  tenant's usage only (`tenant` is ignored for it); the admin key sees every tenant's.
+
+These routes read PostgreSQL directly (admin and reporting traffic is small); the hot
+path of chat completions never does.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Any
+
+from fastapi import FastAPI
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+from starlette.responses import Response
+
+from broker.errors import AuthenticationFailed, InvalidRequest, NotFound
+from broker.keys import ApiKeyRecord, KeyLimits, create_api_key, list_api_keys, revoke_api_key
+from broker.usage_queries import csv_text, json_rows, parse_group_by, parse_time, usage_report
+from ingress.auth import authenticate
+from ingress.body import read_json_object, validate_body
+from ingress.envelope import json_response
+from ingress.services import IngressServices
+
+
+@dataclass(frozen=True)
+class LedgerAccess:
+    """What the admin and usage routes need: the ledger database."""
+
+    engine: AsyncEngine
+
+
+Usd = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
+
+
+class NewKey(BaseModel):
+    """Body of `POST /v1/admin/keys`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    tenant: Annotated[str, Field(min_length=1, max_length=200)]
+    name: str | None = None
+    models: list[str] | None = None
+    rpm: Annotated[int, Field(ge=1)] | None = None
+    tpm: Annotated[int, Field(ge=1)] | None = None
+    monthly_budget_usd: Usd | None = None
+    expires_at: AwareDatetime | None = None
+
+    def limits(self) -> KeyLimits:
+        """The key's limits."""
+        return KeyLimits(
+            models=frozenset(self.models) if self.models is not None else None,
+            rpm=self.rpm, tpm=self.tpm, monthly_budget_usd=self.monthly_budget_usd,
+            expires_at=self.expires_at,
+        )
+
+
+def key_body(record: ApiKeyRecord) -> dict[str, Any]:
+    """A key as the admin API shows it: never the secret or its hash."""
+    limits = record.limits
+
+    def when(moment: datetime | None) -> int | None:
+        return int(moment.timestamp()) if moment is not None else None
+
+    return {
+        "id": record.id, "object": "api_key", "tenant": record.tenant, "name": record.name,
+        "prefix": record.prefix, "created_at": when(record.created_at),
+        "revoked_at": when(record.revoked_at), "last_used_at": when(record.last_used_at),
+        "models": sorted(limits.models) if limits.models is not None else None,
+        "rpm": limits.rpm, "tpm": limits.tpm,
+        "monthly_budget_usd": str(limits.monthly_budget_usd)
+        if limits.monthly_budget_usd is not None else None,
+        "expires_at": when(limits.expires_at),
+    }
+
+
+def is_admin(request: Request, services: IngressServices) -> bool:
+    """Whether the bearer secret is the admin key (constant-time comparison)."""
+    admin = services.settings.admin_key
+    scheme, _, secret = request.headers.get("authorization", "").partition(" ")
+    if admin is None or scheme.lower() != "bearer" or not secret.strip():
+        return False
+    return hmac.compare_digest(secret.strip().encode(), admin.get_secret_value().encode())
+
+
+def _require_admin(request: Request, services: IngressServices) -> None:
+    if not is_admin(request, services):
+        raise AuthenticationFailed(
+            "This endpoint needs the admin key (SLUICE_ADMIN_KEY) as 'Authorization: Bearer'."
+        )
+
+
+def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
+    """Add the admin and usage routes, if the services include ledger access."""
+    ledger = services.ledger
+    if ledger is None:
+        return
+    engine = ledger.engine
+
+    @app.get("/v1/admin/keys")
+    async def keys_list(request: Request) -> Response:
+        _require_admin(request, services)
+        keys = await list_api_keys(engine, request.query_params.get("tenant"))
+        return json_response({"object": "list", "data": [key_body(key) for key in keys]})
+
+    @app.post("/v1/admin/keys")
+    async def keys_create(request: Request) -> Response:
+        _require_admin(request, services)
+        data = await read_json_object(request, services.settings.max_body_bytes)
+        spec = validate_body(NewKey, data)
+        secret, record = await create_api_key(engine, spec.tenant, spec.name, spec.limits())
+        return json_response(key_body(record) | {"secret": secret}, 201)
+
+    @app.post("/v1/admin/keys/{key_id}/revoke")
+    async def keys_revoke(request: Request, key_id: str) -> Response:
+        _require_admin(request, services)
+        if not await revoke_api_key(engine, key_id):
+            raise NotFound(f"No active key with id '{key_id}'.")
+        return json_response({"id": key_id, "object": "api_key", "revoked": True})
+
+    @app.get("/v1/usage")
+    async def usage(request: Request) -> Response:
+        return await _usage(request, services, engine)
+
+
+async def _usage(request: Request, services: IngressServices, engine: AsyncEngine) -> Response:
+    query = request.query_params
+    if is_admin(request, services):
+        tenant = query.get("tenant")
+    else:
+        tenant = (await authenticate(request, services.api_keys)).tenant
+    now = datetime.now(UTC)
+    start = parse_time(query["from"], param="from") if "from" in query else now - timedelta(30)
+    end = parse_time(query["to"], param="to") if "to" in query else now
+    group_by = parse_group_by(query.get("group_by"))
+    output = query.get("format", "json")
+    if output not in ("json", "csv"):
+        raise InvalidRequest("format must be json or csv.", param="format")
+    rows = await usage_report(engine, start=start, end=end, group_by=group_by, tenant=tenant)
+    if output == "csv":
+        return Response(csv_text(rows, group_by), media_type="text/csv; charset=utf-8")
+    return json_response({
+        "object": "list", "from": start.isoformat(), "to": end.isoformat(),
+        "group_by": list(group_by), "tenant": tenant, "data": json_rows(rows),
+    })

@@ -1,0 +1,152 @@
+"""`sluice keys …` and `sluice prices …`: manage API keys and the price catalog directly in
+PostgreSQL (settings from the environment: `SLUICE_DATABASE_URL`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from decimal import Decimal, InvalidOperation
+from typing import TypeVar
+
+from pydantic import ValidationError
+from rich.console import Console
+from rich.table import Table
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.database import create_engine
+from broker.errors import ConfigError, InvalidRequest
+from broker.keys import KeyLimits, create_api_key, list_api_keys, revoke_api_key
+from broker.prices import PriceSpec, list_prices, set_prices
+from broker.settings import DatabaseSettings
+from broker.usage_queries import parse_duration, parse_time
+
+T = TypeVar("T")
+
+
+def console() -> Console:
+    """A console for tables; piped output gets a wide one, so no id is cut to "…"."""
+    if sys.stdout.isatty():
+        return Console()
+    return Console(width=240)
+
+
+def with_engine(work: Callable[[AsyncEngine], Awaitable[T]]) -> T:
+    """Run `work` with an engine on `SLUICE_DATABASE_URL`, disposed afterwards."""
+
+    async def main() -> T:
+        engine = create_engine(DatabaseSettings())
+        try:
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(main())
+
+
+def _money(raw: str | None, option: str) -> Decimal | None:
+    if raw is None:
+        return None
+    try:
+        value = Decimal(raw)
+    except InvalidOperation as exc:
+        raise ConfigError(f"{option}: {raw!r} is not a number") from exc
+    if value < 0 or not value.is_finite():
+        raise ConfigError(f"{option}: must be a non-negative amount")
+    return value
+
+
+def _expiry(raw: str | None) -> datetime | None:
+    if raw is None:
+        return None
+    duration = parse_duration(raw)
+    if duration is not None:
+        return datetime.now(UTC) + duration
+    try:
+        return parse_time(raw, param="expires")
+    except InvalidRequest as exc:
+        raise ConfigError(f"--expires: {exc}") from exc
+
+
+def run_keys_create(args: argparse.Namespace) -> int:
+    """`sluice keys create --tenant T […]`: print a new key once."""
+    limits = KeyLimits(
+        models=frozenset(m.strip() for m in args.models.split(",") if m.strip())
+        if args.models else None,
+        rpm=args.rpm, tpm=args.tpm,
+        monthly_budget_usd=_money(args.monthly_budget_usd, "--monthly-budget-usd"),
+        expires_at=_expiry(args.expires),
+    )
+    secret, record = with_engine(lambda e: create_api_key(e, args.tenant, args.name, limits))
+    print(secret)
+    print(f"(key id {record.id}, tenant {record.tenant}; shown once, store it now)")
+    return 0
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    """`sluice keys list [--tenant T]`: keys by prefix, never their secrets."""
+    keys = with_engine(lambda e: list_api_keys(e, args.tenant))
+    table = Table("id", "tenant", "name", "prefix", "models", "rpm", "tpm", "budget USD/mo",
+                  "expires", "status")
+    for key in keys:
+        limits = key.limits
+        status = "revoked" if key.revoked_at else "active"
+        if limits.expires_at and limits.expires_at <= datetime.now(UTC):
+            status = "expired"
+        table.add_row(
+            key.id, key.tenant, key.name or "", key.prefix + "…",
+            ",".join(sorted(limits.models)) if limits.models is not None else "*",
+            _text(limits.rpm), _text(limits.tpm), _text(limits.monthly_budget_usd),
+            limits.expires_at.isoformat() if limits.expires_at else "", status,
+        )
+    console().print(table)
+    return 0
+
+
+def run_keys_revoke(args: argparse.Namespace) -> int:
+    """`sluice keys revoke ID`."""
+    if not with_engine(lambda e: revoke_api_key(e, args.key_id)):
+        raise ConfigError(f"no active key with id {args.key_id!r}")
+    print(f"revoked {args.key_id} (edges may accept it for up to 30 s more: their key cache)")
+    return 0
+
+
+def run_prices_set(args: argparse.Namespace) -> int:
+    """`sluice prices set MODEL --input X --output Y [--effective-from T]`."""
+    when = parse_time(args.effective_from, param="effective-from") if args.effective_from \
+        else datetime.now(UTC)
+    try:
+        spec = PriceSpec(
+            model=args.model, deployment=args.deployment,
+            input_usd_per_mtok=_money(args.input, "--input"),
+            output_usd_per_mtok=_money(args.output, "--output"),
+            cached_input_usd_per_mtok=_money(args.cached_input, "--cached-input"),
+            effective_from=when,
+        )
+    except ValidationError as exc:
+        raise ConfigError(f"invalid price: {exc}") from exc
+    [price] = with_engine(lambda e: set_prices(e, [spec]))
+    where = f" on {price.deployment}" if price.deployment else ""
+    print(f"price {price.id}: {price.model}{where} from {price.effective_from.isoformat()}: "
+          f"in {price.input_usd_per_mtok} / out {price.output_usd_per_mtok} USD per Mtok")
+    return 0
+
+
+def run_prices_list(args: argparse.Namespace) -> int:
+    """`sluice prices list [--model M]`."""
+    prices = with_engine(lambda e: list_prices(e, args.model))
+    table = Table("id", "model", "deployment", "input", "output", "cached input", "currency",
+                  "effective from", title="USD per million tokens")
+    for price in prices:
+        table.add_row(str(price.id), price.model, price.deployment or "*",
+                      str(price.input_usd_per_mtok), str(price.output_usd_per_mtok),
+                      _text(price.cached_input_usd_per_mtok), price.currency,
+                      price.effective_from.isoformat())
+    console().print(table)
+    return 0
+
+
+def _text(value: object) -> str:
+    return "" if value is None else str(value)

@@ -1,0 +1,73 @@
+"""The command tree of `sluice keys`, `sluice prices`, `sluice usage` and `sluice ledger …`.
+
+Definitions only (argparse), so `sluice --help` stays fast: the handlers live in
+`sluice.keys_cli` and `sluice.usage_cli` and are imported when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+Handler = Callable[[argparse.Namespace], int]
+HandlerFactory = Callable[[str, str], Handler]
+
+
+def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
+                        handler: HandlerFactory) -> None:
+    """Add keys, prices, usage and `ledger reconcile` to the `sluice` parser.
+
+    Args:
+        commands: the top-level subparsers action.
+        ledger: the `sluice ledger` parser (which runs the ledger without a subcommand).
+        handler: `handler(module, function)` importing the implementation lazily.
+    """
+    keys = commands.add_parser("keys", help="API keys")
+    key_commands = keys.add_subparsers(dest="keys_command", required=True)
+    create = key_commands.add_parser("create", help="create an API key (printed once)")
+    create.add_argument("--tenant", required=True)
+    create.add_argument("--name", default=None)
+    create.add_argument("--models", default=None, help="comma-separated models it may call")
+    create.add_argument("--rpm", type=int, default=None, help="requests per minute")
+    create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
+    create.add_argument("--monthly-budget-usd", default=None, help="USD per calendar month")
+    create.add_argument("--expires", default=None, help="ISO time, or a duration like 30d")
+    create.set_defaults(handler=handler("sluice.keys_cli", "run_keys_create"))
+    listing = key_commands.add_parser("list", help="list API keys (prefix, never the secret)")
+    listing.add_argument("--tenant", default=None)
+    listing.set_defaults(handler=handler("sluice.keys_cli", "run_keys_list"))
+    revoke = key_commands.add_parser("revoke", help="revoke an API key by id")
+    revoke.add_argument("key_id")
+    revoke.set_defaults(handler=handler("sluice.keys_cli", "run_keys_revoke"))
+
+    prices = commands.add_parser("prices", help="the price catalog (USD per million tokens)")
+    price_commands = prices.add_subparsers(dest="prices_command", required=True)
+    price_set = price_commands.add_parser("set", help="add a price, effective from a date")
+    price_set.add_argument("model")
+    price_set.add_argument("--deployment", default=None, help="only this deployment")
+    price_set.add_argument("--input", required=True, help="USD per million input tokens")
+    price_set.add_argument("--output", required=True, help="USD per million output tokens")
+    price_set.add_argument("--cached-input", default=None, help="USD per million cached")
+    price_set.add_argument("--effective-from", default=None, help="ISO time (default: now)")
+    price_set.set_defaults(handler=handler("sluice.keys_cli", "run_prices_set"))
+    price_list = price_commands.add_parser("list", help="list prices, all periods")
+    price_list.add_argument("--model", default=None)
+    price_list.set_defaults(handler=handler("sluice.keys_cli", "run_prices_list"))
+
+    usage = commands.add_parser("usage", help="usage and spend from the ledger")
+    usage.add_argument("--by", default="model,day", help="tenant,key,model,provider,"
+                       "deployment,day|hour (default model,day)")
+    usage.add_argument("--since", default="7d", help="7d, 12h, or an ISO time (default 7d)")
+    usage.add_argument("--until", default=None, help="ISO time (default: now)")
+    usage.add_argument("--tenant", default=None)
+    usage.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    usage.set_defaults(handler=handler("sluice.usage_cli", "run_usage"))
+
+    ledger_commands = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
+    reconcile = ledger_commands.add_parser(
+        "reconcile", help="compare the usage topic with the ledger's rows"
+    )
+    reconcile.add_argument("--since", default=None,
+                           help="7d, 12h or an ISO time (default: the topic's beginning)")
+    reconcile.set_defaults(handler=handler("sluice.usage_cli", "run_reconcile"))

@@ -1,0 +1,54 @@
+"""Publishing what one delivery produced: a retry, or usage + result + reply (+ dead letter).
+
+Everything is sent and acknowledged before the pool marks the original offset finished, so
+a crash in between redelivers the request instead of losing it; ids make the repeats
+harmless (usage event ids, results of record, the ledger's first-final-wins rule).
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+
+from broker.kafka import encode, send_to_dead_letter
+from schemas import Topics
+from workers.inference.processor import Outcome
+from workers.inference.retries import schedule_retry
+
+
+async def publish_outcome(
+    producer: AIOKafkaProducer,
+    topics: Topics,
+    outcome: Outcome,
+    record: ConsumerRecord[bytes, bytes],
+    reply_to: str | None,
+) -> None:
+    """Send `outcome` and wait for every acknowledgement.
+
+    A retry goes to the model's retry topic and nothing else: the caller waiting on a reply
+    keeps waiting. A final result goes with its usage events to the results and usage
+    topics and to the caller's reply topic; an exhausted request is also dead-lettered,
+    with its original bytes and the reason.
+    """
+    if outcome.retry is not None:
+        await schedule_retry(producer, topics, record, outcome.retry)
+        return
+    result = outcome.result
+    assert result is not None, "an outcome is a retry or has a final result"
+    payload = encode(result)
+    pending = [
+        await producer.send(topics.usage, encode(usage), key=usage.tenant.encode())
+        for usage in outcome.usage
+    ]
+    pending.append(await producer.send(topics.results, payload, key=result.request_id.encode()))
+    if reply_to:
+        correlation = (result.correlation_id or result.request_id).encode()
+        pending.append(
+            await producer.send(
+                reply_to, payload, key=correlation, headers=[("correlation_id", correlation)]
+            )
+        )
+    await asyncio.gather(*pending)
+    if outcome.dead_letter_reason is not None:
+        await send_to_dead_letter(producer, topics, record, outcome.dead_letter_reason)

@@ -1,0 +1,41 @@
+"""Cost at record time: each usage row is charged the price in force when the call finished.
+
+The price comes from the `prices` table, read once per batch inside the batch's own
+transaction (so a price and the rows charged with it are consistent). Without a catalog
+price the worker's estimate from the config file stands; without either, cost stays NULL
+and a warning names the model and deployment, because a silent zero would under-bill.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Sequence
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from broker.prices import price_book
+from workers.ledger.rows import LedgerRow
+
+logger = logging.getLogger(__name__)
+
+
+async def price_usage(connection: AsyncConnection, rows: Sequence[LedgerRow]) -> None:
+    """Fill in `cost_usd` and `price_id` of usage rows (in place; idempotent)."""
+    if not rows:
+        return
+    book = await price_book(connection, (row.values["model"] for row in rows))
+    unpriced: Counter[tuple[str, str]] = Counter()
+    for row in rows:
+        values = row.values
+        price = book.find(values["model"], values["deployment"], values["finished_at"])
+        if price is not None:
+            values["cost_usd"] = price.cost(values["input_tokens"], values["output_tokens"])
+            values["price_id"] = price.id
+        elif values.get("cost_usd") is None:
+            unpriced[(values["model"], values["deployment"])] += 1
+    for (model, deployment), count in sorted(unpriced.items()):
+        logger.warning(
+            "ledger: no price for model %r on deployment %r; %d usage rows recorded with cost "
+            "NULL (add one with `sluice prices set`)", model, deployment, count,
+        )
