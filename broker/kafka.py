@@ -87,6 +87,7 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
     try:
         await admin.start()
     except KafkaError as exc:
+        await admin.close()  # a half-started client still holds a connection
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}") from exc
     try:
         existing = set(await admin.list_topics())

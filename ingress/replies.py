@@ -72,10 +72,14 @@ class ReplyListener:
                 for tp in assigned:  # resolve positions now, before any request is sent
                     await consumer.position(tp)
                 return consumer
-            except Exception as exc:
-                log.warning("reply listener cannot start (%s); retrying", exc)
+            except BaseException as exc:
+                # Stop the half-started consumer whatever happened, cancellation included,
+                # or its connection outlives us.
                 with contextlib.suppress(Exception):
-                    await consumer.stop()
+                    await asyncio.shield(consumer.stop())
+                if not isinstance(exc, Exception):
+                    raise
+                log.warning("reply listener cannot start (%s); retrying", exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
 

@@ -178,20 +178,3 @@ def run_config_check(args: argparse.Namespace) -> int:
         print(f"{model}: {' -> '.join(spec.deployments)}")
     print(f"{args.file}: OK ({len(config.models)} models, {len(config.deployments)} deployments)")
     return 0
-
-
-def run_keys_create(args: argparse.Namespace) -> int:
-    """`sluice keys create --tenant T`: print a new API key once."""
-    from broker.database import create_engine
-    from broker.keys import create_api_key
-
-    async def main() -> str:
-        engine = create_engine(DatabaseSettings())
-        try:
-            secret, record = await create_api_key(engine, args.tenant, args.name)
-        finally:
-            await engine.dispose()
-        return f"{secret}\n(key id {record.id}, tenant {record.tenant}; shown once, store it now)"
-
-    print(asyncio.run(main()))
-    return 0

@@ -210,11 +210,3 @@ def first_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
         offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
     return offsets
 
-
-def chunks(rows: Sequence[LedgerRow], max_params: int = 30_000) -> Iterable[Sequence[LedgerRow]]:
-    """Slices of rows small enough for one statement (PostgreSQL allows 32767 parameters)."""
-    if not rows:
-        return
-    size = max(1, max_params // max(1, len(rows[0].values)))
-    for start in range(0, len(rows), size):
-        yield rows[start : start + size]
