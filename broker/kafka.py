@@ -60,16 +60,22 @@ def new_consumer(
     *,
     client_id: str,
     group_id: str | None,
+    background: bool = False,
     **overrides: Any,
 ) -> AIOKafkaConsumer:
-    """A consumer that never auto-commits: callers commit after their effect is durable."""
+    """A consumer that never auto-commits: callers commit after their effect is durable.
+
+    `background` consumers (nobody waits on them) use the longer fetch wait.
+    """
     options: dict[str, Any] = {
         "bootstrap_servers": settings.kafka_bootstrap,
         "client_id": client_id,
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": settings.fetch_max_wait_ms,
+        "fetch_max_wait_ms": (
+            settings.background_fetch_max_wait_ms if background else settings.fetch_max_wait_ms
+        ),
         "max_poll_interval_ms": 300_000,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,

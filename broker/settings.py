@@ -25,6 +25,9 @@ class KafkaSettings(_Settings):
     # Latency-sensitive consumers use a short fetch wait (see DESIGN.md: 500 ms default
     # makes ~1% of round trips wait ~250 ms).
     fetch_max_wait_ms: int = Field(default=20, ge=1)
+    # Consumers nobody waits on (ledger, retries, cancels) poll at this pace instead: on an
+    # idle stack, short waits everywhere kept the embedded broker 86% busy doing nothing.
+    background_fetch_max_wait_ms: int = Field(default=250, ge=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     # How long a silent consumer keeps its partitions. Shorter means faster takeover after a
     # crash (and, on Tansu, a faster first join: it holds JoinGroup for half of this).

@@ -96,7 +96,7 @@ async def read_dead_letters(kafka: KafkaSettings, limit: int | None = None) -> l
     topic = topics_for(kafka).dead_letter
     await ensure_topics(kafka, [topic])
     consumer: AIOKafkaConsumer = new_consumer(kafka, client_id="sluice-dead-letters",
-                                              group_id=None)
+                                              group_id=None, background=True)
     await consumer.start()
     try:
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]

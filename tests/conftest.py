@@ -95,6 +95,7 @@ def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         topic_partitions=4,
         fetch_max_wait_ms=10,
+        background_fetch_max_wait_ms=50,
         session_timeout_ms=3000,
         heartbeat_interval_ms=500,
     )

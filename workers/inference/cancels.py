@@ -57,7 +57,9 @@ class CancelListener:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Read markers from the beginning of the topic (no group: every worker sees all)."""
-        consumer = new_consumer(self._kafka, client_id="sluice-worker-cancels", group_id=None)
+        consumer = new_consumer(
+            self._kafka, client_id="sluice-worker-cancels", group_id=None, background=True
+        )
         consumer.subscribe([self._topics.cancels])
         await consumer.start()
         try:

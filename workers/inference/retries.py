@@ -103,7 +103,8 @@ class RetryScheduler:
         self._sequence = itertools.count()
         self._tracker = OffsetTracker()
         self._consumer = new_consumer(
-            kafka, client_id="sluice-worker-retries", group_id=f"{kafka.topic_prefix}retries"
+            kafka, client_id="sluice-worker-retries", group_id=f"{kafka.topic_prefix}retries",
+            background=True,
         )
         self._paused = False
         self.republished = 0

@@ -95,7 +95,7 @@ async def reconcile(
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
     topic = topics_for(kafka).usage
-    consumer = new_consumer(kafka, client_id="sluice-reconcile", group_id=None)
+    consumer = new_consumer(kafka, client_id="sluice-reconcile", group_id=None, background=True)
     try:
         await consumer.start()
         values = await _read(consumer, topic, since)

@@ -89,6 +89,7 @@ class Ledger:
             self._kafka,
             client_id=self._client_id,
             group_id=self.group_id,
+            background=True,
             # Request topics appear whenever a model is added; find them within seconds.
             metadata_max_age_ms=2000,
         )
