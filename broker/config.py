@@ -33,6 +33,19 @@ class DeploymentConfig(BaseModel):
     input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     latency_ms: Annotated[float, Field(ge=0)] = 0.0
+    # Rate budget of the provider account behind this deployment, shared by every worker
+    # (and every model using the deployment); see broker/budgets/algorithm.py. None or 0:
+    # not limited. Limits are per `window_s` (60 s for OpenAI and Anthropic).
+    rpm: Annotated[int, Field(ge=0)] | None = None
+    tpm: Annotated[int, Field(ge=0)] | None = None
+    input_tpm: Annotated[int, Field(ge=0)] | None = None
+    output_tpm: Annotated[int, Field(ge=0)] | None = None
+    max_concurrency: Annotated[int, Field(ge=0)] | None = None
+    window_s: Annotated[float, Field(gt=0)] = 60.0
+    expected_output_tokens: Annotated[int, Field(ge=1)] = 256
+    """Output tokens reserved for a request without `max_tokens` (settled afterwards)."""
+    burst: Annotated[float, Field(gt=0, lt=1)] = 0.02
+    """Share of each limit that may go at once; the rest is paced over the window."""
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> DeploymentConfig:

@@ -4,7 +4,8 @@
     ├── ConfigError                  the config file or settings are wrong (not retriable)
     ├── InvalidRequest               a client's request is malformed (not retriable)
     │   ├── UnknownModel             no such logical model is configured
-    │   └── PayloadTooLarge          the body is over the configured limit
+    │   ├── PayloadTooLarge          the body is over the configured limit
+    │   └── WebhookUrlRefused        a webhook URL is not http(s) or not a global address
     ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
     ├── NotFound                     no such request (or not this tenant's)
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
@@ -57,6 +58,16 @@ class PayloadTooLarge(InvalidRequest):
             f"Request body of {size} bytes is over the limit of {limit} bytes.",
             code="request_too_large",
         )
+
+
+class WebhookUrlRefused(InvalidRequest):
+    """A webhook URL we will not call: not http(s), unresolvable, or not a global address.
+
+    Not retriable at ingress (400); the deliverer ends such a delivery `failed` at once.
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message, param="X-Webhook-URL", code="webhook_url_refused")
 
 
 class AuthenticationFailed(SluiceError):

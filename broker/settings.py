@@ -63,6 +63,12 @@ class WorkerSettings(_Settings):
     # `GET /status` (breakers, held retries) of this worker; off unless a port is given.
     status_port: int | None = Field(default=None, ge=0, le=65535)
     status_host: str = "127.0.0.1"
+    # Priority lanes: batch requests may hold at most this share of the slots (the rest
+    # is kept for interactive ones), and reserve budget only while this share of a
+    # bucket's burst stays left over for interactive calls of other workers.
+    batch_slot_share: float = Field(default=0.5, gt=0, le=1)
+    batch_budget_margin: float = Field(default=0.5, ge=0, le=1)
+    budget_log_interval_s: float = Field(default=30.0, gt=0)
 
 
 class LedgerSettings(_Settings):

@@ -19,6 +19,7 @@ from broker.errors import InvalidRequest, NotFound, UnknownModel
 from broker.kafka import topics_for
 from ingress.admin import register_ledger_routes
 from ingress.auth import authenticate
+from ingress.batches import register_batch_routes
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import error_body, install_error_handlers, json_response
 from ingress.polling import parse_wait, wait_until_final
@@ -26,6 +27,7 @@ from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
+from ingress.webhooks import WebhookIntake
 from schemas import ChatCompletionRequest, InferenceRequest, RequestStatus
 from schemas.messages import CancelRequested
 
@@ -38,6 +40,7 @@ class Ingress:
         self.publisher = RequestPublisher(services.kafka)
         self.replies = ReplyListener(services.kafka, services.ingress_id())
         self.accepted = RecentlyAccepted()
+        self.webhooks = WebhookIntake(services)  # X-Webhook-URL and /v1/webhooks/*
         self.started = int(time.time())
         self._asyncapi: dict[str, Any] | None = None
 
@@ -63,6 +66,7 @@ class Ingress:
             deadline=_deadline(request, now),
             reply_to=self.replies.topic if wait else None,
             correlation_id=request_id,
+            webhook_url=await self.webhooks.from_header(request, principal.tenant),
         )
         return principal, inference
 
@@ -216,6 +220,8 @@ def create_app(services: IngressServices) -> FastAPI:
     app.state.ingress = ingress
     install_error_handlers(app)
     register_ledger_routes(app, services)
+    ingress.webhooks.register(app)
+    register_batch_routes(app, services)  # /v1/files and /v1/batches (OpenAI Batch API)
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Response:

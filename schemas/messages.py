@@ -67,6 +67,8 @@ class InferenceRequest(_Message):
     correlation_id: str | None = None
     attempt: Annotated[int, Field(ge=0)] = 0
     metadata: dict[str, str] = Field(default_factory=dict)
+    # Where `sluice deliver` POSTs the signed result (Standard Webhooks); checked at ingress.
+    webhook_url: Annotated[str, Field(max_length=2048)] | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -95,6 +97,8 @@ class InferenceResult(_Message):
     correlation_id: str | None = None
     created_at: datetime
     finished_at: datetime
+    # Copied from the request, so the deliverer needs nothing but this event.
+    webhook_url: str | None = None
 
 
 class CancelRequested(_Message):

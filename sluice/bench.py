@@ -100,6 +100,10 @@ async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (and a JSON line for the record)."""
+    if getattr(args, "budget", None):
+        from sluice.budget_bench import run_budget_bench
+
+        return run_budget_bench(args)
     url, key, pids = _endpoints(args)
     model = args.model
     if model is None:

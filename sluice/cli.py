@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from broker.errors import SluiceError
+from sluice.batch_cli import add_batch_commands
 from sluice.ledger_commands import add_ledger_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -69,6 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
     ledger = commands.add_parser("ledger", help="record usage and results in PostgreSQL")
     ledger.set_defaults(handler=_handler("sluice.processes", "run_ledger"))
 
+    deliver = commands.add_parser("deliver", help="send signed webhooks for final results")
+    deliver.set_defaults(handler=_handler("sluice.processes", "run_deliver"))
+
     migrate = commands.add_parser("migrate", help="apply database migrations (Alembic)")
     migrate.set_defaults(handler=_handler("sluice.processes", "run_migrate"))
 
@@ -80,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--output-tokens", type=int, default=16)
     mock.add_argument("--faults", default=None,
                       help='injected faults as JSON, e.g. \'{"error_rate": 0.2}\'')
+    mock.add_argument("--rpm", type=int, default=0, help="requests per window (0: unlimited)")
+    mock.add_argument("--tpm", type=int, default=0, help="tokens per window (0: unlimited)")
+    mock.add_argument("--window-s", type=float, default=60.0, help="sliding window (seconds)")
     mock.set_defaults(handler=_handler("sluice.processes", "run_mock_provider"))
 
     bench = commands.add_parser("bench", help="drive a running stack and report speed")
@@ -90,6 +97,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--concurrency", type=int, default=64)
     bench.add_argument("--requests", type=int, default=5000)
     bench.add_argument("--warmup", type=int, default=200)
+    bench.add_argument("--budget", default=None, metavar="RPM:TPM",
+                       help="budget mode: worker processes share this budget per window "
+                            "against a rate-limited simulator (embedded Kafka and Postgres)")
+    bench.add_argument("--provider-limit", default=None, metavar="RPM:TPM",
+                       help="the simulator's real limit (default: the budget)")
+    bench.add_argument("--window-s", type=float, default=10.0)
+    bench.add_argument("--windows", type=float, default=3.0)
+    bench.add_argument("--workers", type=int, default=3)
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")
@@ -115,6 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.set_defaults(handler=_handler("sluice.processes", "run_config_check"))
 
     add_ledger_commands(commands, ledger, _handler)  # keys, prices, usage, ledger reconcile
+    add_batch_commands(commands, _handler)  # sluice batch submit|status|cancel|list
     return parser
 
 

@@ -141,6 +141,9 @@ def run_dev(args: argparse.Namespace) -> int:
             # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 14 ms; 2 ms burns the broker's CPU
             # on idle polls and loses a quarter of the throughput.
             "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "5"),
+            # Local development: webhook receivers on this machine are admitted.
+            "SLUICE_WEBHOOK_ALLOW_HOSTS": os.environ.get(
+                "SLUICE_WEBHOOK_ALLOW_HOSTS", "localhost,127.0.0.1,::1"),
         }
         children = _Children(log_dir, env)
         stack.callback(children.stop_all)
@@ -152,6 +155,7 @@ def run_dev(args: argparse.Namespace) -> int:
             for index in range(args.workers):
                 children.start(f"worker-{index + 1}", "worker")
             children.start("ledger", "ledger")
+            children.start("deliver", "deliver")  # webhooks (loopback allowlisted above)
             ingress = children.start("ingress", "ingress", "--port", str(args.port))
             ingress_url = f"http://127.0.0.1:{args.port}"
             _wait_http(f"{ingress_url}/health", ingress, "ingress", log_dir / "ingress.log")
@@ -219,5 +223,6 @@ def _print_usage(endpoints: Mapping[str, object], state_dir: Path) -> None:
   OpenAI SDK:  OpenAI(base_url="{url}/v1", api_key="{key}")
   Ledger:      psql '{endpoints['postgres_dsn']}' -c 'select * from usage_events limit 5'
   Benchmark:   sluice bench --concurrency 64 --requests 5000
+  Batches:     sluice batch submit prompts.jsonl --wait --output results.jsonl
 
 Press Ctrl-C to stop everything.""")

@@ -73,6 +73,7 @@ def run_worker(args: argparse.Namespace) -> int:
     """`sluice worker`: consume request topics and call providers."""
     from httpx_aiohttp import AiohttpTransport
 
+    from broker.budgets import PostgresBudgetStore
     from broker.database import create_engine
     from workers.inference import InferencePool
     from workers.inference.results import PostgresFinalResults
@@ -105,7 +106,7 @@ def run_worker(args: argparse.Namespace) -> int:
             }
             pool = InferencePool(
                 KafkaSettings(), worker_settings, config, models, providers,
-                PostgresFinalResults(engine),
+                PostgresFinalResults(engine), budgets=PostgresBudgetStore(engine),
             )
             await pool.run(stop)
         await engine.dispose()
@@ -115,15 +116,41 @@ def run_worker(args: argparse.Namespace) -> int:
 
 def run_ledger(args: argparse.Namespace) -> int:
     """`sluice ledger`: record usage and results in PostgreSQL."""
+    from broker.batches.settings import BatchSettings
     from broker.database import create_engine
+    from workers.batches import BatchTracker
     from workers.ledger import Ledger
 
     configure_logging()
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
+        try:  # the batch tracker (OpenAI Batch API) runs beside the ledger, same database
+            await asyncio.gather(
+                Ledger(KafkaSettings(), LedgerSettings(), engine).run(stop),
+                BatchTracker(KafkaSettings(), BatchSettings(), engine).run(stop))
+        finally:
+            await engine.dispose()
+
+    return run_until_signalled(main)
+
+
+def run_deliver(args: argparse.Namespace) -> int:
+    """`sluice deliver`: POST signed webhooks (Standard Webhooks) for final results."""
+    from broker.database import create_engine
+    from broker.webhooks.settings import WebhookSettings
+    from workers.deliver import Deliverer
+    from workers.deliver.sender import WebhookSender, new_client
+
+    configure_logging()
+    settings = WebhookSettings()
+
+    async def main(stop: asyncio.Event) -> None:
+        engine = create_engine(DatabaseSettings())
         try:
-            await Ledger(KafkaSettings(), LedgerSettings(), engine).run(stop)
+            async with new_client(settings) as client:
+                sender = WebhookSender(client, settings)
+                await Deliverer(KafkaSettings(), settings, engine, sender).run(stop)
         finally:
             await engine.dispose()
 
@@ -146,6 +173,7 @@ def run_mock_provider(args: argparse.Namespace) -> int:
 
     settings = SimulatorSettings(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens,
+        rpm=args.rpm, tpm=args.tpm, window_s=args.window_s,
         **({"faults": json.loads(args.faults)} if args.faults else {}),
     )
     print(f"simulated provider on http://{args.host}:{args.port}/v1 (stats: /stats)", flush=True)

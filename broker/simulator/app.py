@@ -26,6 +26,7 @@ from broker.simulator.asgi import (
     send_json,
 )
 from broker.simulator.faults import choose_fault
+from broker.simulator.limits import SlidingWindowLimits
 from broker.simulator.settings import SimulatorSettings
 from broker.simulator.state import SimulatorState
 from schemas import ChatCompletionRequest
@@ -48,6 +49,7 @@ class SimulatorApp:
         self.state = SimulatorState(seed=settings.seed)
         self._clock = clock
         self._started = clock()
+        self.limits = SlidingWindowLimits(settings.rpm, settings.tpm, settings.window_s)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Serve one ASGI connection."""
@@ -95,11 +97,8 @@ class SimulatorApp:
             kind = "rate_limit_error" if fault.status == 429 else "server_error"
             await send_json(send, fault.status, error_body(fault.message, type_=kind), headers)
             return
-        delay_ms = settings.latency_ms
-        if settings.jitter_ms > 0:
-            delay_ms += state.random.random() * settings.jitter_ms
-        if delay_ms > 0:
-            await asyncio.sleep(delay_ms / 1000)
+        # The answer is deterministic, so its tokens are known on arrival: they count
+        # against the limits then, as a provider counts a call when it accepts it.
         completion = simulate_completion(
             body,
             upstream_model=body.model,
@@ -107,6 +106,22 @@ class SimulatorApp:
             request_id=f"chatcmpl-sim-{token}",
             encoding=settings.encoding,
         )
+        if self.limits.enabled:
+            usage = completion.usage
+            spent = usage.prompt_tokens + usage.completion_tokens if usage else 0
+            admitted, limit_headers = self.limits.admit(self._clock(), spent)
+            headers += limit_headers
+            if not admitted:
+                state.record_error(429)
+                message = "Rate limit reached for requests or tokens (simulated)."
+                await send_json(send, 429, error_body(message, type_="rate_limit_error",
+                                                      code="rate_limit_exceeded"), headers)
+                return
+        delay_ms = settings.latency_ms
+        if settings.jitter_ms > 0:
+            delay_ms += state.random.random() * settings.jitter_ms
+        if delay_ms > 0:
+            await asyncio.sleep(delay_ms / 1000)
         state.record_success(completion.usage)
         await send_json(send, 200, completion.model_dump_json().encode(), headers)
 
@@ -121,7 +136,10 @@ class SimulatorApp:
         await send_json(send, 200, b'{"status":"ok"}')
 
     async def _stats(self, receive: Receive, send: Send) -> None:
-        await send_json(send, 200, orjson.dumps(self.state.snapshot()))
+        stats = self.state.snapshot()
+        if self.limits.enabled:
+            stats["rate_limits"] = self.limits.snapshot()
+        await send_json(send, 200, orjson.dumps(stats))
 
 
 _ROUTES: dict[str, tuple[str, _Handler]] = {

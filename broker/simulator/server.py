@@ -6,6 +6,7 @@ import uvicorn
 
 from broker.simulator.app import create_simulator_app
 from broker.simulator.settings import SimulatorSettings
+from broker.tokens import encoding_for_model
 
 
 def serve_simulator(settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -16,6 +17,10 @@ def serve_simulator(settings: SimulatorSettings, host: str = "127.0.0.1", port: 
         host: Interface to listen on.
         port: TCP port to listen on.
     """
+    # Load the vocabularies now: loading o200k_base takes ~2 s, which at the first call
+    # would stall the event loop and bunch up calls the rate limits then judge.
+    for model in ("gpt-4o", "gpt-4", *settings.models):
+        encoding_for_model(model, settings.encoding).count("warm up")
     uvicorn.run(
         create_simulator_app(settings),
         host=host,

@@ -48,8 +48,7 @@ class Faults(BaseModel):
 class SimulatorSettings(BaseModel):
     """How the simulator behaves; the CLI builds it from flags, tests build it directly.
 
-    Later knobs (rate limits answered with 429 and `x-ratelimit-*` headers) belong here
-    too, each defaulting to "off" so old configurations keep their meaning.
+    Every knob defaults to "off" so old configurations keep their meaning.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -68,6 +67,11 @@ class SimulatorSettings(BaseModel):
     """Seed of the jitter and fault generator, for reproducible runs."""
     faults: Faults = Faults()
     """Failures injected into every chat completion call."""
+    rpm: Annotated[int, Field(ge=0)] = 0
+    """Requests admitted in any `window_s` (sliding, like a provider); 0: unlimited."""
+    tpm: Annotated[int, Field(ge=0)] = 0
+    """Prompt plus completion tokens admitted in any `window_s`; 0: unlimited."""
+    window_s: Annotated[float, Field(gt=0)] = 60.0
     model_faults: dict[str, Faults] = Field(default_factory=dict)
     """Per requested model name, replacing `faults`: one simulator can play a healthy and
     a failing deployment at once."""

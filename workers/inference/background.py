@@ -78,4 +78,5 @@ class Background:
             "retries": {"held": self.retries.held, "republished": self.retries.republished},
             "cancelled_known": len(self._pool.processor.cancelled),
             "in_flight": self._pool.slots.used,
+            "budgets": self._pool.budgets.last_snapshot,
         }

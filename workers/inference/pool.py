@@ -1,10 +1,17 @@
-"""The inference pool: one consumer group per model topic, many requests in flight.
+"""The inference pool: one consumer group per model topic and lane, many requests in flight.
 
 Each polled message becomes a task; a process-wide bound caps how many run at once. When
 the bound is reached the pool pauses its partitions and keeps polling (so the group does
 not evict it) instead of nacking or spinning. Offsets are committed only up to the oldest
 unfinished message of each partition (`broker.offsets.OffsetTracker`), after its result and
 usage were acknowledged by Kafka: a crash redelivers unfinished work, never skips it.
+
+Priority lanes: each model has an interactive and a batch topic, each consumed by its own
+consumer (and group). Interactive takes any free slot. Batch fetches only while no
+interactive request waits for budget in this worker and batch holds less than
+`batch_slot_share` of the slots, so interactive always finds room; at the gates
+(`workers.inference.lanes`) interactive goes first too. Nothing has to wake batch up:
+its consumer re-checks whenever a slot frees, and at least twice a second.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 
+from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
 from broker.kafka import (
@@ -33,8 +41,10 @@ from broker.kafka import (
 )
 from broker.offsets import OffsetTracker
 from broker.settings import KafkaSettings, WorkerSettings
-from schemas import InferenceRequest
+from broker.tokens import encoding_for_model
+from schemas import InferenceRequest, Lane
 from workers.inference.background import Background
+from workers.inference.lanes import BudgetGates
 from workers.inference.outcomes import publish_outcome
 from workers.inference.processor import Outcome, RequestProcessor
 from workers.inference.results import FinalResults
@@ -93,11 +103,13 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 class _ModelConsumer:
-    """Consumes one model's request topic in its own consumer group."""
+    """Consumes one model's request topic of one lane in its own consumer group."""
 
-    def __init__(self, pool: InferencePool, model: str, consumer: AIOKafkaConsumer):
+    def __init__(self, pool: InferencePool, model: str, consumer: AIOKafkaConsumer,
+                 lane: Lane = Lane.INTERACTIVE):
         self.pool = pool
         self.model = model
+        self.lane = lane
         self.consumer = consumer
         self.tracker = OffsetTracker()
         self.paused: set[TopicPartition] = set()
@@ -107,13 +119,12 @@ class _ModelConsumer:
         committer = asyncio.create_task(self._commit_periodically(stop))
         try:
             while not stop.is_set():
-                if self.pool.slots.free <= 0:
+                room = self.pool.room(self.lane)
+                if room <= 0:
                     await self._wait_for_slot()
                     continue
                 self._resume()
-                batch = await self.consumer.getmany(
-                    timeout_ms=100, max_records=min(self.pool.slots.free, 500)
-                )
+                batch = await self.consumer.getmany(timeout_ms=100, max_records=min(room, 500))
                 if batch:
                     await self._dispatch(batch)
         finally:
@@ -146,7 +157,7 @@ class _ModelConsumer:
                     request = decode(InferenceRequest, record)
                     self._check_model(request)
                 except PoisonMessage as exc:
-                    self.pool.track(self._dead_letter(tp, record, str(exc)))
+                    self.pool.track(self._dead_letter(tp, record, str(exc)), self.lane)
                     continue
                 decoded.append((tp, record, request))
         done = await self._already_final(decoded)
@@ -155,7 +166,7 @@ class _ModelConsumer:
                 log.info("request %s already has a final result; not calling again", request.id)
                 self.tracker.finished(tp, record.offset)
                 continue
-            self.pool.track(self._handle(tp, record, request))
+            self.pool.track(self._handle(tp, record, request), self.lane)
 
     async def _already_final(
         self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
@@ -223,6 +234,7 @@ class InferencePool:
         providers: Mapping[str, Provider],
         final_results: FinalResults,
         *,
+        budgets: BudgetStore | None = None,
         drain_timeout_s: float = 30.0,
     ):
         self.kafka = kafka
@@ -230,25 +242,41 @@ class InferencePool:
         self.config = config
         self.models = list(models)
         self.topics = topics_for(kafka)
-        self.processor = RequestProcessor(config, providers)
+        # Without a shared store budgets hold in this process only (tests, one worker).
+        self.budgets = BudgetGates(config.deployments, budgets or MemoryBudgetStore(),
+                                   batch_margin=worker_settings.batch_budget_margin)
+        self.processor = RequestProcessor(config, providers, budgets=self.budgets)
         self.final_results = final_results
         self.slots = _Slots(worker_settings.worker_concurrency)
+        self.lane_used = dict.fromkeys(Lane, 0)
         self.producer: AIOKafkaProducer = new_producer(
-            kafka, client_id="sluice-worker", linger_ms=1
+            kafka, client_id="sluice-worker", linger_ms=0
         )
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
 
-    def track(self, work: Coroutine[Any, Any, None]) -> None:
-        """Run `work` as a task that holds one slot until it ends."""
+    def room(self, lane: Lane) -> int:
+        """How many more messages `lane` may take now (see the module docstring)."""
+        free = self.slots.free
+        if lane is Lane.INTERACTIVE:
+            return free
+        if self.budgets.waiting(Lane.INTERACTIVE) > 0:
+            return 0
+        share = int(self.slots.size * self.worker_settings.batch_slot_share)
+        return max(0, min(free, share - self.lane_used[Lane.BATCH]))
+
+    def track(self, work: Coroutine[Any, Any, None], lane: Lane = Lane.INTERACTIVE) -> None:
+        """Run `work` as a task that holds one slot (of `lane`) until it ends."""
         self.slots.used += 1
+        self.lane_used[lane] += 1
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(self._task_done)
+        task.add_done_callback(lambda done: self._task_done(done, lane))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], lane: Lane) -> None:
         self._tasks.discard(task)
+        self.lane_used[lane] -= 1
         self.slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("request task failed", exc_info=task.exception())
@@ -273,34 +301,55 @@ class InferencePool:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; then finish in-flight requests and commit."""
-        topic_names = [self.topics.requests(model) for model in self.models]
+        topic_names = [self.topics.requests(model, lane)
+                       for model in self.models for lane in Lane]
         background = Background(self, stop)  # retries, cancels, status endpoint
         await ensure_topics(
             self.kafka,
             [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter,
              *background.topics],
         )
+        self._warm_up()
         await self.producer.start()
         await background.start()
         lanes = []
-        for model, topic in zip(self.models, topic_names, strict=True):
-            consumer = new_consumer(
-                self.kafka,
-                client_id=f"sluice-worker-{model}",
-                group_id=f"{self.kafka.topic_prefix}workers.{model}",
-                max_poll_records=500,
-            )
-            lane = _ModelConsumer(self, model, consumer)
-            consumer.subscribe([topic], listener=_CommitOnRevoke(lane))
-            await consumer.start()
-            lanes.append(lane)
+        for model in self.models:
+            for kind in Lane:
+                suffix = "" if kind is Lane.INTERACTIVE else ".batch"
+                consumer = new_consumer(
+                    self.kafka,
+                    client_id=f"sluice-worker-{model}{suffix}",
+                    group_id=f"{self.kafka.topic_prefix}workers.{model}{suffix}",
+                    max_poll_records=500,
+                )
+                lane = _ModelConsumer(self, model, consumer, kind)
+                consumer.subscribe([self.topics.requests(model, kind)],
+                                   listener=_CommitOnRevoke(lane))
+                await consumer.start()
+                lanes.append(lane)
         log.info("worker serving %s", ", ".join(self.models))
+        reporter = asyncio.create_task(self.budgets.report(
+            stop, log_every_s=self.worker_settings.budget_log_interval_s))
         try:
             await asyncio.gather(*(lane.run(stop) for lane in lanes))
         finally:
             stop.set()  # helpers end with the pool, however it ends
             await background.stop()
+            # Requests still waiting for budget made no call: give them back to Kafka
+            # (uncommitted, so another worker takes them) instead of waiting to drain.
+            self.budgets.close()
             await self._drain(lanes)
+            await reporter
+
+    def _warm_up(self) -> None:
+        # Load every token vocabulary before consuming: a first use in the event loop
+        # stalls it for seconds (o200k_base), long enough to lose the consumer group and
+        # to send calls reserved seconds ago all at once.
+        for model in self.models:
+            for deployment in self.config.models[model].deployments:
+                if deployment in self.budgets.gates:
+                    encoding_for_model(self.config.deployments[deployment].model,
+                                       self.config.models[model].encoding).count("warm up")
 
     async def _drain(self, lanes: list[_ModelConsumer]) -> None:
         if self._tasks:

@@ -16,21 +16,29 @@ deliveries, so every billed call's usage event has its own attempt number.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from broker.budgets import RateLimitSignal, Vector, parse_rate_limit_headers
+from broker.budgets.algorithm import ZERO
 from broker.config import SluiceConfig
 from broker.errors import ProviderRejected, ProviderRetriable
+from broker.tokens import count_chat_prompt_tokens
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, UsageEvent
 from workers.inference.breakers import BreakerBoard
 from workers.inference.cancels import CancelledIds
+from workers.inference.lanes import BudgetGates, Reservation
 from workers.inference.routing import backoff_s, effective_deadline, route
 from workers.providers import Provider, ProviderResponse
 
 Clock = Callable[[], datetime]
+
+FAILOVER_BUDGET_WAIT_S = 0.5
+"""How long a request waits for the budget of a deployment that has fallbacks after it."""
 
 
 def utc_now() -> datetime:
@@ -73,6 +81,7 @@ class RequestProcessor:
         breakers: BreakerBoard | None = None,
         cancelled: CancelledIds | None = None,
         rng: random.Random | None = None,
+        budgets: BudgetGates | None = None,
     ):
         self._config = config
         self._providers = providers
@@ -80,6 +89,7 @@ class RequestProcessor:
         self.breakers = breakers or BreakerBoard(config.circuit_breaker, config.deployments)
         self.cancelled = cancelled or CancelledIds()
         self._rng = rng or random.Random()
+        self.budgets = budgets
 
     async def process(self, request: InferenceRequest) -> Outcome:
         """Answer `request`; never raises for provider failures (they become outcomes)."""
@@ -93,28 +103,56 @@ class RequestProcessor:
             return self._expired(request, request.attempt, "before a provider was called")
         calls = 0
         last_error: ProviderRetriable | None = None
-        for name in route(self._config.models[request.model], self._rng):
+        order = route(self._config.models[request.model], self._rng)
+        for index, name in enumerate(order):
             breaker = self.breakers[name]
             if not breaker.allow():
                 continue
             remaining = (deadline - self._clock()).total_seconds()
             if remaining <= 0:
                 break
+            # The last deployment is worth waiting for until the deadline; one with
+            # fallbacks only briefly (its spare load spills over to the next).
+            wait = remaining if index == len(order) - 1 else min(remaining,
+                                                                 FAILOVER_BUDGET_WAIT_S)
+            try:
+                reservation = await self._reserve(request, name, wait)
+            except TimeoutError:
+                continue
+            if self.cancelled.is_cancelled(request.id, request.tenant):
+                await self._settle(reservation, None)
+                error = ErrorInfo(type="cancelled", code="cancelled",
+                                  message="The request was cancelled while it waited.")
+                return Outcome(self._final(request, RequestStatus.CANCELLED, error=error,
+                                           attempts=request.attempt + calls))
+            remaining = (deadline - self._clock()).total_seconds()
             provider = self._providers[name]
             calls += 1
             started = self._clock()
             try:
                 response = await provider.complete(
-                    request.body, timeout_s=min(self._config.deployments[name].timeout_s, remaining)
+                    request.body, timeout_s=min(self._config.deployments[name].timeout_s,
+                                                max(remaining, 0.001))
                 )
             except ProviderRetriable as exc:
                 breaker.record_failure()
                 last_error = exc
+                await self._settle(reservation, None)
+                if exc.status_code == 429 and self.budgets is not None:
+                    signal = RateLimitSignal(ZERO, ZERO, ZERO, exc.retry_after_s)
+                    await self.budgets.observe(name, signal, rate_limited=True)
                 continue
             except ProviderRejected as exc:
                 breaker.record_success()  # it answered: the deployment is healthy
+                await self._settle(reservation, None)
                 return Outcome(self._rejected(request, exc, name, provider, calls))
             breaker.record_success()
+            used = _used(response)
+            await self._settle(reservation, used or (reservation.costs if reservation else None))
+            if self.budgets is not None and response.rate_limit_headers:
+                await self.budgets.observe(
+                    name, parse_rate_limit_headers(response.rate_limit_headers),
+                    rate_limited=False)
             attempt = request.attempt + calls - 1
             usage = self._usage(request, name, provider, response, started, attempt)
             result = self._final(
@@ -123,6 +161,26 @@ class RequestProcessor:
             )
             return Outcome(result, [usage])
         return self._retry_or_fail(request, calls, last_error, deadline)
+
+    async def _reserve(self, request: InferenceRequest, name: str,
+                       wait_s: float) -> Reservation | None:
+        """Budget for one call to `name`; raises TimeoutError after `wait_s` without it."""
+        if self.budgets is None or name not in self.budgets.gates:
+            return None
+        async with asyncio.timeout(wait_s):
+            return await self.budgets.acquire(name, self.estimate(request, name), request.lane)
+
+    async def _settle(self, reservation: Reservation | None, used: Vector | None) -> None:
+        if self.budgets is not None:
+            await self.budgets.settle(reservation, used)
+
+    def estimate(self, request: InferenceRequest, deployment: str) -> Vector:
+        """What a call reserves: one request, the counted prompt and the output cap."""
+        config = self._config.deployments[deployment]
+        prompt = count_chat_prompt_tokens(request.body.messages, config.model,
+                                          self._config.models[request.model].encoding)
+        output = request.body.output_limit() or config.expected_output_tokens
+        return (1.0, float(prompt + output), float(prompt), float(output))
 
     def _retry_or_fail(
         self,
@@ -209,6 +267,7 @@ class RequestProcessor:
             correlation_id=request.correlation_id,
             created_at=request.created_at,
             finished_at=self._clock(),
+            webhook_url=request.webhook_url,
         )
 
     def _usage(
@@ -242,3 +301,12 @@ class RequestProcessor:
             started_at=started,
             finished_at=self._clock(),
         )
+
+
+def _used(response: ProviderResponse) -> Vector | None:
+    """What a successful call used, as the provider reported it (None: not reported)."""
+    usage = response.completion.usage
+    if usage is None:
+        return None
+    prompt, output = float(usage.prompt_tokens), float(usage.completion_tokens)
+    return (1.0, prompt + output, prompt, output)
