@@ -127,7 +127,8 @@ class Ingress:
         if wait_s and recent_tenant not in ("", principal.tenant):
             wait_s = 0.0  # someone else's id: answer 404 now, without waiting
         stored = await wait_until_final(
-            self.services.requests, request_id, principal.tenant, wait_s
+            self.services.requests, request_id, principal.tenant, wait_s,
+            accepted_here=recent_tenant == principal.tenant,
         )
         if stored is not None and stored.tenant == principal.tenant:
             return json_response(request_state(

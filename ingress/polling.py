@@ -38,12 +38,19 @@ def parse_wait(raw: str | None) -> float:
 
 
 async def wait_until_final(
-    requests: RequestFinder, request_id: str, tenant: str, wait_s: float
+    requests: RequestFinder,
+    request_id: str,
+    tenant: str,
+    wait_s: float,
+    *,
+    accepted_here: bool,
+    grace_s: float = UNKNOWN_GRACE_S,
 ) -> StoredRequest | None:
     """The stored request once final, or as it stands when `wait_s` has passed.
 
-    Returns at once for another tenant's request (the caller answers 404), and waits at
-    most `UNKNOWN_GRACE_S` for a request that is not recorded at all.
+    Returns at once for another tenant's request (the caller answers 404). A request this
+    instance accepted is waited for in full even before the ledger records it; any other
+    id that is not recorded at all is waited for at most `grace_s`.
     """
     started = time.monotonic()
     deadline = started + wait_s
@@ -56,7 +63,8 @@ async def wait_until_final(
             return stored
         now = time.monotonic()
         remaining = deadline - now
-        if remaining <= 0 or (stored is None and now - started >= UNKNOWN_GRACE_S):
+        unknown = stored is None and not accepted_here
+        if remaining <= 0 or (unknown and now - started >= grace_s):
             return stored
         await asyncio.sleep(min(interval, remaining))
         interval = min(interval * 1.5, _MAX_INTERVAL_S)

@@ -1,0 +1,27 @@
+"""Batch settings, read from the environment once, at the edge (`SLUICE_BATCH_*`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class BatchSettings(BaseSettings):
+    """Where file contents live and how large a batch may be (OpenAI's limits by default)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLUICE_", frozen=True, extra="ignore")
+
+    # 'postgres': chunks in `batch_file_chunks` (nothing else to run or back up);
+    # 'disk': one file per upload under `batch_file_dir` (shared by every ingress/ledger).
+    batch_file_storage: Literal["postgres", "disk"] = "postgres"
+    batch_file_dir: Path = Path(".sluice/files")
+    batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
+    batch_max_lines: int = Field(default=50_000, ge=1)
+    # How often the tracker looks for batches to launch, finalize or expire.
+    batch_poll_interval_s: float = Field(default=0.2, gt=0)
+    # A cancelling batch ends `cancelled` at the latest this long after the cancel, even if
+    # some lines never answered (their worker died): they are reported as cancelled.
+    batch_cancel_grace_s: float = Field(default=30.0, gt=0)

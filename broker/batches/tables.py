@@ -1,0 +1,112 @@
+"""Batch tables: uploaded files (metadata and, when stored in PostgreSQL, content), batches,
+and one row per batch line.
+
+They share `broker.tables.metadata`, so `test_migrations_match_tables` compares them with
+migration 0005 like every other table.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Index,
+    Integer,
+    LargeBinary,
+    Table,
+    Text,
+    func,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
+
+from broker.tables import metadata
+
+BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
+                  "cancelling", "cancelled")
+LINE_STATUSES = ("queued", "succeeded", "failed", "expired", "cancelled")
+
+
+def _timestamp(name: str, *, nullable: bool = True, now: bool = False) -> Column[object]:
+    return Column(name, DateTime(timezone=True), nullable=nullable,
+                  server_default=func.now() if now else None)
+
+
+batch_files = Table(
+    "batch_files",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("filename", Text, nullable=False),
+    Column("purpose", Text, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    # Where the content lives: 'postgres' (batch_file_chunks) or 'disk'.
+    Column("storage", Text, nullable=False),
+    _timestamp("created_at", nullable=False, now=True),
+    Index(None, "tenant", "created_at"),
+)
+
+# Content of files stored in PostgreSQL, in chunks of about 1 MiB: streamed, never whole.
+batch_file_chunks = Table(
+    "batch_file_chunks",
+    metadata,
+    Column("file_id", Text, primary_key=True),
+    Column("seq", Integer, primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+)
+
+batches = Table(
+    "batches",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("api_key_id", Text, nullable=True),
+    # Models this batch's lines may name (the configured ones the key may call).
+    Column("models", ARRAY(Text), nullable=False),
+    Column("endpoint", Text, nullable=False),
+    Column("input_file_id", Text, nullable=False),
+    Column("completion_window", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("output_file_id", Text, nullable=True),
+    Column("error_file_id", Text, nullable=True),
+    Column("errors", JSONB, nullable=True),
+    Column("metadata", JSONB, nullable=True),
+    Column("total", Integer, nullable=False, server_default="0"),
+    Column("completed", Integer, nullable=False, server_default="0"),
+    Column("failed", Integer, nullable=False, server_default="0"),
+    # A tracker working on this batch (launching or finalizing); stale claims are retaken.
+    _timestamp("claimed_at"),
+    _timestamp("cancels_sent_at"),
+    _timestamp("created_at", nullable=False, now=True),
+    _timestamp("expires_at", nullable=False),
+    _timestamp("in_progress_at"),
+    _timestamp("finalizing_at"),
+    _timestamp("completed_at"),
+    _timestamp("failed_at"),
+    _timestamp("expired_at"),
+    _timestamp("cancelling_at"),
+    _timestamp("cancelled_at"),
+    CheckConstraint("status IN ('validating', 'failed', 'in_progress', 'finalizing', "
+                    "'completed', 'expired', 'cancelling', 'cancelled')", name="status"),
+    Index(None, "tenant", "created_at"),
+    Index(None, "status"),
+)
+
+batch_requests = Table(
+    "batch_requests",
+    metadata,
+    # Deterministic per (batch, line), so a relaunch after a crash inserts nothing twice.
+    Column("request_id", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("custom_id", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    # HTTP status and body of the answer (completion or error envelope); null while queued.
+    Column("status_code", Integer, nullable=True),
+    Column("body", JSONB, nullable=True),
+    _timestamp("finished_at"),
+    CheckConstraint("status IN ('queued', 'succeeded', 'failed', 'expired', 'cancelled')",
+                    name="status"),
+    Index(None, "batch_id", "status"),
+)

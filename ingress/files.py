@@ -1,0 +1,76 @@
+"""`/v1/files`: upload (multipart, `purpose=batch`), retrieve, content and delete.
+
+Uploads are parsed by Starlette (python-multipart), which spools the part to a temporary
+file past 1 MiB; from there the content is copied in 1 MiB chunks into the file store, so
+a 200 MB upload never sits in memory whole. Another tenant's file id answers 404.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.datastructures import UploadFile
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+
+from broker.batches.files import CHUNK_BYTES, FileRecord, FileStore
+from broker.errors import InvalidRequest, NotFound
+from ingress.auth import authenticate
+from ingress.envelope import json_response
+from ingress.services import ApiKeyFinder
+
+# Purposes a client may upload; outputs are written by the tracker as `batch_output`.
+_PURPOSES = frozenset({"batch"})
+
+
+async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
+    while chunk := await upload.read(CHUNK_BYTES):
+        yield chunk
+
+
+async def _owned(files: FileStore, tenant: str, file_id: str) -> FileRecord:
+    record = await files.get(tenant, file_id)
+    if record is None:
+        raise NotFound(f"No such File object: {file_id}")
+    return record
+
+
+def register_file_routes(app: FastAPI, keys: ApiKeyFinder, files: FileStore) -> None:
+    """Add the file routes, scoped to the caller's tenant."""
+
+    @app.post("/v1/files")
+    async def files_create(request: Request) -> Response:
+        tenant = (await authenticate(request, keys)).tenant
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise InvalidRequest("Upload files as multipart/form-data with 'file' and "
+                                 "'purpose'.", param="file")
+        async with request.form(max_files=1, max_fields=16) as form:
+            purpose, upload = form.get("purpose"), form.get("file")
+            if not isinstance(purpose, str) or purpose not in _PURPOSES:
+                raise InvalidRequest("'purpose' must be 'batch'.", param="purpose")
+            if not isinstance(upload, UploadFile):
+                raise InvalidRequest("Missing required parameter: 'file'.", param="file")
+            record = await files.create(tenant, upload.filename or "upload.jsonl", purpose,
+                                        _chunks(upload))
+        return json_response(record.body())
+
+    @app.get("/v1/files/{file_id}")
+    async def files_retrieve(request: Request, file_id: str) -> Response:
+        tenant = (await authenticate(request, keys)).tenant
+        return json_response((await _owned(files, tenant, file_id)).body())
+
+    @app.get("/v1/files/{file_id}/content")
+    async def files_content(request: Request, file_id: str) -> Response:
+        tenant = (await authenticate(request, keys)).tenant
+        record = await _owned(files, tenant, file_id)
+        return StreamingResponse(
+            files.read(record), media_type="application/octet-stream",
+            headers={"content-length": str(record.bytes),
+                     "content-disposition": f'attachment; filename="{record.filename}"'})
+
+    @app.delete("/v1/files/{file_id}")
+    async def files_delete(request: Request, file_id: str) -> Response:
+        tenant = (await authenticate(request, keys)).tenant
+        await files.delete(await _owned(files, tenant, file_id))
+        return json_response({"id": file_id, "object": "file", "deleted": True})

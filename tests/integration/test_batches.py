@@ -1,0 +1,272 @@
+"""The OpenAI Batch API, driven by the official `openai` SDK through the real stack.
+
+Upload → create → poll → download with ≥ 1,000 lines, invalid lines in the error file,
+cancel mid-way, validation failures, pagination and tenant isolation. The batch tracker
+runs beside the stack as it does inside `sluice ledger`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from openai import AsyncOpenAI, NotFoundError
+from openai.types import Batch
+from sqlalchemy import text
+
+from broker.batches.settings import BatchSettings
+from broker.keys import create_api_key
+from broker.settings import KafkaSettings
+from broker.simulation import simulate_completion
+from broker.simulator import SimulatorSettings
+from schemas import ChatCompletionRequest
+from tests.integration.stack import Stack, running_stack
+from workers.batches import BatchTracker
+
+pytestmark = pytest.mark.integration
+
+MODEL = "gpt-4o-mini"
+FINAL = {"completed", "failed", "expired", "cancelled"}
+
+
+def _line(custom_id: str, prompt: str, **overrides: Any) -> dict[str, Any]:
+    body = {"model": MODEL, "messages": [{"role": "user", "content": prompt}]}
+    return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+            "body": body, **overrides}
+
+
+def _jsonl(lines: list[dict[str, Any]]) -> bytes:
+    return b"".join(json.dumps(line).encode() + b"\n" for line in lines)
+
+
+def _sdk(stack: Stack, api_key: str | None = None) -> AsyncOpenAI:
+    return AsyncOpenAI(base_url="http://ingress/v1", api_key=api_key or stack.api_key,
+                       http_client=httpx.AsyncClient(transport=stack.client._transport),
+                       max_retries=0)
+
+
+@asynccontextmanager
+async def batch_stack(kafka: KafkaSettings, database_url: str,
+                      **options: Any) -> AsyncIterator[Stack]:
+    """`running_stack` plus the batch tracker, as `sluice ledger` runs it."""
+    async with running_stack(kafka, database_url, **options) as stack:
+        stop = asyncio.Event()
+        tracker = asyncio.create_task(BatchTracker(
+            kafka, BatchSettings(batch_poll_interval_s=0.05, batch_cancel_grace_s=10),
+            stack.engine).run(stop))
+        try:
+            yield stack
+        finally:
+            stop.set()
+            await asyncio.wait_for(tracker, 20)
+
+
+async def _until(sdk: AsyncOpenAI, batch_id: str, statuses: set[str],
+                 timeout_s: float = 40) -> Batch:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        batch = await sdk.batches.retrieve(batch_id)
+        if batch.status in statuses or time.monotonic() > deadline:
+            assert batch.status in statuses, batch
+            return batch
+        await asyncio.sleep(0.1)
+
+
+async def _lines(sdk: AsyncOpenAI, file_id: str | None) -> list[dict[str, Any]]:
+    assert file_id is not None
+    content = await sdk.files.content(file_id)
+    return [json.loads(line) for line in content.text.splitlines()]
+
+
+async def test_thousand_lines_through_the_openai_sdk(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    lines = [_line(f"r{i}", f"Question number {i}?") for i in range(1000)]
+    lines += [_line("bad-model", "hi", body={"model": "nope", "messages": [
+                   {"role": "user", "content": "hi"}]}),
+              _line("bad-body", "hi", body={"model": MODEL, "messages": []})]
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        assert uploaded.object == "file" and uploaded.purpose == "batch"
+        assert uploaded.bytes == len(_jsonl(lines))
+        assert (await sdk.files.retrieve(uploaded.id)).filename == "in.jsonl"
+        created = await sdk.batches.create(
+            input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+            completion_window="24h", metadata={"job": "nightly"})
+        assert created.status == "validating" and created.metadata == {"job": "nightly"}
+        assert created.expires_at is not None and created.expires_at - created.created_at == 86400
+        batch = await _until(sdk, created.id, FINAL)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert batch.request_counts.model_dump() == {"total": 1002, "completed": 1000,
+                                                     "failed": 2}
+        assert batch.in_progress_at and batch.finalizing_at and batch.completed_at
+        output = await _lines(sdk, batch.output_file_id)
+        assert sorted(o["custom_id"] for o in output) == sorted(f"r{i}" for i in range(1000))
+        for entry in output:
+            assert entry["id"].startswith("batch_req_") and entry["error"] is None
+            assert entry["response"]["status_code"] == 200
+            index = int(entry["custom_id"][1:])
+            expected = simulate_completion(ChatCompletionRequest.model_validate(
+                lines[index]["body"]), upstream_model=MODEL)
+            body = entry["response"]["body"]
+            assert body["object"] == "chat.completion"
+            assert body["choices"][0]["message"]["content"] == (
+                expected.choices[0].message.content)
+            assert body["usage"]["prompt_tokens"] == expected.usage.prompt_tokens
+        errors = await _lines(sdk, batch.error_file_id)
+        assert {e["custom_id"] for e in errors} == {"bad-model", "bad-body"}
+        assert all(e["response"]["status_code"] == 400 for e in errors)
+        assert all(e["response"]["body"]["error"]["message"] for e in errors)
+        lane = await stack.scalar("select lane from requests where id = :id",
+                                  id=output[0]["id"])
+        assert lane == "batch"
+        deleted = await sdk.files.delete(uploaded.id)
+        assert deleted.deleted
+        with pytest.raises(NotFoundError):
+            await sdk.files.retrieve(uploaded.id)
+
+
+async def test_cancel_midway_keeps_partial_output(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    lines = [_line(f"c{i}", f"Slow question {i}") for i in range(1000)]
+    async with batch_stack(kafka_settings, database_url,
+                           simulator=SimulatorSettings(latency_ms=250)) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("slow.jsonl", _jsonl(lines)), purpose="batch")
+        created = await sdk.batches.create(input_file_id=uploaded.id,
+                                           endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+        deadline = time.monotonic() + 30
+        while True:  # cancel once some lines are done
+            batch = await sdk.batches.retrieve(created.id)
+            assert batch.request_counts is not None
+            if batch.request_counts.completed > 0 or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.05)
+        cancelling = await sdk.batches.cancel(created.id)
+        assert cancelling.status == "cancelling" and cancelling.cancelling_at
+        batch = await _until(sdk, created.id, {"cancelled"})
+        assert batch.cancelled_at and batch.request_counts is not None
+        done = batch.request_counts.completed
+        assert 0 < done < 1000, batch.request_counts
+        output = await _lines(sdk, batch.output_file_id)
+        assert len(output) == done
+        errors = await _lines(sdk, batch.error_file_id)
+        assert len(errors) == 1000 - done
+        assert {e["error"]["code"] for e in errors} == {"batch_cancelled"}
+        assert {o["custom_id"] for o in output} | {e["custom_id"] for e in errors} == {
+            f"c{i}" for i in range(1000)}
+
+
+async def test_validation_pagination_and_tenants(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+
+        async def submit(lines: list[dict[str, Any]]) -> Batch:
+            uploaded = await sdk.files.create(file=("x.jsonl", _jsonl(lines)), purpose="batch")
+            return await sdk.batches.create(input_file_id=uploaded.id,
+                                            endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+
+        duplicate = await submit([_line("a", "1"), _line("a", "2")])
+        wrong_url = await submit([_line("a", "1"), _line("b", "2", url="/v1/embeddings")])
+        all_bad = await submit([_line("a", "1", body={"model": "nope", "messages": []})])
+        good = await submit([_line("a", "1")])
+        for batch, code, line in ((duplicate, "duplicate_custom_id", 2),
+                                  (wrong_url, "mismatched_endpoint", 2),
+                                  (all_bad, "invalid_request", 1)):
+            failed = await _until(sdk, batch.id, FINAL)
+            assert failed.status == "failed" and failed.failed_at, failed
+            assert failed.errors is not None and failed.errors.data
+            first = failed.errors.data[0]
+            assert (first.code, first.line) == (code, line)
+            assert failed.output_file_id is None
+        assert (await _until(sdk, good.id, FINAL)).status == "completed"
+
+        ids, after = [], None
+        while True:
+            page = await sdk.batches.list(limit=3, **({"after": after} if after else {}))
+            ids += [b.id for b in page.data]
+            if not page.has_more:
+                break
+            after = page.data[-1].id
+        assert ids == [good.id, all_bad.id, wrong_url.id, duplicate.id]
+        raw = (await stack.client.get("/v1/batches?limit=2", headers=stack.auth)).json()
+        assert raw["object"] == "list" and raw["has_more"] is True
+        assert (raw["first_id"], raw["last_id"]) == (good.id, all_bad.id)
+
+        other_key, _ = await create_api_key(stack.engine, "other-tenant")
+        other = _sdk(stack, other_key)
+        with pytest.raises(NotFoundError):
+            await other.batches.retrieve(good.id)
+        with pytest.raises(NotFoundError):
+            await other.files.retrieve(good.input_file_id)
+        with pytest.raises(NotFoundError):
+            await other.batches.cancel(good.id)
+        assert (await other.batches.list()).data == []
+
+
+async def test_fifty_thousand_lines_on_disk_storage(
+    kafka_settings: KafkaSettings, database_url: str, tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("SLUICE_BATCH_FILE_STORAGE", "disk")
+    monkeypatch.setenv("SLUICE_BATCH_FILE_DIR", str(tmp_path / "files"))
+    data = _jsonl([_line(f"q{i}", f"prompt {i}") for i in range(50_001)])
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("big.jsonl", data), purpose="batch")
+        assert uploaded.bytes == len(data)
+        assert (tmp_path / "files" / uploaded.id).stat().st_size == len(data)
+        assert (await sdk.files.content(uploaded.id)).content == data
+        batch = await sdk.batches.create(input_file_id=uploaded.id,
+                                         endpoint="/v1/chat/completions",
+                                         completion_window="24h")
+        failed = await _until(sdk, batch.id, FINAL)
+        assert failed.status == "failed" and failed.errors is not None
+        assert [(e.code, e.line) for e in failed.errors.data] == [("too_many_lines", 50_001)]
+        assert await stack.scalar("select count(*) from batch_requests") == 0
+
+
+async def test_expired_batch_keeps_finished_lines(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    lines = [_line(f"e{i}", f"Late question {i}") for i in range(600)]
+    async with batch_stack(kafka_settings, database_url,
+                           simulator=SimulatorSettings(latency_ms=250)) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("late.jsonl", _jsonl(lines)), purpose="batch")
+        created = await sdk.batches.create(input_file_id=uploaded.id,
+                                           endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+        deadline = time.monotonic() + 30
+        while True:
+            batch = await sdk.batches.retrieve(created.id)
+            assert batch.request_counts is not None and time.monotonic() < deadline
+            if batch.request_counts.completed > 0:
+                break
+            await asyncio.sleep(0.05)
+        # The window passes (moved, not waited for: it is 24 hours).
+        async with stack.engine.begin() as connection:
+            await connection.execute(text("update batches set expires_at = now() where id = :id"),
+                                     {"id": created.id})
+        batch = await _until(sdk, created.id, {"expired"})
+        assert batch.expired_at and batch.request_counts is not None
+        done = batch.request_counts.completed
+        assert 0 < done < 600
+        assert len(await _lines(sdk, batch.output_file_id)) == done
+        errors = await _lines(sdk, batch.error_file_id)
+        assert {e["error"]["code"] for e in errors} == {"batch_expired"}
+        assert len(errors) == 600 - done

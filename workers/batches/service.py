@@ -1,0 +1,89 @@
+"""The batch tracker service: a results consumer and a maintenance loop, in one process.
+
+It runs inside `sluice ledger` (no extra process to deploy). Its consumer group
+(`<prefix>batches`) reads `<prefix>results` independently of the ledger's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.batches.files import FileStore
+from broker.batches.settings import BatchSettings
+from broker.errors import SluiceError
+from broker.kafka import ensure_topics, new_consumer, new_producer, topics_for
+from broker.settings import KafkaSettings
+from workers.batches.claims import candidates, claim
+from workers.batches.finalizer import Finalizer
+from workers.batches.launcher import Launcher
+from workers.batches.results import record_results
+from workers.ledger.rows import flatten
+
+log = logging.getLogger("sluice.batches")
+
+# Failures that may heal by themselves; the loop logs them and tries again next tick.
+_TRANSIENT = (SluiceError, SQLAlchemyError, KafkaError, OSError, TimeoutError)
+
+
+class BatchTracker:
+    """Launches, follows and finalizes batches until stopped.
+
+    Args:
+        kafka: where to publish lines and cancellations and read results.
+        settings: file storage, limits and the maintenance interval.
+        engine: the ledger database (migrated).
+    """
+
+    def __init__(self, kafka: KafkaSettings, settings: BatchSettings, engine: AsyncEngine):
+        self._kafka = kafka
+        self._settings = settings
+        self._engine = engine
+        self._topics = topics_for(kafka)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Consume results and tick the maintenance loop until `stop` is set."""
+        await ensure_topics(self._kafka, [self._topics.results, self._topics.cancels])
+        producer = new_producer(self._kafka, client_id="sluice-batches", linger_ms=5)
+        consumer = new_consumer(self._kafka, client_id="sluice-batches", background=True,
+                                group_id=f"{self._kafka.topic_prefix}batches")
+        consumer.subscribe([self._topics.results])
+        await producer.start()
+        try:
+            await consumer.start()
+            files = FileStore(self._engine, self._settings)
+            launcher = Launcher(self._engine, files, producer, self._topics)
+            finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
+            await asyncio.gather(self._consume(consumer, stop),
+                                 self._maintain(launcher, finalizer, stop))
+        finally:
+            for client in (consumer, producer):
+                with contextlib.suppress(KafkaError, OSError):
+                    await client.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            fetched = await consumer.getmany(timeout_ms=200, max_records=2000)
+            records = flatten(fetched)
+            if records and not await record_results(self._engine, consumer, records):
+                await asyncio.sleep(0.5)
+
+    async def _maintain(self, launcher: Launcher, finalizer: Finalizer,
+                        stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            try:
+                for batch in await candidates(self._engine, "validating"):
+                    claimed = await claim(self._engine, batch.id)
+                    if claimed is not None:
+                        await launcher.launch(claimed)
+                await finalizer.tick()
+            except _TRANSIENT as exc:
+                log.warning("batches: maintenance failed (%s); trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.batch_poll_interval_s)
