@@ -86,7 +86,9 @@ class Deliverer:
         """
         results_topic = topics_for(self._kafka).results
         await ensure_topics(self._kafka, [results_topic])
-        consumer = new_consumer(self._kafka, client_id=self._client_id, group_id=self.group_id)
+        consumer = new_consumer(
+            self._kafka, client_id=self._client_id, group_id=self.group_id, background=True
+        )
         try:
             await consumer.start()
         except KafkaError as exc:

@@ -321,6 +321,8 @@ class InferencePool:
                     client_id=f"sluice-worker-{model}{suffix}",
                     group_id=f"{self.kafka.topic_prefix}workers.{model}{suffix}",
                     max_poll_records=500,
+                    # Nobody waits on HTTP for a batch line: poll it at the slow pace.
+                    background=kind is Lane.BATCH,
                 )
                 lane = _ModelConsumer(self, model, consumer, kind)
                 consumer.subscribe([self.topics.requests(model, kind)],
