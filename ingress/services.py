@@ -9,6 +9,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -76,21 +77,33 @@ class RecentlyAccepted:
     window. Bounded in size and age so it never grows without limit.
     """
 
-    def __init__(self, max_entries: int = 100_000, ttl_s: float = 600.0):
+    def __init__(
+        self,
+        max_entries: int = 50_000,
+        ttl_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self._entries: OrderedDict[str, tuple[str, str, float]] = OrderedDict()
         self._max_entries = max_entries
         self._ttl_s = ttl_s
+        self._clock = clock
 
     def remember(self, request_id: str, tenant: str, model: str) -> None:
         """Note an accepted request."""
-        self._entries[request_id] = (tenant, model, time.monotonic())
-        while len(self._entries) > self._max_entries:
+        now = self._clock()
+        self._entries[request_id] = (tenant, model, now)
+        # Entries are in acceptance order, so the expired ones are at the front: memory
+        # follows the request rate over the last `ttl_s`, not the total ever accepted.
+        while self._entries:
+            oldest = next(iter(self._entries.values()))
+            if len(self._entries) <= self._max_entries and now - oldest[2] <= self._ttl_s:
+                break
             self._entries.popitem(last=False)
 
     def lookup(self, request_id: str) -> tuple[str, str] | None:
         """(tenant, model) of a recently accepted request, or None."""
         entry = self._entries.get(request_id)
-        if entry is None or time.monotonic() - entry[2] > self._ttl_s:
+        if entry is None or self._clock() - entry[2] > self._ttl_s:
             return None
         return entry[0], entry[1]
 
