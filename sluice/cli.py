@@ -105,6 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--window-s", type=float, default=10.0)
     bench.add_argument("--windows", type=float, default=3.0)
     bench.add_argument("--workers", type=int, default=3)
+    bench.add_argument("--chaos", action="store_true",
+                       help="chaos mode: a healthy run, then one with the simulator failing "
+                            "--error-rate of calls; reports success, added latency, duplicates")
+    bench.add_argument("--error-rate", type=float, default=0.2)
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")

@@ -27,7 +27,7 @@ from broker.simulator.asgi import (
 )
 from broker.simulator.faults import choose_fault
 from broker.simulator.limits import SlidingWindowLimits
-from broker.simulator.settings import SimulatorSettings
+from broker.simulator.settings import Faults, SimulatorSettings
 from broker.simulator.state import SimulatorState
 from schemas import ChatCompletionRequest
 
@@ -141,12 +141,25 @@ class SimulatorApp:
             stats["rate_limits"] = self.limits.snapshot()
         await send_json(send, 200, orjson.dumps(stats))
 
+    async def _set_faults(self, receive: Receive, send: Send) -> None:
+        # Lets a benchmark measure the same stack healthy, then failing, then healthy again.
+        try:
+            faults = Faults.model_validate_json(await read_body(receive) or b"{}")
+        except ValidationError as exc:
+            message, param = describe_invalid(exc)
+            await send_json(send, 400, error_body(message, param=param))
+            return
+        self.settings = self.settings.model_copy(update={"faults": faults})
+        self._started = self._clock()  # fault windows count from now
+        await send_json(send, 200, faults.model_dump_json().encode())
+
 
 _ROUTES: dict[str, tuple[str, _Handler]] = {
     "/v1/chat/completions": ("POST", SimulatorApp._chat_completions),
     "/v1/models": ("GET", SimulatorApp._models),
     "/health": ("GET", SimulatorApp._health),
     "/stats": ("GET", SimulatorApp._stats),
+    "/faults": ("PUT", SimulatorApp._set_faults),
 }
 
 

@@ -85,3 +85,16 @@ async def test_faults_per_model_leave_other_models_healthy() -> None:
 def test_a_window_must_end_after_it_starts() -> None:
     with pytest.raises(ValueError, match="end_s must be after start_s"):
         FaultWindow(start_s=5, end_s=5)
+
+
+async def test_faults_can_be_switched_on_and_off_at_run_time() -> None:
+    async with _client(SimulatorSettings(seed=3)) as client:
+        assert (await _call(client)).status_code == 200
+        switched = await client.put("/faults", json={"error_rate": 1.0, "error_statuses": [503]})
+        assert switched.status_code == 200
+        assert (await _call(client)).status_code == 503
+        refused = await client.put("/faults", json={"error_rate": 2})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "error_rate"
+        assert (await client.put("/faults", json={})).status_code == 200
+        assert (await _call(client)).status_code == 200
