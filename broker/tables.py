@@ -40,7 +40,8 @@ metadata = MetaData(
 REQUEST_STATUSES = ("queued", "succeeded", "failed", "expired", "cancelled")
 
 
-def _timestamp(name: str, *, nullable: bool = False, now: bool = False) -> Column[object]:
+def timestamp_column(name: str, *, nullable: bool = False, now: bool = False) -> Column[object]:
+    """A `timestamptz` column, optionally defaulting to the database's `now()`."""
     return Column(
         name,
         DateTime(timezone=True),
@@ -70,9 +71,9 @@ usage_events = Table(
     Column("status", Text, nullable=False),
     # The `prices` row the ledger charged with (None: config fallback or unknown price).
     Column("price_id", BigInteger, nullable=True),
-    _timestamp("started_at"),
-    _timestamp("finished_at"),
-    _timestamp("recorded_at", now=True),
+    timestamp_column("started_at"),
+    timestamp_column("finished_at"),
+    timestamp_column("recorded_at", now=True),
     Index(None, "tenant", "finished_at"),
     Index(None, "model", "finished_at"),
     Index(None, "request_id"),
@@ -92,9 +93,9 @@ requests = Table(
     Column("status", Text, nullable=False),
     Column("result", JSONB, nullable=True),
     Column("error", JSONB, nullable=True),
-    _timestamp("created_at"),
-    _timestamp("finished_at", nullable=True),
-    _timestamp("updated_at", now=True),
+    timestamp_column("created_at"),
+    timestamp_column("finished_at", nullable=True),
+    timestamp_column("updated_at", now=True),
     CheckConstraint(
         "status IN ('queued', 'succeeded', 'failed', 'expired', 'cancelled')", name="status"
     ),
@@ -111,15 +112,15 @@ api_keys = Table(
     Column("prefix", Text, nullable=False),
     # sha256 hex of the full secret; the secret itself is never stored.
     Column("key_hash", Text, nullable=False, unique=True),
-    _timestamp("created_at", now=True),
-    _timestamp("revoked_at", nullable=True),
-    _timestamp("last_used_at", nullable=True),
+    timestamp_column("created_at", now=True),
+    timestamp_column("revoked_at", nullable=True),
+    timestamp_column("last_used_at", nullable=True),
     # Limits of this key; None means "no limit of this kind".
     Column("models", ARRAY(Text), nullable=True),
     Column("rpm", Integer, nullable=True),
     Column("tpm", Integer, nullable=True),
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
-    _timestamp("expires_at", nullable=True),
+    timestamp_column("expires_at", nullable=True),
     Index(None, "tenant"),
 )
 
@@ -134,8 +135,8 @@ prices = Table(
     Column("output_usd_per_mtok", Numeric(20, 10), nullable=False),
     Column("cached_input_usd_per_mtok", Numeric(20, 10), nullable=True),
     Column("currency", Text, nullable=False, server_default="USD"),
-    _timestamp("effective_from"),
-    _timestamp("created_at", now=True),
+    timestamp_column("effective_from"),
+    timestamp_column("created_at", now=True),
     # NULLS NOT DISTINCT (PostgreSQL 15+): one model-wide price per model and date, too.
     UniqueConstraint(
         "model", "deployment", "effective_from", postgresql_nulls_not_distinct=True
@@ -150,5 +151,5 @@ tenants = Table(
     # Privacy: completion text stays in `requests.result` only when the tenant opts in.
     Column("store_content", Boolean, nullable=False, server_default="false"),
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
-    _timestamp("created_at", now=True),
+    timestamp_column("created_at", now=True),
 )

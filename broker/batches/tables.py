@@ -11,26 +11,20 @@ from sqlalchemy import (
     BigInteger,
     CheckConstraint,
     Column,
-    DateTime,
     Index,
     Integer,
     LargeBinary,
     Table,
     Text,
-    func,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from broker.tables import metadata
+from broker.tables import metadata, timestamp_column
 
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
                   "cancelling", "cancelled")
 LINE_STATUSES = ("queued", "succeeded", "failed", "expired", "cancelled")
 
-
-def _timestamp(name: str, *, nullable: bool = True, now: bool = False) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=nullable,
-                  server_default=func.now() if now else None)
 
 
 batch_files = Table(
@@ -43,7 +37,7 @@ batch_files = Table(
     Column("bytes", BigInteger, nullable=False),
     # Where the content lives: 'postgres' (batch_file_chunks) or 'disk'.
     Column("storage", Text, nullable=False),
-    _timestamp("created_at", nullable=False, now=True),
+    timestamp_column("created_at", nullable=False, now=True),
     Index(None, "tenant", "created_at"),
 )
 
@@ -76,17 +70,17 @@ batches = Table(
     Column("completed", Integer, nullable=False, server_default="0"),
     Column("failed", Integer, nullable=False, server_default="0"),
     # A tracker working on this batch (launching or finalizing); stale claims are retaken.
-    _timestamp("claimed_at"),
-    _timestamp("cancels_sent_at"),
-    _timestamp("created_at", nullable=False, now=True),
-    _timestamp("expires_at", nullable=False),
-    _timestamp("in_progress_at"),
-    _timestamp("finalizing_at"),
-    _timestamp("completed_at"),
-    _timestamp("failed_at"),
-    _timestamp("expired_at"),
-    _timestamp("cancelling_at"),
-    _timestamp("cancelled_at"),
+    timestamp_column("claimed_at", nullable=True),
+    timestamp_column("cancels_sent_at", nullable=True),
+    timestamp_column("created_at", nullable=False, now=True),
+    timestamp_column("expires_at", nullable=False),
+    timestamp_column("in_progress_at", nullable=True),
+    timestamp_column("finalizing_at", nullable=True),
+    timestamp_column("completed_at", nullable=True),
+    timestamp_column("failed_at", nullable=True),
+    timestamp_column("expired_at", nullable=True),
+    timestamp_column("cancelling_at", nullable=True),
+    timestamp_column("cancelled_at", nullable=True),
     CheckConstraint("status IN ('validating', 'failed', 'in_progress', 'finalizing', "
                     "'completed', 'expired', 'cancelling', 'cancelled')", name="status"),
     Index(None, "tenant", "created_at"),
@@ -105,7 +99,7 @@ batch_requests = Table(
     # HTTP status and body of the answer (completion or error envelope); null while queued.
     Column("status_code", Integer, nullable=True),
     Column("body", JSONB, nullable=True),
-    _timestamp("finished_at"),
+    timestamp_column("finished_at", nullable=True),
     CheckConstraint("status IN ('queued', 'succeeded', 'failed', 'expired', 'cancelled')",
                     name="status"),
     Index(None, "batch_id", "status"),

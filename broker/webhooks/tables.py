@@ -11,7 +11,6 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
-    DateTime,
     Double,
     Identity,
     Index,
@@ -19,17 +18,12 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
-    func,
 )
 
-from broker.tables import metadata
+from broker.tables import metadata, timestamp_column
 
 DELIVERY_STATES = ("pending", "succeeded", "failed")
 
-
-def _timestamp(name: str, *, nullable: bool = False, now: bool = False) -> Column[object]:
-    return Column(name, DateTime(timezone=True), nullable=nullable,
-                  server_default=func.now() if now else None)
 
 
 webhook_secrets = Table(
@@ -39,9 +33,9 @@ webhook_secrets = Table(
     Column("tenant", Text, nullable=False),
     # Kept in plaintext: HMAC signing needs the key itself (unlike API keys, only hashed).
     Column("secret", Text, nullable=False),
-    _timestamp("created_at", now=True),
+    timestamp_column("created_at", now=True),
     # Set by rotation: the old secret keeps signing until then, so receivers can switch.
-    _timestamp("expires_at", nullable=True),
+    timestamp_column("expires_at", nullable=True),
     Index(None, "tenant"),
 )
 
@@ -55,8 +49,8 @@ webhook_endpoints = Table(
     # by requests (X-Webhook-URL), remembered here because a 410 disabled it.
     Column("subscribed", Boolean, nullable=False, server_default="true"),
     Column("description", Text, nullable=True),
-    _timestamp("created_at", now=True),
-    _timestamp("disabled_at", nullable=True),
+    timestamp_column("created_at", now=True),
+    timestamp_column("disabled_at", nullable=True),
     Column("disabled_reason", Text, nullable=True),
     UniqueConstraint("tenant", "url"),
 )
@@ -78,14 +72,14 @@ webhook_deliveries = Table(
     # Attempts allowed in total; a redelivery raises it by `max_attempts`.
     Column("attempt_limit", Integer, nullable=False),
     Column("max_attempts", Integer, nullable=False),
-    _timestamp("next_attempt_at"),
+    timestamp_column("next_attempt_at"),
     # A deliverer owns an attempt until then (several deliverers may run).
-    _timestamp("leased_until", nullable=True),
+    timestamp_column("leased_until", nullable=True),
     Column("last_status_code", Integer, nullable=True),
     Column("last_error", Text, nullable=True),
-    _timestamp("created_at", now=True),
-    _timestamp("updated_at", now=True),
-    _timestamp("finished_at", nullable=True),
+    timestamp_column("created_at", now=True),
+    timestamp_column("updated_at", now=True),
+    timestamp_column("finished_at", nullable=True),
     CheckConstraint("state IN ('pending', 'succeeded', 'failed')", name="state"),
     Index(None, "state", "next_attempt_at"),
     Index(None, "tenant", "created_at"),
@@ -105,8 +99,8 @@ webhook_attempts = Table(
     Column("address", Text, nullable=True),
     Column("status_code", Integer, nullable=True),
     Column("error", Text, nullable=True),
-    _timestamp("started_at"),
-    _timestamp("finished_at"),
+    timestamp_column("started_at"),
+    timestamp_column("finished_at"),
     Column("duration_ms", Double, nullable=False),
     UniqueConstraint("delivery_id", "attempt"),
     Index(None, "tenant", "started_at"),
