@@ -7,7 +7,7 @@ import importlib
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -46,6 +46,7 @@ from schemas import (
     Topics,
     UsageEvent,
 )
+from tests.integration.stack import eventually
 from workers.ledger import (
     Kind,
     Ledger,
@@ -137,16 +138,6 @@ async def running_ledger(kafka: KafkaSettings, engine: AsyncEngine) -> AsyncIter
     finally:
         stop.set()
         await asyncio.wait_for(task, 20)
-
-
-async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 10.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    value = await check()
-    while not value and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
-        value = await check()
-    assert value, f"condition not reached in {timeout_s}s (last value: {value!r})"
-    return value
 
 
 async def _equals(value: Awaitable[T], expected: T) -> bool:
