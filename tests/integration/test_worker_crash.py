@@ -27,8 +27,9 @@ from workers.ledger import Ledger
 
 pytestmark = pytest.mark.integration
 
-REQUESTS = 500
-WORKER_CONCURRENCY = 128
+REQUESTS = 1000
+WORKER_CONCURRENCY = 600
+IN_FLIGHT_AT_KILL = 500
 
 
 @pytest.fixture
@@ -97,7 +98,7 @@ async def test_kill_9_with_requests_in_flight(
 
         async def calls_in_flight_now() -> bool:
             stats = (await simulator.get("/stats")).json()
-            return bool(stats["requests"] - stats["succeeded"] >= 64)
+            return bool(stats["requests"] - stats["succeeded"] >= IN_FLIGHT_AT_KILL)
 
         await eventually(calls_in_flight_now, 30)
         first.send_signal(signal.SIGKILL)
