@@ -104,6 +104,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from sluice.budget_bench import run_budget_bench
 
         return run_budget_bench(args)
+    if getattr(args, "lanes", False):
+        from sluice.lanes_bench import run_lanes_bench
+
+        return run_lanes_bench(args)
     if getattr(args, "chaos", False):
         from sluice.chaos_bench import run_chaos_bench
 

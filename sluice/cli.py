@@ -109,6 +109,12 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chaos mode: a healthy run, then one with the simulator failing "
                             "--error-rate of calls; reports success, added latency, duplicates")
     bench.add_argument("--error-rate", type=float, default=0.2)
+    bench.add_argument("--lanes", action="store_true",
+                       help="lanes mode: interactive latency idle, then while --batch-lines "
+                            "batch lines saturate a --lanes-rpm budget (embedded stack)")
+    bench.add_argument("--lanes-rpm", type=int, default=150, help="budget per --window-s")
+    bench.add_argument("--batch-lines", type=int, default=5000)
+    bench.add_argument("--interactive-rate", type=float, default=5.0, help="requests per second")
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")
