@@ -13,6 +13,7 @@ from sqlalchemy import (
     Boolean,
     CheckConstraint,
     Column,
+    Date,
     DateTime,
     Double,
     Identity,
@@ -66,6 +67,8 @@ usage_events = Table(
     Column("attempt", Integer, nullable=False, server_default="0"),
     Column("input_tokens", Integer, nullable=False),
     Column("output_tokens", Integer, nullable=False),
+    # Of input_tokens, how many the provider served from its prompt cache (cheaper price).
+    Column("cached_input_tokens", Integer, nullable=False, server_default="0"),
     Column("cost_usd", Numeric(20, 10), nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("status", Text, nullable=False),
@@ -93,6 +96,8 @@ requests = Table(
     Column("status", Text, nullable=False),
     Column("result", JSONB, nullable=True),
     Column("error", JSONB, nullable=True),
+    # The request's messages: kept only for tenants with `store_content` (privacy).
+    Column("prompt", JSONB, nullable=True),
     timestamp_column("created_at"),
     timestamp_column("finished_at", nullable=True),
     timestamp_column("updated_at", now=True),
@@ -121,6 +126,7 @@ api_keys = Table(
     Column("tpm", Integer, nullable=True),
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
     timestamp_column("expires_at", nullable=True),
+    Column("monthly_budget_tokens", BigInteger, nullable=True),
     Index(None, "tenant"),
 )
 
@@ -152,4 +158,45 @@ tenants = Table(
     Column("store_content", Boolean, nullable=False, server_default="false"),
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
     timestamp_column("created_at", now=True),
+    Column("monthly_budget_tokens", BigInteger, nullable=True),
+)
+
+# Budgets (migration 0006 holds the SQL functions that change these three tables).
+# scope: `tenant:<name>` or `key:<id>`; period: the first day of the month (UTC).
+spend_accounts = Table(
+    "spend_accounts",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("period", Date, primary_key=True),
+    # Recorded usage (the ledger adds it with the usage rows: a rollup of usage_events).
+    Column("spent_usd", Numeric(20, 10), nullable=False, server_default="0"),
+    Column("spent_tokens", BigInteger, nullable=False, server_default="0"),
+    # Estimates of admitted requests not finished yet (the sum of their spend_holds).
+    Column("reserved_usd", Numeric(20, 10), nullable=False, server_default="0"),
+    Column("reserved_tokens", BigInteger, nullable=False, server_default="0"),
+    timestamp_column("updated_at", now=True),
+)
+
+spend_holds = Table(
+    "spend_holds",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("scopes", ARRAY(Text), nullable=False),
+    Column("period", Date, nullable=False),
+    Column("usd", Numeric(20, 10), nullable=False),
+    Column("tokens", BigInteger, nullable=False),
+    timestamp_column("created_at", now=True),
+    Index(None, "created_at"),
+)
+
+# A sliding-window counter per rate-limited key (seconds since the epoch, database clock).
+key_rate_windows = Table(
+    "key_rate_windows",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("window_start", Double, nullable=False),
+    Column("requests", Double, nullable=False, server_default="0"),
+    Column("tokens", Double, nullable=False, server_default="0"),
+    Column("prev_requests", Double, nullable=False, server_default="0"),
+    Column("prev_tokens", Double, nullable=False, server_default="0"),
 )
