@@ -8,6 +8,7 @@
     │   └── WebhookUrlRefused        a webhook URL is not http(s) or not a global address
     ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
     ├── NotFound                     no such request (or not this tenant's)
+    ├── LimitExceeded                a key's rate limit or a monthly budget refused it
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
     ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
     ├── PoisonMessage                a Kafka message cannot be decoded or validated
@@ -76,6 +77,22 @@ class AuthenticationFailed(SluiceError):
 
 class NotFound(SluiceError):
     """The thing asked for does not exist, or belongs to another tenant."""
+
+
+class LimitExceeded(SluiceError):
+    """A key's RPM/TPM or a tenant's or key's monthly budget refused a request (429).
+
+    Attributes:
+        code: OpenAI's code: `rate_limit_exceeded` (RPM/TPM) or `insufficient_quota`.
+        retry_after_s: When trying again may succeed; None when it never will as asked.
+    """
+
+    retriable = True
+
+    def __init__(self, message: str, *, code: str, retry_after_s: float | None):
+        super().__init__(message)
+        self.code = code
+        self.retry_after_s = retry_after_s
 
 
 class BrokerUnavailable(SluiceError):

@@ -45,6 +45,7 @@ class KeyLimits:
     tpm: int | None = None
     monthly_budget_usd: Decimal | None = None
     expires_at: datetime | None = None
+    monthly_budget_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +97,7 @@ def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in S
             tpm=row.tpm,
             monthly_budget_usd=row.monthly_budget_usd,
             expires_at=row.expires_at,
+            monthly_budget_tokens=row.monthly_budget_tokens,
         ),
         last_used_at=row.last_used_at,
     )
@@ -114,6 +116,7 @@ _COLUMNS = (
     api_keys.c.monthly_budget_usd,
     api_keys.c.expires_at,
     api_keys.c.last_used_at,
+    api_keys.c.monthly_budget_tokens,
 )
 
 
@@ -136,7 +139,7 @@ async def create_api_key(
             id=new.id, tenant=tenant, name=name, prefix=new.prefix, key_hash=new.key_hash,
             models=sorted(limits.models) if limits.models is not None else None,
             rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
-            expires_at=limits.expires_at,
+            monthly_budget_tokens=limits.monthly_budget_tokens, expires_at=limits.expires_at,
         )
         .returning(*_COLUMNS)
     )

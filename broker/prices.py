@@ -13,7 +13,9 @@ file's price and otherwise records cost NULL — never a silent zero).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import asyncio
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -174,3 +176,33 @@ async def price_book(connection: AsyncConnection, models: Iterable[str]) -> Pric
         return PriceBook([])
     rows = (await connection.execute(select(prices).where(prices.c.model.in_(wanted)))).all()
     return PriceBook(_price(row) for row in rows)
+
+
+class PriceCache:
+    """Every stored price, reloaded at most once per `ttl_s` (one query for all models).
+
+    For estimates on hot paths (ingress admission): a new price takes effect there within
+    `ttl_s`, while the ledger always charges the price in force when a call finished.
+    """
+
+    def __init__(self, engine: AsyncEngine, *, ttl_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._loaded_at = float("-inf")
+        self._book = PriceBook([])
+        self._loading = asyncio.Lock()  # callers arriving together share one query
+
+    async def book(self) -> PriceBook:
+        """The price book, at most `ttl_s` old.
+
+        Raises:
+            DatabaseUnavailable: the cache is stale and PostgreSQL cannot be reached.
+        """
+        if self._clock() - self._loaded_at >= self._ttl_s:
+            async with self._loading:
+                if self._clock() - self._loaded_at >= self._ttl_s:
+                    self._book = PriceBook(await list_prices(self._engine))
+                    self._loaded_at = self._clock()
+        return self._book

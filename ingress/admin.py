@@ -3,6 +3,8 @@
 - `GET /v1/admin/keys[?tenant=]`, `POST /v1/admin/keys`, `POST /v1/admin/keys/{id}/revoke`:
   only with the admin key (`SLUICE_ADMIN_KEY`, compared in constant time). With no admin
   key configured every admin call answers 401: there is no default admin.
+- `GET /v1/admin/tenants`, `PUT /v1/admin/tenants/{name}`: tenant budgets and the
+  content-storage opt-in, with this month's spend (admin key only).
 - `GET /v1/usage?from=&to=&group_by=&format=json|csv[&tenant=]`: a normal key sees its own
   tenant's usage only (`tenant` is ignored for it); the admin key sees every tenant's.
 
@@ -24,8 +26,16 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
+from broker.admission import month_of
 from broker.errors import AuthenticationFailed, InvalidRequest, NotFound
 from broker.keys import ApiKeyRecord, KeyLimits, create_api_key, list_api_keys, revoke_api_key
+from broker.tenants import (
+    SpendAccount,
+    TenantSettings,
+    list_tenants,
+    set_tenant,
+    spend_accounts_of,
+)
 from broker.usage_queries import csv_text, json_rows, parse_group_by, parse_time, usage_report
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
@@ -54,6 +64,7 @@ class NewKey(BaseModel):
     rpm: Annotated[int, Field(ge=1)] | None = None
     tpm: Annotated[int, Field(ge=1)] | None = None
     monthly_budget_usd: Usd | None = None
+    monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
     expires_at: AwareDatetime | None = None
 
     def limits(self) -> KeyLimits:
@@ -61,7 +72,7 @@ class NewKey(BaseModel):
         return KeyLimits(
             models=frozenset(self.models) if self.models is not None else None,
             rpm=self.rpm, tpm=self.tpm, monthly_budget_usd=self.monthly_budget_usd,
-            expires_at=self.expires_at,
+            monthly_budget_tokens=self.monthly_budget_tokens, expires_at=self.expires_at,
         )
 
 
@@ -80,7 +91,32 @@ def key_body(record: ApiKeyRecord) -> dict[str, Any]:
         "rpm": limits.rpm, "tpm": limits.tpm,
         "monthly_budget_usd": str(limits.monthly_budget_usd)
         if limits.monthly_budget_usd is not None else None,
+        "monthly_budget_tokens": limits.monthly_budget_tokens,
         "expires_at": when(limits.expires_at),
+    }
+
+
+class TenantChange(BaseModel):
+    """Body of `PUT /v1/admin/tenants/{name}`: fields present change, null clears a budget."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    monthly_budget_usd: Usd | None = None
+    monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
+    store_content: bool | None = None
+
+
+def tenant_body(tenant: TenantSettings, account: SpendAccount | None) -> dict[str, Any]:
+    """A tenant with its spend this month (money as strings: exact decimals)."""
+    return {
+        "object": "tenant", "name": tenant.name, "store_content": tenant.store_content,
+        "monthly_budget_usd": str(tenant.monthly_budget_usd)
+        if tenant.monthly_budget_usd is not None else None,
+        "monthly_budget_tokens": tenant.monthly_budget_tokens,
+        "spent_usd": str(account.spent_usd) if account else "0",
+        "reserved_usd": str(account.reserved_usd) if account else "0",
+        "spent_tokens": account.spent_tokens if account else 0,
+        "reserved_tokens": account.reserved_tokens if account else 0,
     }
 
 
@@ -127,6 +163,26 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         if not await revoke_api_key(engine, key_id):
             raise NotFound(f"No active key with id '{key_id}'.")
         return json_response({"id": key_id, "object": "api_key", "revoked": True})
+
+    @app.get("/v1/admin/tenants")
+    async def tenants_list(request: Request) -> Response:
+        _require_admin(request, services)
+        accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
+        data = [tenant_body(tenant, accounts.get(f"tenant:{tenant.name}"))
+                for tenant in await list_tenants(engine)]
+        return json_response({"object": "list", "data": data})
+
+    @app.put("/v1/admin/tenants/{name}")
+    async def tenants_set(request: Request, name: str) -> Response:
+        _require_admin(request, services)
+        data = await read_json_object(request, services.settings.max_body_bytes)
+        change = validate_body(TenantChange, data)
+        fields = {field: getattr(change, field) for field in change.model_fields_set}
+        if fields.get("store_content", False) is None:
+            raise InvalidRequest("store_content must be true or false.", param="store_content")
+        tenant = await set_tenant(engine, name, **fields)
+        accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
+        return json_response(tenant_body(tenant, accounts.get(f"tenant:{name}")))
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> Response:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -15,7 +16,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.asyncapi import asyncapi_document
-from broker.errors import InvalidRequest, NotFound, UnknownModel
+from broker.errors import InvalidRequest, NotFound, SluiceError, UnknownModel
 from broker.kafka import topics_for
 from ingress.admin import register_ledger_routes
 from ingress.auth import authenticate
@@ -68,10 +69,18 @@ class Ingress:
             correlation_id=request_id,
             webhook_url=await self.webhooks.from_header(request, principal.tenant),
         )
+        if self.services.admission is not None:  # last: a refused request counts nothing
+            await self.services.admission.admit(principal, inference)
         return principal, inference
 
     async def publish(self, request: Request, inference: InferenceRequest) -> None:
-        await self.publisher.publish(inference, request.headers.get("traceparent"))
+        try:
+            await self.publisher.publish(inference, request.headers.get("traceparent"))
+        except SluiceError:
+            if self.services.admission is not None:  # not queued: give its hold back
+                with contextlib.suppress(SluiceError):
+                    await self.services.admission.release(inference.id)
+            raise
         self.accepted.remember(inference.id, inference.tenant, inference.model)
 
     async def chat_completions(self, request: Request) -> Response:

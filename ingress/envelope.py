@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ from broker.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
     InvalidRequest,
+    LimitExceeded,
     NotFound,
     PayloadTooLarge,
     SluiceError,
@@ -56,6 +58,13 @@ def error_response(exc: SluiceError) -> Response:
                                         code="invalid_api_key"), 401)
     if isinstance(exc, NotFound):
         return json_response(error_body(str(exc), "invalid_request_error", code="not_found"), 404)
+    if isinstance(exc, LimitExceeded):
+        headers = {}
+        if exc.retry_after_s is not None:
+            headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+        error_type = "insufficient_quota" if exc.code == "insufficient_quota" else "requests"
+        return json_response(error_body(str(exc), error_type, code=exc.code), 429,
+                             headers=headers)
     if isinstance(exc, BrokerUnavailable | DatabaseUnavailable):
         return json_response(
             error_body(f"{exc} Nothing was accepted; retry after {RETRY_AFTER_S}s.",

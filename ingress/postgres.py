@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.admission import PostgresAdmissionStore
+from broker.config import SluiceConfig
 from broker.keys import ApiKeyCache
+from broker.prices import PriceCache
 from broker.request_store import RequestRecord, get_request
+from broker.tenants import TenantCache
+from ingress.admission import AdmissionControl
 from ingress.services import Principal
 
 
@@ -20,7 +25,12 @@ class PostgresApiKeys:
         record = await self._cache.get(secret)
         if record is None:
             return None
-        return Principal(tenant=record.tenant, api_key_id=record.id, models=record.limits.models)
+        limits = record.limits
+        return Principal(
+            tenant=record.tenant, api_key_id=record.id, models=limits.models,
+            rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
+            monthly_budget_tokens=limits.monthly_budget_tokens,
+        )
 
 
 class PostgresRequests:
@@ -32,3 +42,9 @@ class PostgresRequests:
     async def find(self, request_id: str) -> RequestRecord | None:
         """The request, or None if the ledger has not seen it yet."""
         return await get_request(self._engine, request_id)
+
+
+def postgres_admission(engine: AsyncEngine, config: SluiceConfig) -> AdmissionControl:
+    """Admission with state, tenant budgets and prices in PostgreSQL (the latter two cached)."""
+    return AdmissionControl(PostgresAdmissionStore(engine), TenantCache(engine),
+                            PriceCache(engine), config)

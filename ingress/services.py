@@ -12,10 +12,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.config import SluiceConfig
 from broker.settings import IngressSettings, KafkaSettings
+from schemas import InferenceRequest
 
 if TYPE_CHECKING:
     from ingress.admin import LedgerAccess
@@ -29,6 +31,11 @@ class Principal:
     api_key_id: str
     # None: any model. A key limited to some models gets 404 model_not_found for the others.
     models: frozenset[str] | None = None
+    # The key's own limits (None: not limited); its tenant's budgets are looked up apart.
+    rpm: int | None = None
+    tpm: int | None = None
+    monthly_budget_usd: Decimal | None = None
+    monthly_budget_tokens: int | None = None
 
     def may_use(self, model: str) -> bool:
         """Whether this caller may call `model`."""
@@ -40,6 +47,22 @@ class ApiKeyFinder(Protocol):
 
     async def principal(self, secret: str) -> Principal | None:
         """The caller owning `secret`, or None if unknown or revoked."""
+        ...
+
+
+class Admission(Protocol):
+    """Decides whether a caller's request may be queued (rate limits, monthly budgets)."""
+
+    async def admit(self, principal: Principal, request: InferenceRequest) -> bool:
+        """Count and hold `request` for `principal`; True if anything was held.
+
+        Raises:
+            LimitExceeded: a limit refused it (nothing was counted or held).
+        """
+        ...
+
+    async def release(self, request_id: str) -> None:
+        """Undo the hold of a request that was admitted but never queued."""
         ...
 
 
@@ -119,6 +142,8 @@ class IngressServices:
     requests: RequestFinder
     # Admin keys API and usage queries (ingress/admin.py); None leaves those routes out.
     ledger: LedgerAccess | None = None
+    # Key rate limits and monthly budgets (ingress/admission.py); None admits everything.
+    admission: Admission | None = None
 
     def ingress_id(self) -> str:
         """This instance's id, naming its reply topic."""

@@ -77,6 +77,7 @@ def run_keys_create(args: argparse.Namespace) -> int:
         if args.models else None,
         rpm=args.rpm, tpm=args.tpm,
         monthly_budget_usd=_money(args.monthly_budget_usd, "--monthly-budget-usd"),
+        monthly_budget_tokens=args.monthly_budget_tokens,
         expires_at=_expiry(args.expires),
     )
     secret, record = with_engine(lambda e: create_api_key(e, args.tenant, args.name, limits))
@@ -88,7 +89,7 @@ def run_keys_create(args: argparse.Namespace) -> int:
 def run_keys_list(args: argparse.Namespace) -> int:
     """`sluice keys list [--tenant T]`: keys by prefix, never their secrets."""
     keys = with_engine(lambda e: list_api_keys(e, args.tenant))
-    table = Table("id", "tenant", "name", "prefix", "models", "rpm", "tpm", "budget USD/mo",
+    table = Table("id", "tenant", "name", "prefix", "models", "rpm", "tpm", "budget/mo",
                   "expires", "status")
     for key in keys:
         limits = key.limits
@@ -98,7 +99,8 @@ def run_keys_list(args: argparse.Namespace) -> int:
         table.add_row(
             key.id, key.tenant, key.name or "", key.prefix + "…",
             ",".join(sorted(limits.models)) if limits.models is not None else "*",
-            _text(limits.rpm), _text(limits.tpm), _text(limits.monthly_budget_usd),
+            _text(limits.rpm), _text(limits.tpm),
+            budget_text(limits.monthly_budget_usd, limits.monthly_budget_tokens),
             limits.expires_at.isoformat() if limits.expires_at else "", status,
         )
     console().print(table)
@@ -146,6 +148,13 @@ def run_prices_list(args: argparse.Namespace) -> int:
                       price.effective_from.isoformat())
     console().print(table)
     return 0
+
+
+def budget_text(usd: Decimal | None, tokens: int | None) -> str:
+    """A monthly budget for people: "$12.5 and 90000 tokens", or "unlimited"."""
+    parts = ([f"${usd.normalize():f}"] if usd is not None else []) + (
+        [f"{tokens} tokens"] if tokens is not None else [])
+    return " and ".join(parts) or "unlimited"
 
 
 def _text(value: object) -> str:

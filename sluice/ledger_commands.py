@@ -1,4 +1,4 @@
-"""The command tree of `sluice keys`, `sluice prices`, `sluice usage` and `sluice ledger …`.
+"""The command tree of `sluice keys`, `tenants`, `prices`, `usage` and `ledger …`.
 
 Definitions only (argparse), so `sluice --help` stays fast: the handlers live in
 `sluice.keys_cli` and `sluice.usage_cli` and are imported when a command runs.
@@ -16,7 +16,7 @@ HandlerFactory = Callable[[str, str], Handler]
 
 def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
                         handler: HandlerFactory) -> None:
-    """Add keys, prices, usage and `ledger reconcile` to the `sluice` parser.
+    """Add keys, tenants, prices, usage and `ledger reconcile` to the `sluice` parser.
 
     Args:
         commands: the top-level subparsers action.
@@ -32,6 +32,8 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     create.add_argument("--rpm", type=int, default=None, help="requests per minute")
     create.add_argument("--tpm", type=int, default=None, help="tokens per minute")
     create.add_argument("--monthly-budget-usd", default=None, help="USD per calendar month")
+    create.add_argument("--monthly-budget-tokens", type=int, default=None,
+                        help="tokens per calendar month")
     create.add_argument("--expires", default=None, help="ISO time, or a duration like 30d")
     create.set_defaults(handler=handler("sluice.keys_cli", "run_keys_create"))
     listing = key_commands.add_parser("list", help="list API keys (prefix, never the secret)")
@@ -40,6 +42,20 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     revoke = key_commands.add_parser("revoke", help="revoke an API key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=handler("sluice.keys_cli", "run_keys_revoke"))
+
+    tenants = commands.add_parser("tenants", help="tenant budgets and content storage")
+    tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
+    tenant_set = tenant_commands.add_parser("set", help="create or change a tenant")
+    tenant_set.add_argument("name")
+    tenant_set.add_argument("--monthly-budget-usd", default=None,
+                            help="USD per calendar month ('none' removes the budget)")
+    tenant_set.add_argument("--monthly-budget-tokens", default=None,
+                            help="tokens per calendar month ('none' removes the budget)")
+    tenant_set.add_argument("--store-content", choices=("yes", "no"), default=None,
+                            help="keep prompt and completion text (default no)")
+    tenant_set.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_set"))
+    tenant_list = tenant_commands.add_parser("list", help="tenants and this month's spend")
+    tenant_list.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_list"))
 
     prices = commands.add_parser("prices", help="the price catalog (USD per million tokens)")
     price_commands = prices.add_subparsers(dest="prices_command", required=True)

@@ -42,19 +42,21 @@ def run_ingress(args: argparse.Namespace) -> int:
     from broker.database import create_engine
     from ingress.admin import LedgerAccess
     from ingress.app import create_app
-    from ingress.postgres import PostgresApiKeys, PostgresRequests
+    from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
     from ingress.services import IngressServices
 
     configure_logging()
     settings = IngressSettings()
     engine = create_engine(DatabaseSettings())
+    config = _config(args)
     services = IngressServices(
         settings=settings,
         kafka=KafkaSettings(),
-        config=_config(args),
+        config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
         ledger=LedgerAccess(engine),
+        admission=postgres_admission(engine, config),
     )
     uvicorn.run(
         create_app(services),

@@ -31,7 +31,7 @@ from broker.settings import (
 from broker.simulator import SimulatorSettings, create_simulator_app
 from ingress.admin import LedgerAccess
 from ingress.app import create_app
-from ingress.postgres import PostgresApiKeys, PostgresRequests
+from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices
 from workers.inference import InferencePool
 from workers.inference.results import PostgresFinalResults
@@ -120,6 +120,7 @@ async def running_stack(
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
         ledger=LedgerAccess(engine),
+        admission=postgres_admission(engine, config),
     ))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(

@@ -64,7 +64,8 @@ def test_cli_key_lifecycle(
     monkeypatch.setenv("SLUICE_DATABASE_URL", database_url)
     assert main(["keys", "create", "--tenant", "acme", "--name", "ci", "--models",
                  "gpt-4o-mini,other", "--rpm", "60", "--tpm", "1000",
-                 "--monthly-budget-usd", "12.50", "--expires", "30d"]) == 0
+                 "--monthly-budget-usd", "12.50", "--monthly-budget-tokens", "90000",
+                 "--expires", "30d"]) == 0
     out = capsys.readouterr().out
     secret = out.split()[0]
     key_id = re.search(r"key id (key_\w+)", out)
@@ -73,6 +74,7 @@ def test_cli_key_lifecycle(
     assert main(["keys", "list", "--tenant", "acme"]) == 0
     listing = capsys.readouterr().out
     assert key_id.group(1) in listing and secret[:14] in listing and secret not in listing
+    assert "$12.5 and 90000 tokens" in listing
 
     assert main(["keys", "revoke", key_id.group(1)]) == 0
     assert main(["keys", "revoke", key_id.group(1)]) == 2  # no longer active
@@ -83,7 +85,7 @@ def test_cli_key_lifecycle(
 
 async def test_limits_are_stored_and_expiry_is_enforced(engine: AsyncEngine) -> None:
     limits = KeyLimits(models=frozenset({"a", "b"}), rpm=5, tpm=100,
-                       monthly_budget_usd=Decimal("9.99"),
+                       monthly_budget_usd=Decimal("9.99"), monthly_budget_tokens=5000,
                        expires_at=datetime.now(UTC) + timedelta(days=1))
     secret, record = await create_api_key(engine, "acme", "limited", limits)
     assert record.limits == limits and record.may_use("a") and not record.may_use("c")
@@ -152,3 +154,42 @@ async def test_unrestricted_key_passes_the_model_check(
     response = await client.post("/v1/chat/completions", json=CHAT, headers=bearer(secret))
     # Past admission: with Kafka away (no lifespan here) the edge says 503, not 404.
     assert response.status_code == 503
+
+
+def test_cli_tenant_budgets(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("SLUICE_DATABASE_URL", database_url)
+    assert main(["tenants", "list"]) == 0
+    assert "sluice tenants set NAME" in capsys.readouterr().out  # names the next step
+    assert main(["tenants", "set", "acme", "--monthly-budget-usd", "100",
+                 "--store-content", "yes"]) == 0
+    assert "budget $100 per month, store content yes" in capsys.readouterr().out
+    assert main(["tenants", "set", "acme", "--monthly-budget-tokens", "5000"]) == 0
+    assert "$100 and 5000 tokens" in capsys.readouterr().out  # the USD budget stays
+    assert main(["tenants", "set", "acme", "--monthly-budget-usd", "none"]) == 0
+    assert "budget 5000 tokens per month" in capsys.readouterr().out
+    assert main(["tenants", "set", "acme", "--monthly-budget-tokens", "lots"]) == 2
+    assert main(["tenants", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "acme" in listing and "5000 tokens" in listing and "yes" in listing
+
+
+async def test_admin_tenants_over_http(client: httpx.AsyncClient) -> None:
+    admin = bearer(ADMIN)
+    assert (await client.put("/v1/admin/tenants/acme", json={})).status_code == 401
+    response = await client.put("/v1/admin/tenants/acme", headers=admin, json={
+        "monthly_budget_usd": "50", "store_content": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["monthly_budget_usd"] == "50.0000000000" and body["store_content"] is True
+    assert body["spent_usd"] == "0" and body["monthly_budget_tokens"] is None
+    cleared = await client.put("/v1/admin/tenants/acme", headers=admin,
+                               json={"monthly_budget_usd": None})
+    assert cleared.json()["monthly_budget_usd"] is None
+    assert cleared.json()["store_content"] is True  # absent fields keep their value
+    bad = await client.put("/v1/admin/tenants/acme", headers=admin,
+                           json={"monthly_budget_usd": "-1"})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "monthly_budget_usd"
+    listing = (await client.get("/v1/admin/tenants", headers=admin)).json()
+    assert [tenant["name"] for tenant in listing["data"]] == ["acme"]

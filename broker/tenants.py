@@ -1,0 +1,141 @@
+"""Tenants: monthly budgets and the content-storage opt-in, with a TTL cache for readers.
+
+A tenant exists implicitly as soon as a key names it; a `tenants` row is needed only to
+give it a budget or to opt in to storing prompt and completion text.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.database import database_errors
+from broker.tables import spend_accounts, tenants
+
+
+@dataclass(frozen=True, slots=True)
+class TenantSettings:
+    """One tenant's settings; the defaults are those of a tenant without a row."""
+
+    name: str
+    store_content: bool = False
+    monthly_budget_usd: Decimal | None = None
+    monthly_budget_tokens: int | None = None
+
+
+_UNSET: Any = object()
+
+
+def _settings(row: Any) -> TenantSettings:  # a Row of the tenants table
+    return TenantSettings(
+        name=row.name,
+        store_content=row.store_content,
+        monthly_budget_usd=row.monthly_budget_usd,
+        monthly_budget_tokens=row.monthly_budget_tokens,
+    )
+
+
+async def set_tenant(
+    engine: AsyncEngine,
+    name: str,
+    *,
+    store_content: bool | None = None,
+    monthly_budget_usd: Decimal | None = _UNSET,
+    monthly_budget_tokens: int | None = _UNSET,
+) -> TenantSettings:
+    """Create or change a tenant; only the arguments given change (None clears a budget).
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    changes: dict[str, Any] = {}
+    if store_content is not None:
+        changes["store_content"] = store_content
+    if monthly_budget_usd is not _UNSET:
+        changes["monthly_budget_usd"] = monthly_budget_usd
+    if monthly_budget_tokens is not _UNSET:
+        changes["monthly_budget_tokens"] = monthly_budget_tokens
+    statement = insert(tenants).values(name=name, **changes)
+    statement = (
+        statement.on_conflict_do_update(index_elements=[tenants.c.name], set_=changes)
+        if changes else statement.on_conflict_do_nothing(index_elements=[tenants.c.name])
+    )
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            await connection.execute(statement)
+            row = (await connection.execute(
+                select(tenants).where(tenants.c.name == name))).one()
+    return _settings(row)
+
+
+async def list_tenants(engine: AsyncEngine) -> list[TenantSettings]:
+    """Every tenant with a row, by name."""
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(tenants).order_by(tenants.c.name))).all()
+    return [_settings(row) for row in rows]
+
+
+class TenantCache:
+    """Tenant settings read at most once per `ttl_s` (all tenants in one query).
+
+    Readers on hot paths (ingress admission, the ledger's privacy rule) see a change within
+    `ttl_s`; the whole table is small (one row per tenant with settings).
+    """
+
+    def __init__(self, engine: AsyncEngine, *, ttl_s: float = 30.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._engine = engine
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._loaded_at = float("-inf")
+        self._tenants: dict[str, TenantSettings] = {}
+        self._loading = asyncio.Lock()  # callers arriving together share one query
+
+    async def get(self, name: str) -> TenantSettings:
+        """The settings of `name` (defaults when it has no row).
+
+        Raises:
+            DatabaseUnavailable: the cache is stale and PostgreSQL cannot be reached.
+        """
+        if self._clock() - self._loaded_at >= self._ttl_s:
+            async with self._loading:
+                if self._clock() - self._loaded_at >= self._ttl_s:
+                    loaded = await list_tenants(self._engine)
+                    self._tenants = {tenant.name: tenant for tenant in loaded}
+                    self._loaded_at = self._clock()
+        return self._tenants.get(name) or TenantSettings(name)
+
+    def invalidate(self) -> None:
+        """Read the table again on the next `get`."""
+        self._loaded_at = float("-inf")
+
+
+@dataclass(frozen=True, slots=True)
+class SpendAccount:
+    """One scope's month: recorded spend and the holds of requests still running."""
+
+    scope: str
+    spent_usd: Decimal
+    reserved_usd: Decimal
+    spent_tokens: int
+    reserved_tokens: int
+
+
+async def spend_accounts_of(engine: AsyncEngine, period: date) -> dict[str, SpendAccount]:
+    """Every scope's account for `period` (the first day of a month), by scope."""
+    statement = select(spend_accounts).where(spend_accounts.c.period == period)
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+    return {row.scope: SpendAccount(row.scope, row.spent_usd, row.reserved_usd,
+                                    row.spent_tokens, row.reserved_tokens) for row in rows}

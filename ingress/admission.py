@@ -1,0 +1,146 @@
+"""Admission at the edge: turn a caller's limits into one decision before Kafka sees it.
+
+Callers whose key and tenant have no limits pay nothing here (a cached tenant lookup).
+Others pay one token count and one round trip to PostgreSQL (`sluice_admit`): that is what
+makes a budget hold across every ingress instance — a per-instance counter would let N
+instances admit N times the budget, which is exactly the failure this product exists to
+avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Protocol
+
+from broker.admission import AdmissionStore, Budget, Charge, Decision, Limits, next_month
+from broker.config import SluiceConfig
+from broker.errors import LimitExceeded
+from broker.prices import PriceBook
+from broker.tenants import TenantSettings
+from broker.tokens import count_chat_prompt_tokens
+from ingress.services import Principal
+from schemas import InferenceRequest
+
+logger = logging.getLogger(__name__)
+
+
+class TenantLookup(Protocol):
+    """Tenant settings, cached (broker.tenants.TenantCache)."""
+
+    async def get(self, name: str) -> TenantSettings:
+        """The settings of tenant `name`."""
+        ...
+
+
+class PriceLookup(Protocol):
+    """The price catalog, cached (broker.prices.PriceCache)."""
+
+    async def book(self) -> PriceBook:
+        """Every stored price."""
+        ...
+
+
+def limits_of(principal: Principal, tenant: TenantSettings) -> Limits:
+    """The limits that apply to a caller: its key's rate and budgets, its tenant's budgets."""
+    budgets = []
+    if tenant.monthly_budget_usd is not None or tenant.monthly_budget_tokens is not None:
+        budgets.append(Budget(f"tenant:{tenant.name}", tenant.monthly_budget_usd,
+                              tenant.monthly_budget_tokens))
+    if principal.monthly_budget_usd is not None or principal.monthly_budget_tokens is not None:
+        budgets.append(Budget(f"key:{principal.api_key_id}", principal.monthly_budget_usd,
+                              principal.monthly_budget_tokens))
+    return Limits(f"key:{principal.api_key_id}", principal.rpm, principal.tpm, tuple(budgets))
+
+
+class AdmissionControl:
+    """The `Admission` of ingress.services: estimates, asks the store, explains refusals."""
+
+    def __init__(self, store: AdmissionStore, tenants: TenantLookup, prices: PriceLookup,
+                 config: SluiceConfig):
+        self._store = store
+        self._tenants = tenants
+        self._prices = prices
+        self._config = config
+        self._unpriced_warned: set[str] = set()
+
+    async def admit(self, principal: Principal, request: InferenceRequest) -> bool:
+        """See `ingress.services.Admission.admit`."""
+        limits = limits_of(principal, await self._tenants.get(principal.tenant))
+        if not limits.any:
+            return False
+        tokens, usd = await self.estimate(request)
+        charge = Charge(request.id, tokens, usd, request.created_at)
+        decision = await self._store.admit(limits, charge)
+        if not decision.admitted:
+            raise self._refusal(decision, limits, charge)
+        return True
+
+    async def release(self, request_id: str) -> None:
+        """See `ingress.services.Admission.release`."""
+        await self._store.release([request_id])
+
+    async def estimate(self, request: InferenceRequest) -> tuple[int, Decimal]:
+        """Tokens (prompt counted with the model's encoding, plus `max_tokens` or the
+        deployment's expected output) and the cost of the dearest deployment that may
+        serve it — an upper bound, so a budget is not overspent through failover."""
+        model = self._config.models[request.model]
+        chain = self._config.deployment_chain(request.model)
+        primary = chain[0][1]
+        prompt = count_chat_prompt_tokens(request.body.messages, primary.model, model.encoding)
+        output = request.body.output_limit() or primary.expected_output_tokens
+        book = await self._prices.book()
+        costs = []
+        for name, deployment in chain:
+            price = book.find(request.model, name, request.created_at)
+            cost = (price.cost(prompt, output) if price is not None
+                    else deployment.cost_usd(prompt, output))
+            if cost is not None:
+                costs.append(cost)
+        if not costs and request.model not in self._unpriced_warned:
+            self._unpriced_warned.add(request.model)
+            logger.warning(
+                "admission: no price for model %r; USD budgets cannot count its calls "
+                "(add one with `sluice prices set %s --input … --output …`)",
+                request.model, request.model,
+            )
+        return prompt + output, max(costs, default=Decimal(0))
+
+    def _refusal(self, decision: Decision, limits: Limits, charge: Charge) -> LimitExceeded:
+        scope, _, limit = (decision.refused_by or "").rpartition(" ")
+        who = _describe(scope)
+        if limit in ("rpm", "tpm"):
+            if decision.retry_after_s is not None and decision.retry_after_s < 0:
+                return LimitExceeded(
+                    f"This request is estimated at {charge.tokens} tokens (prompt plus "
+                    f"max_tokens), more than {who}'s limit of {limits.tpm} tokens per minute; "
+                    "lower max_tokens or shorten the prompt.",
+                    code="rate_limit_exceeded", retry_after_s=None)
+            value = limits.rpm if limit == "rpm" else limits.tpm
+            unit = "requests" if limit == "rpm" else "tokens"
+            wait = decision.retry_after_s or 1.0
+            return LimitExceeded(
+                f"Rate limit reached for {who}: {value} {unit} per minute. "
+                f"Retry after {wait:.1f} s, or ask an admin for a higher limit.",
+                code="rate_limit_exceeded", retry_after_s=wait)
+        period = datetime(charge.at.year, charge.at.month, 1, tzinfo=UTC)
+        resets = next_month(period.date())
+        budget = next(b for b in limits.budgets if b.scope == scope)
+        amount = (f"${budget.usd}" if limit == "monthly_budget_usd"
+                  else f"{budget.tokens} tokens")
+        estimate = (f"${charge.usd:.6f}" if limit == "monthly_budget_usd"
+                    else f"{charge.tokens} tokens")
+        reset_at = datetime(resets.year, resets.month, 1, tzinfo=UTC)
+        return LimitExceeded(
+            f"The monthly budget of {who} ({amount} for {period:%Y-%m}) has no room for this "
+            f"request (estimated at up to {estimate}, counting requests still running). It "
+            f"resets on {resets:%Y-%m-%d}; an admin can raise it.",
+            code="insufficient_quota",
+            retry_after_s=(reset_at - datetime.now(UTC)).total_seconds(),
+        )
+
+
+def _describe(scope: str) -> str:
+    kind, _, name = scope.partition(":")
+    return f"tenant '{name}'" if kind == "tenant" else f"API key {name}"

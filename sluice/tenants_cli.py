@@ -1,0 +1,79 @@
+"""`sluice tenants …`: budgets and the content-storage opt-in of tenants, in PostgreSQL."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from typing import Any
+
+from rich.table import Table
+
+from broker.admission import month_of
+from broker.errors import ConfigError
+from broker.tenants import list_tenants, set_tenant, spend_accounts_of
+from sluice.keys_cli import _money, budget_text, console, with_engine
+
+_CLEAR = ("none", "off", "")
+
+
+def _usd_option(raw: str | None) -> Any:
+    if raw is None:
+        return ...  # not given: leave as it is
+    return None if raw.lower() in _CLEAR else _money(raw, "--monthly-budget-usd")
+
+
+def _tokens_option(raw: str | None) -> Any:
+    if raw is None:
+        return ...
+    if raw.lower() in _CLEAR:
+        return None
+    if not raw.isdigit():
+        raise ConfigError(f"--monthly-budget-tokens: {raw!r} is not a whole number (or 'none')")
+    return int(raw)
+
+
+def run_tenants_set(args: argparse.Namespace) -> int:
+    """`sluice tenants set NAME [--monthly-budget-usd X] [--monthly-budget-tokens N]
+    [--store-content yes|no]`."""
+    changes: dict[str, Any] = {}
+    usd, tokens = _usd_option(args.monthly_budget_usd), _tokens_option(args.monthly_budget_tokens)
+    if usd is not ...:
+        changes["monthly_budget_usd"] = usd
+    if tokens is not ...:
+        changes["monthly_budget_tokens"] = tokens
+    if args.store_content is not None:
+        changes["store_content"] = args.store_content == "yes"
+    tenant = with_engine(lambda e: set_tenant(e, args.name, **changes))
+    budget = budget_text(tenant.monthly_budget_usd, tenant.monthly_budget_tokens)
+    stored = "yes" if tenant.store_content else "no"
+    print(f"tenant {tenant.name}: budget {budget} per month, store content {stored} "
+          "(ingress instances apply it within 30 s; `sluice tenants list` shows spend)")
+    return 0
+
+
+def run_tenants_list(args: argparse.Namespace) -> int:
+    """`sluice tenants list`: settings and this month's spend of every tenant with a row."""
+    period = month_of(datetime.now(UTC))
+
+    async def load(engine: Any) -> tuple[Any, Any]:
+        return await list_tenants(engine), await spend_accounts_of(engine, period)
+
+    tenants, accounts = with_engine(load)
+    table = Table("tenant", "budget / month", "spent USD", "held USD", "spent tokens",
+                  "held tokens", "store content", title=f"spend in {period:%Y-%m}")
+    for tenant in tenants:
+        account = accounts.get(f"tenant:{tenant.name}")
+        table.add_row(
+            tenant.name, budget_text(tenant.monthly_budget_usd, tenant.monthly_budget_tokens),
+            str(account.spent_usd.normalize()) if account else "0",
+            str(account.reserved_usd.normalize()) if account else "0",
+            str(account.spent_tokens) if account else "0",
+            str(account.reserved_tokens) if account else "0",
+            "yes" if tenant.store_content else "no",
+        )
+    console().print(table)
+    if not tenants:
+        print("no tenant has settings yet; give one a budget with "
+              "`sluice tenants set NAME --monthly-budget-usd 100`")
+    return 0
+

@@ -1,0 +1,149 @@
+"""Admission against real PostgreSQL and the real ingress: limits hold across instances."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.admission import (
+    AdmissionStore,
+    Budget,
+    Charge,
+    Limits,
+    MemoryAdmissionStore,
+    PostgresAdmissionStore,
+    month_of,
+    window_wait,
+)
+from broker.database import create_engine
+from broker.keys import KeyLimits, create_api_key
+from broker.settings import DatabaseSettings, IngressSettings, KafkaSettings
+from broker.tenants import set_tenant
+from ingress.app import create_app
+from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
+from ingress.services import IngressServices
+from schemas import ChatCompletionRequest, InferenceRequest
+from tests.integration.stack import demo_config, running_stack
+
+pytestmark = pytest.mark.integration
+
+AT = datetime(2026, 11, 28, 12, tzinfo=UTC)
+BODY = {"model": "gpt-4o-mini", "max_tokens": 50,
+        "messages": [{"role": "user", "content": "Count the locks of the sluice."}]}
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    yield engine
+    await engine.dispose()
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 6000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_window_wait_sql_matches_python(engine: AsyncEngine) -> None:
+    cases = [(p, c, k, 10.0, e, 60.0) for p, c, k, e in itertools.product(
+        (0.0, 4.0, 12.0), (0.0, 3.0, 9.0), (1.0, 5.0, 11.0), (0.0, 15.0, 59.0))]
+    async with engine.connect() as connection:
+        for case in cases:
+            sql = await connection.scalar(
+                text("SELECT sluice_window_wait(:p, :c, :k, :l, :e, :w)"),
+                dict(zip("pckl" "ew", case, strict=True)))
+            assert sql == pytest.approx(window_wait(*case)), case
+
+
+async def _scenario(store: AdmissionStore, clock: Clock) -> list[tuple[bool, str | None]]:
+    """The same sequence of admissions, releases and minutes passing, for either store."""
+    limits = Limits("key:k", rpm=5, tpm=800, budgets=(
+        Budget("key:k", usd=Decimal("1.00")), Budget("tenant:t", tokens=1400)))
+    out = []
+    for step in range(16):
+        decision = await store.admit(limits, Charge(f"r{step}", 100 * (1 + step % 4), Decimal("0.2"), AT))
+        out.append((decision.admitted, decision.refused_by))
+        if step % 3 == 2:
+            await store.release([f"r{step - 2}"])
+        clock.now += 7
+    return out
+
+
+async def test_postgres_store_decides_like_the_fake(engine: AsyncEngine) -> None:
+    memory_clock, postgres_clock = Clock(), Clock()
+    expected = await _scenario(MemoryAdmissionStore(memory_clock), memory_clock)
+    got = await _scenario(PostgresAdmissionStore(engine, postgres_clock), postgres_clock)
+    assert got == expected
+    assert {refused for _, refused in expected} == {
+        None, "key:k rpm", "key:k tpm", "key:k monthly_budget_usd"}
+
+
+def _request(request_id: str) -> InferenceRequest:
+    return InferenceRequest(id=request_id, model="gpt-4o-mini", tenant="acme",
+                            body=ChatCompletionRequest.model_validate(BODY),
+                            api_key_id="key", created_at=datetime.now(UTC))
+
+
+async def test_fifty_concurrent_requests_against_a_budget_for_ten(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    async with running_stack(kafka_settings, database_url, tenant="acme") as stack:
+        _, usd = await postgres_admission(stack.engine, demo_config()).estimate(_request("e"))
+        await set_tenant(stack.engine, "acme", monthly_budget_usd=usd * Decimal("10.5"))
+        sends = [stack.client.post("/v1/requests", json=BODY, headers=stack.auth)
+                 for _ in range(50)]
+        responses = await asyncio.gather(*sends)
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [202] * 10 + [429] * 40
+        refusal = next(r for r in responses if r.status_code == 429)
+        error = refusal.json()["error"]
+        assert error["code"] == "insufficient_quota"
+        assert "monthly budget of tenant 'acme'" in error["message"]
+        assert int(refusal.headers["retry-after"]) > 0
+        period = month_of(datetime.now(UTC))
+        reserved = await stack.scalar(
+            "SELECT reserved_usd FROM spend_accounts WHERE scope = 'tenant:acme' "
+            "AND period = :period", period=period)
+        assert reserved == usd * 10
+        assert await stack.scalar("SELECT count(*) FROM spend_holds") == 10
+
+
+async def test_key_rpm_holds_across_two_ingress_instances(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    async with running_stack(kafka_settings, database_url) as stack:
+        secret, _ = await create_api_key(stack.engine, "acme", limits=KeyLimits(rpm=4))
+        config = demo_config()
+        second = create_app(IngressServices(
+            settings=IngressSettings(), kafka=kafka_settings, config=config,
+            api_keys=PostgresApiKeys(stack.engine), requests=PostgresRequests(stack.engine),
+            admission=postgres_admission(stack.engine, config),
+        ))
+        auth = {"Authorization": f"Bearer {secret}"}
+        async with second.router.lifespan_context(second), httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=second), base_url="http://ingress-2"
+        ) as other:
+            responses = await asyncio.gather(*(
+                client.post("/v1/requests", json=BODY, headers=auth)
+                for client in (stack.client, other) * 3))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [202] * 4 + [429] * 2
+        refusal = next(r for r in responses if r.status_code == 429)
+        assert refusal.json()["error"]["code"] == "rate_limit_exceeded"
+        assert "4 requests per minute" in refusal.json()["error"]["message"]
+        assert 0 < int(refusal.headers["retry-after"]) <= 120
+        # A key without limits is never counted.
+        free = await stack.client.post("/v1/requests", json=BODY, headers=stack.auth)
+        assert free.status_code == 202
+        assert await stack.scalar("SELECT count(*) FROM key_rate_windows") == 1
