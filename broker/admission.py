@@ -75,6 +75,12 @@ def next_month(period: date) -> date:
     return date(period.year + period.month // 12, period.month % 12 + 1, 1)
 
 
+def describe_scope(scope: str) -> str:
+    """`tenant:acme` → "tenant 'acme'"; `key:key_1` → "API key key_1"."""
+    kind, _, name = scope.partition(":")
+    return f"tenant '{name}'" if kind == "tenant" else f"API key {name}"
+
+
 @dataclass(frozen=True, slots=True)
 class Budget:
     """A monthly budget of one scope (`tenant:<name>` or `key:<id>`); None: no limit."""
@@ -224,6 +230,8 @@ class MemoryAdmissionStore:
 
     async def admit(self, limits: Limits, charge: Charge) -> Decision:
         """See `AdmissionStore.admit`."""
+        if charge.request_id in self.holds:
+            return ADMITTED  # admitted before (a relaunched batch): held once
         period = month_of(charge.at)
         budgets = _ordered(limits.budgets)
         for budget in budgets:

@@ -176,6 +176,15 @@ async def find_api_key(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
     return None if row is None else _record(row)
 
 
+async def find_key_limits(engine: AsyncEngine, key_id: str) -> KeyLimits | None:
+    """The limits of key `key_id` (revoked or not), or None if there is no such key."""
+    statement = select(*_COLUMNS).where(api_keys.c.id == key_id)
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+    return None if row is None else _record(row).limits
+
+
 async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
     """Revoke a key by id; False if there is no such active key.
 

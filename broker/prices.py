@@ -101,6 +101,15 @@ class PriceBook:
         return model_wide
 
 
+    def in_force(self, model: str, at: datetime) -> list[Price]:
+        """The price in force at `at` for `model` on each deployment (and model-wide)."""
+        found: dict[str | None, Price] = {}
+        for price in self._rows:
+            if price.model == model and price.effective_from <= at:
+                found.setdefault(price.deployment, price)
+        return list(found.values())
+
+
 def _price(row: Any) -> Price:  # a Row of the prices table
     return Price(
         id=row.id,

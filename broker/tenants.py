@@ -77,6 +77,15 @@ async def set_tenant(
     return _settings(row)
 
 
+async def get_tenant(engine: AsyncEngine, name: str) -> TenantSettings:
+    """The settings of tenant `name` (defaults when it has no row)."""
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            row = (await connection.execute(
+                select(tenants).where(tenants.c.name == name))).one_or_none()
+    return TenantSettings(name) if row is None else _settings(row)
+
+
 async def list_tenants(engine: AsyncEngine) -> list[TenantSettings]:
     """Every tenant with a row, by name."""
     with database_errors(engine):

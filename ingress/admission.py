@@ -14,7 +14,15 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
-from broker.admission import AdmissionStore, Budget, Charge, Decision, Limits, next_month
+from broker.admission import (
+    AdmissionStore,
+    Budget,
+    Charge,
+    Decision,
+    Limits,
+    describe_scope,
+    next_month,
+)
 from broker.config import SluiceConfig
 from broker.errors import LimitExceeded
 from broker.prices import PriceBook
@@ -109,7 +117,7 @@ class AdmissionControl:
 
     def _refusal(self, decision: Decision, limits: Limits, charge: Charge) -> LimitExceeded:
         scope, _, limit = (decision.refused_by or "").rpartition(" ")
-        who = _describe(scope)
+        who = describe_scope(scope)
         if limit in ("rpm", "tpm"):
             if decision.retry_after_s is not None and decision.retry_after_s < 0:
                 return LimitExceeded(
@@ -140,7 +148,3 @@ class AdmissionControl:
             retry_after_s=(reset_at - datetime.now(UTC)).total_seconds(),
         )
 
-
-def _describe(scope: str) -> str:
-    kind, _, name = scope.partition(":")
-    return f"tenant '{name}'" if kind == "tenant" else f"API key {name}"

@@ -10,7 +10,8 @@ statement and one round trip:
 - `sluice_admit` checks a request against its key's RPM/TPM (a sliding-window counter)
   and its tenant's and key's monthly budgets, and if everything allows it, counts it in
   the key's window, reserves its estimated cost and tokens on every budget scope, and
-  records a hold under the request id. Nothing changes when it refuses.
+  records a hold under the request id. Nothing changes when it refuses; an id that
+  already holds is admitted again without counting twice.
 - `sluice_spend_add` adds recorded usage to the spend accounts (the ledger calls it in
   the transaction that inserts the usage rows, with only the rows that were new).
 - `sluice_spend_release` ends the holds of finished requests; a hold is deleted once, so
@@ -70,6 +71,11 @@ DECLARE
     start float8;
     wait float8;
 BEGIN
+    -- Admitting the same id twice (a batch relaunched after a crash) holds it once.
+    IF EXISTS (SELECT 1 FROM spend_holds WHERE request_id = p_request_id) THEN
+        RETURN QUERY SELECT true, NULL::text, 0::float8;
+        RETURN;
+    END IF;
     -- Budgets first, in the caller's (sorted) scope order.
     FOR i IN 1..coalesce(cardinality(p_scopes), 0) LOOP
         INSERT INTO spend_accounts (scope, period) VALUES (p_scopes[i], p_period)

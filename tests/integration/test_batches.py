@@ -26,6 +26,7 @@ from broker.keys import create_api_key
 from broker.settings import KafkaSettings
 from broker.simulation import simulate_completion
 from broker.simulator import SimulatorSettings
+from broker.tenants import set_tenant
 from schemas import ChatCompletionRequest
 from tests.integration.stack import Stack, running_stack
 from workers.batches import BatchTracker
@@ -270,3 +271,33 @@ async def test_expired_batch_keeps_finished_lines(
         errors = await _lines(sdk, batch.error_file_id)
         assert {e["error"]["code"] for e in errors} == {"batch_expired"}
         assert len(errors) == 600 - done
+
+
+async def test_batches_draw_on_monthly_budgets(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    lines = [_line(f"b{i}", f"Budgeted question {i}?") for i in range(20)]
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        # Each line is estimated at its prompt plus 256 output tokens: 2,000 is too few.
+        await set_tenant(stack.engine, "acme", monthly_budget_tokens=2_000)
+        refused = await sdk.batches.create(input_file_id=uploaded.id,
+                                           endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+        failed = await _until(sdk, refused.id, FINAL)
+        assert failed.status == "failed" and failed.errors is not None
+        error = failed.errors.data[0] if failed.errors.data else None
+        assert error is not None and error.code == "insufficient_quota"
+        assert "monthly token budget of tenant 'acme'" in (error.message or "")
+        assert await stack.scalar("SELECT count(*) FROM batch_requests") == 0  # none sent
+
+        await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
+        admitted = await sdk.batches.create(input_file_id=uploaded.id,
+                                            endpoint="/v1/chat/completions",
+                                            completion_window="24h")
+        done = await _until(sdk, admitted.id, FINAL)
+        assert done.status == "completed", done
+        assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0  # released at the end
+        assert await stack.scalar(
+            "SELECT reserved_tokens FROM spend_accounts WHERE scope = 'tenant:acme'") == 0

@@ -29,6 +29,7 @@ from broker.database import database_errors
 from broker.kafka import encode, wait_all
 from schemas import Topics
 from schemas.messages import CancelRequested
+from workers.batches.budget import release_batch
 from workers.batches.claims import candidates, claim, release
 
 PAGE = 1000
@@ -109,6 +110,7 @@ class Finalizer:
         await release(self._engine, batch_id, status=final, total=total, completed=completed,
                       failed=failed, output_file_id=output, error_file_id=errors,
                       **{f"{final}_at": func.now()})
+        await release_batch(self._engine, batch_id)  # its budget hold (launcher.py)
 
     async def _write(self, batch: Row[Any], kind: str, wanted: bool,
                      statuses: tuple[str, ...]) -> str | None:

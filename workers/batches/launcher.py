@@ -22,7 +22,9 @@ from broker.batches.lines import InputLine, LineError, error_envelope, parse_lin
 from broker.batches.tables import batch_requests, batches
 from broker.database import database_errors
 from broker.kafka import encode, wait_all
+from broker.prices import PriceBook, list_prices
 from schemas import InferenceRequest, Lane, Topics
+from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 
 log = logging.getLogger("sluice.batches")
@@ -60,6 +62,7 @@ class Launcher:
         fatal: list[LineError] = []
         invalid: list[LineError] = []
         seen: set[str] = set()
+        estimate = BatchEstimate(await self._prices())
         total = valid = 0
         fatal_seen = False
         async for number, raw in split_lines(self._files.read(record)):
@@ -81,6 +84,7 @@ class Launcher:
             seen.add(parsed.custom_id)
             if parsed.body is not None:
                 valid += 1
+                estimate.add(parsed.body)
             elif len(invalid) < MAX_ERRORS:
                 # Reported in `errors` only if no line at all is valid (else: error file).
                 invalid.append(LineError("invalid_request", number, parsed.problem or "",
@@ -90,8 +94,17 @@ class Launcher:
         if fatal or fatal_seen or valid == 0:
             await self._fail(batch, fatal or invalid)
             return
+        limits = await batch_limits(self._engine, batch.tenant, batch.api_key_id)
+        refusal = await admit_batch(self._engine, batch.id, limits, estimate)
+        if refusal is not None:
+            await self._fail(batch, [LineError("insufficient_quota", 0, refusal)])
+            return
         await self._publish(batch, record)
         log.info("batch %s launched: %d lines, %d valid", batch.id, total, valid)
+
+    async def _prices(self) -> PriceBook:
+        with database_errors(self._engine):
+            return PriceBook(await list_prices(self._engine))
 
     async def _fail(self, batch: Row[Any], errors: list[LineError]) -> None:
         await release(self._engine, batch.id, status="failed", failed_at=func.now(),
