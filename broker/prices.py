@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.database import database_errors
-from broker.errors import ConfigError
+from broker.errors import ConfigError, DatabaseUnavailable
 from broker.tables import prices
 
 CATALOG = Path(__file__).with_name("prices.yaml")
@@ -207,11 +207,18 @@ class PriceCache:
         """The price book, at most `ttl_s` old.
 
         Raises:
-            DatabaseUnavailable: the cache is stale and PostgreSQL cannot be reached.
+            DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever loaded.
         """
         if self._clock() - self._loaded_at >= self._ttl_s:
             async with self._loading:
                 if self._clock() - self._loaded_at >= self._ttl_s:
-                    self._book = PriceBook(await list_prices(self._engine))
+                    try:
+                        self._book = PriceBook(await list_prices(self._engine))
+                    except DatabaseUnavailable:
+                        if self._loaded_at == float("-inf"):
+                            raise  # nothing to fall back on
+                        # Keep estimating with what we had; ask again in a few seconds.
+                        self._loaded_at = self._clock() - self._ttl_s + 5.0
+                        return self._book
                     self._loaded_at = self._clock()
         return self._book

@@ -19,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
+from broker.errors import DatabaseUnavailable
 from broker.tables import spend_accounts, tenants
 
 
@@ -33,6 +34,7 @@ class TenantSettings:
 
 
 _UNSET: Any = object()
+STALE_RETRY_S = 5.0
 
 
 def _settings(row: Any) -> TenantSettings:  # a Row of the tenants table
@@ -114,12 +116,20 @@ class TenantCache:
         """The settings of `name` (defaults when it has no row).
 
         Raises:
-            DatabaseUnavailable: the cache is stale and PostgreSQL cannot be reached.
+            DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever loaded
+                (once loaded, stale settings are served while it is away).
         """
         if self._clock() - self._loaded_at >= self._ttl_s:
             async with self._loading:
                 if self._clock() - self._loaded_at >= self._ttl_s:
-                    loaded = await list_tenants(self._engine)
+                    try:
+                        loaded = await list_tenants(self._engine)
+                    except DatabaseUnavailable:
+                        if self._loaded_at == float("-inf"):
+                            raise  # nothing to fall back on
+                        # Keep serving what we had; ask again in a few seconds, not per call.
+                        self._loaded_at = self._clock() - self._ttl_s + STALE_RETRY_S
+                        return self._tenants.get(name) or TenantSettings(name)
                     self._tenants = {tenant.name: tenant for tenant in loaded}
                     self._loaded_at = self._clock()
         return self._tenants.get(name) or TenantSettings(name)
