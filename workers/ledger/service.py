@@ -71,6 +71,7 @@ class Ledger:
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         self._backoff_s = min_backoff_s
+        self._failures = 0  # failed attempts at the current batch
 
     @property
     def group_id(self) -> str:
@@ -134,15 +135,20 @@ class Ledger:
                 )
                 await send_to_dead_letter(producer, self._topics, poison.record, poison.reason)
         except _TRANSIENT as exc:
+            self._failures += 1
             logger.warning(
-                "ledger: batch of %d records not recorded (%s); retrying in %.1fs",
+                "ledger: batch of %d records not recorded (%s); offsets not committed, "
+                "retrying in %.1fs",
                 len(records),
-                exc,
+                reason(exc),
                 self._backoff_s,
             )
             rewind(consumer, records)
             await self._back_off(consumer, stop)
             return
+        if self._failures:
+            logger.info("ledger: batch recorded after %d failed attempts", self._failures)
+        self._failures = 0
         self._backoff_s = self._min_backoff_s
         # Partitions a rebalance took away meanwhile are their new owner's to commit (aiokafka
         # refuses the whole commit if one is included); it re-reads them, with no effect.
@@ -169,6 +175,14 @@ class Ledger:
                 rewind(consumer, flatten(stray))
         finally:
             consumer.resume(*consumer.assignment())
+
+
+def reason(exc: BaseException, limit: int = 300) -> str:
+    """The first line of an error, shortened: SQLAlchemy's messages go on with the whole
+    statement and its parameters (kilobytes per failed batch, on every retry)."""
+    lines = str(exc).splitlines() or [type(exc).__name__]
+    first = lines[0]
+    return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
 def rewind(consumer: AIOKafkaConsumer, records: Iterable[Record]) -> None:
