@@ -76,6 +76,10 @@ class LedgerSettings(_Settings):
 
     ledger_batch_size: int = Field(default=2000, ge=1)
     ledger_flush_interval_s: float = Field(default=0.05, gt=0)
+    # Privacy: how long completion text of tenants without `store_content` stays in
+    # `requests.result` (long enough to poll for it), and how often the ledger sweeps it out.
+    ledger_result_retention_s: float = Field(default=86_400.0, ge=0)
+    ledger_purge_interval_s: float = Field(default=60.0, gt=0)
 
 
 class AppSettings(_Settings):

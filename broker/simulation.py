@@ -15,7 +15,14 @@ from functools import lru_cache
 from hashlib import blake2b
 
 from broker.tokens import count_chat_prompt_tokens, encoding_for_model
-from schemas import ChatCompletion, ChatCompletionRequest, Choice, CompletionMessage, Usage
+from schemas import (
+    ChatCompletion,
+    ChatCompletionRequest,
+    Choice,
+    CompletionMessage,
+    PromptTokensDetails,
+    Usage,
+)
 
 # Common words that are one token each, with and without a leading space, in cl100k_base,
 # o200k_base, llama3 and qwen3, so n words (or n-1 and a full stop) are n tokens.
@@ -73,6 +80,7 @@ def simulate_completion(
     request_id: str | None = None,
     created: int | None = None,
     encoding: str | None = None,
+    cached_share: float = 0.0,
 ) -> ChatCompletion:
     """Answer `body` deterministically, with token-accurate usage.
 
@@ -84,6 +92,8 @@ def simulate_completion(
         request_id: The completion id; a fresh `chatcmpl-sim-<hex>` when None.
         created: Unix time of the completion; now when None.
         encoding: An encoding name overriding the guess from `upstream_model`.
+        cached_share: Share of the prompt tokens reported as prompt-cache hits
+            (`usage.prompt_tokens_details.cached_tokens`); 0 reports no details at all.
 
     Returns:
         A `chat.completion`; the same prompt always gets the same text.
@@ -99,6 +109,11 @@ def simulate_completion(
     # Counted, not assumed: the word list guarantees `target` for bundled encodings, and
     # the count keeps usage honest for any other.
     completion_tokens = token_encoding.count(text)
+    details = None
+    if cached_share > 0:
+        details = PromptTokensDetails.model_construct(
+            cached_tokens=int(prompt_tokens * min(cached_share, 1.0))
+        )
     # model_construct: every value here is built by us and already valid, and validation
     # would cost more than the whole rest of the simulation.
     return ChatCompletion.model_construct(
@@ -117,6 +132,7 @@ def simulate_completion(
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
             total_tokens=prompt_tokens + completion_tokens,
+            prompt_tokens_details=details,
         ),
         system_fingerprint=None,
     )

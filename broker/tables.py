@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     func,
+    text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
@@ -84,6 +85,14 @@ usage_events = Table(
     Index(None, "finished_at"),
 )
 
+# Rows of `requests` that still hold text: a prompt, or a completion's message content.
+# The ledger's retention sweep removes it for tenants without `store_content`; its partial
+# index (migration 0007) holds only these rows, and the sweep must use this exact predicate
+# for PostgreSQL to match the index.
+REQUEST_HAS_TEXT = (
+    "prompt IS NOT NULL OR result @? '$.completion.choices[*].message.content'"
+)
+
 requests = Table(
     "requests",
     metadata,
@@ -105,6 +114,7 @@ requests = Table(
         "status IN ('queued', 'succeeded', 'failed', 'expired', 'cancelled')", name="status"
     ),
     Index(None, "tenant", "created_at"),
+    Index("ix_requests_text_updated_at", "updated_at", postgresql_where=text(REQUEST_HAS_TEXT)),
 )
 
 api_keys = Table(

@@ -10,6 +10,7 @@ from schemas.chat import (
     ChatMessage,
     Choice,
     CompletionMessage,
+    PromptTokensDetails,
     TextPart,
     Usage,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "InferenceRequest",
     "InferenceResult",
     "Lane",
+    "PromptTokensDetails",
     "RequestStatus",
     "TextPart",
     "Topics",

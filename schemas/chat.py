@@ -93,6 +93,15 @@ class Choice(BaseModel):
     finish_reason: str | None = "stop"
 
 
+class PromptTokensDetails(BaseModel):
+    """OpenAI's breakdown of `prompt_tokens`; only the prompt-cache count is kept."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    # Optional: some OpenAI-compatible servers send `null` here instead of leaving it out.
+    cached_tokens: Annotated[int, Field(ge=0)] | None = None
+
+
 class Usage(BaseModel):
     """Token usage as the provider reported it."""
 
@@ -101,6 +110,22 @@ class Usage(BaseModel):
     prompt_tokens: Annotated[int, Field(ge=0)] = 0
     completion_tokens: Annotated[int, Field(ge=0)] = 0
     total_tokens: Annotated[int, Field(ge=0)] = 0
+    # Left out when not reported (never `null`), so answers without it keep their old shape.
+    prompt_tokens_details: PromptTokensDetails | None = Field(
+        default=None, exclude_if=lambda details: details is None
+    )
+
+    def cached_prompt_tokens(self) -> int:
+        """Of `prompt_tokens`, how many the provider served from its prompt cache.
+
+        OpenAI counts cache hits inside `prompt_tokens`, and so does the ledger: an adapter
+        for a provider that counts them apart (Anthropic's `cache_read_input_tokens` is not
+        part of its `input_tokens`) must add them to `prompt_tokens` and report them here.
+        Never more than `prompt_tokens`: over-reported hits must not make a cost negative.
+        """
+        details = self.prompt_tokens_details
+        cached = details.cached_tokens if details is not None else None
+        return min(cached or 0, self.prompt_tokens)
 
 
 class ChatCompletion(BaseModel):

@@ -13,7 +13,7 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.chat import ChatCompletion, ChatCompletionRequest
 
@@ -129,9 +129,19 @@ class UsageEvent(_Message):
     provider_request_id: str | None = None
     input_tokens: Annotated[int, Field(ge=0)]
     output_tokens: Annotated[int, Field(ge=0)]
+    # Of `input_tokens` (OpenAI's convention: cache hits are counted in the prompt), how many
+    # the provider served from its prompt cache; the ledger charges them the cached price.
+    cached_input_tokens: Annotated[int, Field(ge=0)] = 0
     cost_usd: Decimal | None = None
     latency_ms: Annotated[float, Field(ge=0)]
     status: Literal["succeeded", "failed"]
     attempt: Annotated[int, Field(ge=0)] = 0
     started_at: datetime
     finished_at: datetime
+
+    @model_validator(mode="after")
+    def _cached_within_input(self) -> UsageEvent:
+        # More cached than input tokens would bill the uncached rest negative.
+        if self.cached_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens must not exceed input_tokens")
+        return self

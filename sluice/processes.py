@@ -121,15 +121,18 @@ def run_ledger(args: argparse.Namespace) -> int:
     from broker.batches.settings import BatchSettings
     from broker.database import create_engine
     from workers.batches import BatchTracker
-    from workers.ledger import Ledger
+    from workers.ledger import ContentRetention, Ledger
 
     configure_logging()
+    settings = LedgerSettings()
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
         try:  # the batch tracker (OpenAI Batch API) runs beside the ledger, same database
             await asyncio.gather(
-                Ledger(KafkaSettings(), LedgerSettings(), engine).run(stop),
+                Ledger(KafkaSettings(), settings, engine).run(stop),
+                # Privacy: completion text past its retention (`workers.ledger.retention`).
+                ContentRetention(engine, settings).run(stop),
                 BatchTracker(KafkaSettings(), BatchSettings(), engine).run(stop))
         finally:
             await engine.dispose()

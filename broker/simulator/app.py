@@ -105,6 +105,7 @@ class SimulatorApp:
             output_tokens=settings.output_tokens,
             request_id=f"chatcmpl-sim-{token}",
             encoding=settings.encoding,
+            cached_share=settings.cached_input_share,
         )
         if self.limits.enabled:
             usage = completion.usage

@@ -63,6 +63,8 @@ class SimulatorSettings(BaseModel):
     """Model ids listed by `GET /v1/models`; completions are served for any model name."""
     encoding: str | None = None
     """Token encoding for usage; guessed from each request's model name when None."""
+    cached_input_share: _Share = 0.0
+    """Share of prompt tokens reported as prompt-cache hits (`prompt_tokens_details`)."""
     seed: int | None = None
     """Seed of the jitter and fault generator, for reproducible runs."""
     faults: Faults = Faults()

@@ -20,6 +20,9 @@ def test_schemas_export_writes_one_json_schema_per_message(
     request = json.loads((tmp_path / "out" / "InferenceRequest.schema.json").read_text())
     assert {"id", "model", "body", "schema_version"} <= set(request["properties"])
     assert set(request["required"]) >= {"id", "model", "body", "created_at"}
+    usage = json.loads((tmp_path / "out" / "UsageEvent.schema.json").read_text())
+    assert usage["properties"]["cached_input_tokens"] == {
+        "default": 0, "minimum": 0, "title": "Cached Input Tokens", "type": "integer"}
     assert "wrote" in capsys.readouterr().out
     asyncapi = json.loads((tmp_path / "out" / "asyncapi.json").read_text())
     assert any(channel["address"] == "sluice.requests.{model}"

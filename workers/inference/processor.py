@@ -294,6 +294,8 @@ class RequestProcessor:
             provider_request_id=response.provider_request_id,
             input_tokens=input_tokens,
             output_tokens=output_tokens,
+            cached_input_tokens=usage.cached_prompt_tokens() if usage else 0,
+            # An estimate at the full input price; the ledger re-prices cached tokens.
             cost_usd=deployment.cost_usd(input_tokens, output_tokens),
             latency_ms=response.latency_ms,
             status="succeeded",

@@ -1,9 +1,12 @@
 """The ledger: records usage, requests and final results from Kafka in PostgreSQL, once each.
 
 `Ledger` is the service; `rows` holds its pure helpers (decoding, deduplication, commit
-positions) and `store` its idempotent SQL.
+positions) and `store` its idempotent SQL. Privacy: `content` stores prompts only for
+tenants with `store_content`, and `ContentRetention` (run beside the ledger) removes other
+tenants' completion text once it is past retention.
 """
 
+from workers.ledger.retention import ContentRetention
 from workers.ledger.rows import (
     Kind,
     LedgerBatch,
@@ -19,6 +22,7 @@ from workers.ledger.service import Ledger, rewind
 from workers.ledger.store import write_batch
 
 __all__ = [
+    "ContentRetention",
     "Kind",
     "Ledger",
     "LedgerBatch",

@@ -1,9 +1,11 @@
 """Cost at record time: each usage row is charged the price in force when the call finished.
 
 The price comes from the `prices` table, read once per batch inside the batch's own
-transaction (so a price and the rows charged with it are consistent). Without a catalog
-price the worker's estimate from the config file stands; without either, cost stays NULL
-and a warning names the model and deployment, because a silent zero would under-bill.
+transaction (so a price and the rows charged with it are consistent). Input tokens served
+from the provider's prompt cache are charged the price's cached-input rate. Without a
+catalog price the worker's estimate from the config file stands (it knows no cached rate);
+without either, cost stays NULL and a warning names the model and deployment, because a
+silent zero would under-bill.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from broker.prices import price_book
+from broker.prices import PriceBook, price_book
 from workers.ledger.rows import LedgerRow
 
 logger = logging.getLogger(__name__)
@@ -24,13 +26,23 @@ async def price_usage(connection: AsyncConnection, rows: Sequence[LedgerRow]) ->
     """Fill in `cost_usd` and `price_id` of usage rows (in place; idempotent)."""
     if not rows:
         return
-    book = await price_book(connection, (row.values["model"] for row in rows))
+    charge(await price_book(connection, (row.values["model"] for row in rows)), rows)
+
+
+def charge(book: PriceBook, rows: Sequence[LedgerRow]) -> None:
+    """Fill in `cost_usd` and `price_id` of usage rows from `book` (in place; no I/O)."""
     unpriced: Counter[tuple[str, str]] = Counter()
     for row in rows:
         values = row.values
         price = book.find(values["model"], values["deployment"], values["finished_at"])
         if price is not None:
-            values["cost_usd"] = price.cost(values["input_tokens"], values["output_tokens"])
+            # A price without a cached rate (NULL) charges cache hits the input rate
+            # (`Price.cost`): with no known discount the full rate is the safe upper bound.
+            values["cost_usd"] = price.cost(
+                values["input_tokens"],
+                values["output_tokens"],
+                values.get("cached_input_tokens", 0),
+            )
             values["price_id"] = price.id
         elif values.get("cost_usd") is None:
             unpriced[(values["model"], values["deployment"])] += 1

@@ -15,6 +15,7 @@ from broker.errors import PoisonMessage
 from broker.kafka import decode
 from schemas import (
     FINAL_STATUSES,
+    ChatMessage,
     InferenceRequest,
     InferenceResult,
     RequestStatus,
@@ -35,12 +36,18 @@ class Kind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class LedgerRow:
-    """Column values for one table row, with the record it came from (for dead letters)."""
+    """Column values for one table row, with the record it came from (for dead letters).
+
+    `prompt` (request rows) holds the request's messages apart from `values`, so no
+    statement writes them by accident: they are stored only for tenants that opted in to
+    storing content (`workers.ledger.content`), and turned into JSON only then.
+    """
 
     kind: Kind
     key: str
     values: dict[str, Any]
     record: Record
+    prompt: Sequence[ChatMessage] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +104,7 @@ def usage_row(event: UsageEvent) -> dict[str, Any]:
         "attempt": event.attempt,
         "input_tokens": event.input_tokens,
         "output_tokens": event.output_tokens,
+        "cached_input_tokens": event.cached_input_tokens,
         # The worker's estimate (config price); the ledger re-prices it from the catalog.
         "cost_usd": event.cost_usd,
         "price_id": None,
@@ -121,6 +129,11 @@ def request_row(request: InferenceRequest) -> dict[str, Any]:
         "created_at": _utc(request.created_at),
         "finished_at": None,
     }
+
+
+def prompt_json(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
+    """Messages as `requests.prompt` holds them (for opted-in tenants only)."""
+    return [message.model_dump(mode="json", exclude_none=True) for message in messages]
 
 
 def result_row(result: InferenceResult) -> dict[str, Any]:
@@ -156,7 +169,7 @@ def to_row(kind: Kind, record: Record) -> LedgerRow:
         return LedgerRow(kind, event.event_id, usage_row(event), record)
     if kind is Kind.REQUEST:
         request = decode(InferenceRequest, record)
-        return LedgerRow(kind, request.id, request_row(request), record)
+        return LedgerRow(kind, request.id, request_row(request), record, request.body.messages)
     result = decode(InferenceResult, record)
     return LedgerRow(kind, result.request_id, result_row(result), record)
 

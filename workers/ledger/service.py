@@ -25,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker.errors import BrokerUnavailable, SluiceError
 from broker.kafka import ensure_topics, new_consumer, new_producer, send_to_dead_letter, topics_for
 from broker.settings import KafkaSettings, LedgerSettings
+from workers.ledger.content import PromptStore
 from workers.ledger.rows import (
     Record,
     commit_positions,
@@ -71,6 +72,7 @@ class Ledger:
         self._min_backoff_s = min_backoff_s
         self._max_backoff_s = max_backoff_s
         self._backoff_s = min_backoff_s
+        self._prompts = PromptStore(engine)
         self._failures = 0  # failed attempts at the current batch
 
     @property
@@ -123,6 +125,8 @@ class Ledger:
         batch = plan_batch(self._topics, records)
         try:
             refused = await write_batch(self._engine, batch)
+            # Opted-in tenants only (privacy); after the batch, so every request row exists.
+            await self._prompts.store(batch)
             # Dead letters go out after the rows are durable and before the commit: a crash
             # in between repeats a dead letter at worst, never loses one.
             for poison in [*batch.poison, *refused]:

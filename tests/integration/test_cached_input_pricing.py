@@ -1,0 +1,68 @@
+"""The ledger charges prompt-cache hits the cached-input price, exactly, in PostgreSQL."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from decimal import Decimal
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from broker.database import create_engine
+from broker.kafka import topics_for
+from broker.prices import PriceSpec, list_prices, set_prices
+from broker.settings import DatabaseSettings, KafkaSettings
+from broker.tables import usage_events
+from tests.integration.stack import eventually
+from tests.integration.test_ledger import _equals, produce, running_ledger, usage
+
+pytestmark = pytest.mark.integration
+T0 = datetime(2026, 6, 1, tzinfo=UTC)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
+    yield engine
+    await engine.dispose()
+
+
+async def test_cached_input_tokens_are_charged_the_cached_price(
+    kafka_settings: KafkaSettings, engine: AsyncEngine
+) -> None:
+    await set_prices(engine, [
+        PriceSpec(model="cached", input_usd_per_mtok=Decimal("2.5"),
+                  output_usd_per_mtok=Decimal("10"), cached_input_usd_per_mtok=Decimal("1.25"),
+                  effective_from=T0),
+        # No cached rate: cache hits cost the input price.
+        PriceSpec(model="uncached", input_usd_per_mtok=Decimal("3"),
+                  output_usd_per_mtok=Decimal("15"), effective_from=T0),
+    ])
+    events = [
+        usage("hit", model="cached", input_tokens=3000, cached_input_tokens=2048,
+              output_tokens=500, finished_at=T0),
+        usage("miss", model="cached", input_tokens=3000, output_tokens=500, finished_at=T0),
+        usage("no-rate", model="uncached", input_tokens=3000, cached_input_tokens=2048,
+              output_tokens=500, finished_at=T0),
+    ]
+    async with running_ledger(kafka_settings, engine):
+        await produce(kafka_settings, topics_for(kafka_settings).usage, *events)
+
+        async def count() -> int:
+            async with engine.connect() as connection:
+                return len((await connection.execute(select(usage_events.c.event_id))).all())
+
+        await eventually(lambda: _equals(count(), len(events)))
+    async with engine.connect() as connection:
+        rows = {row.event_id: row for row in await connection.execute(select(usage_events))}
+    prices = {price.model: price.id for price in await list_prices(engine)}
+
+    hit = rows["hit"]
+    assert hit.cached_input_tokens == 2048 and hit.price_id == prices["cached"]
+    # 952 uncached x $2.5/M + 2048 cached x $1.25/M + 500 output x $10/M, exact numeric.
+    assert hit.cost_usd == Decimal("0.00238") + Decimal("0.00256") + Decimal("0.005")
+    assert rows["miss"].cached_input_tokens == 0
+    assert rows["miss"].cost_usd == Decimal("0.0075") + Decimal("0.005")
+    assert rows["no-rate"].cost_usd == Decimal("0.009") + Decimal("0.0075")
