@@ -19,6 +19,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class SluiceError(Exception):
     """Root of every error sluicegate raises on purpose."""
@@ -132,9 +134,12 @@ class ProviderRetriable(ProviderError):
         status_code: int | None = None,
         deployment: str = "",
         retry_after_s: float | None = None,
+        rate_limit_headers: Mapping[str, str] | None = None,
     ):
         super().__init__(message, status_code=status_code, deployment=deployment)
         self.retry_after_s = retry_after_s
+        # A 429 announces the limits and resets too: the budgets learn from them.
+        self.rate_limit_headers: Mapping[str, str] = rate_limit_headers or {}
 
 
 class ProviderRejected(ProviderError):

@@ -70,3 +70,28 @@ async def test_reserve_settle_learn_and_stop_on_429() -> None:
     assert provider.calls == calls and outcome.result is not None
     assert outcome.result.status == "expired"
     gates.close()
+
+
+class HeaderOnly429Provider(Provider):
+    """A 429 that says when through its rate-limit headers only (no retry-after)."""
+
+    async def complete(self, body: ChatCompletionRequest, *, timeout_s: float
+                       ) -> ProviderResponse:
+        self.calls += 1
+        raise ProviderRetriable("429", status_code=429, deployment="d", rate_limit_headers={
+            "x-ratelimit-limit-requests": "120", "x-ratelimit-remaining-requests": "0",
+            "x-ratelimit-reset-requests": "7s"})
+
+
+async def test_a_429s_rate_limit_headers_teach_the_budget() -> None:
+    store = MemoryBudgetStore()
+    gates = BudgetGates(CONFIG.deployments, store)
+    processor = RequestProcessor(CONFIG, {"d": HeaderOnly429Provider()}, budgets=gates)
+    before = datetime.now(UTC).timestamp()
+    outcome = await processor.process(_request())
+    assert outcome.retry is not None
+    state = store.states["d"]
+    assert state.learned[0] == 120  # the limit the 429 announced caps the configured 600
+    # Blocked until the announced reset (7 s), not the 1 s default of a bare 429.
+    assert state.blocked_until >= before + 6.5
+    gates.close()

@@ -161,6 +161,15 @@ async def test_429_is_retriable_with_retry_after() -> None:
     assert "slow down" in str(caught.value)
 
 
+async def test_a_429_carries_its_rate_limit_headers() -> None:
+    headers = {"x-ratelimit-limit-requests": "500", "x-ratelimit-reset-requests": "1s",
+               "x-request-id": "abc"}
+    with pytest.raises(ProviderRetriable) as caught:
+        await _adapter(_answer(429, {}, **headers)).complete(_body(), timeout_s=5)
+    assert caught.value.rate_limit_headers == {"x-ratelimit-limit-requests": "500",
+                                               "x-ratelimit-reset-requests": "1s"}
+
+
 async def test_retry_after_ms_wins_over_retry_after() -> None:
     headers = {"retry-after": "2", "retry-after-ms": "250"}
     with pytest.raises(ProviderRetriable) as caught:

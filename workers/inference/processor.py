@@ -20,11 +20,10 @@ import asyncio
 import random
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from broker.budgets import RateLimitSignal, Vector, parse_rate_limit_headers
-from broker.budgets.algorithm import ZERO
+from broker.budgets import Vector, parse_rate_limit_headers
 from broker.config import SluiceConfig
 from broker.errors import ProviderRejected, ProviderRetriable
 from broker.tokens import count_chat_prompt_tokens
@@ -139,7 +138,9 @@ class RequestProcessor:
                 last_error = exc
                 await self._settle(reservation, None)
                 if exc.status_code == 429 and self.budgets is not None:
-                    signal = RateLimitSignal(ZERO, ZERO, ZERO, exc.retry_after_s)
+                    signal = parse_rate_limit_headers(exc.rate_limit_headers)
+                    if exc.retry_after_s is not None or not signal.announced:
+                        signal = replace(signal, retry_after_s=exc.retry_after_s)
                     await self.budgets.observe(name, signal, rate_limited=True)
                 continue
             except ProviderRejected as exc:

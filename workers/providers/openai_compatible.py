@@ -91,11 +91,7 @@ class OpenAICompatibleProvider:
             completion=completion,
             provider_request_id=response.headers.get("x-request-id") or completion.id,
             latency_ms=latency_ms,
-            rate_limit_headers={
-                name: value
-                for name, value in response.headers.items()
-                if name.startswith(_RATE_LIMIT_PREFIXES)
-            },
+            rate_limit_headers=_rate_limit_headers(response.headers),
         )
 
     def _translate_transport(
@@ -118,6 +114,7 @@ class OpenAICompatibleProvider:
                 status_code=status,
                 deployment=self.deployment,
                 retry_after_s=_retry_after_s(response.headers),
+                rate_limit_headers=_rate_limit_headers(response.headers),
             )
         raise ProviderRejected(message, status_code=status, deployment=self.deployment)
 
@@ -136,6 +133,12 @@ def _error_message(response: httpx.Response) -> str:
             return error
     text = response.text.strip()
     return text[:_MAX_MESSAGE_CHARS] if text else response.reason_phrase
+
+
+def _rate_limit_headers(headers: httpx.Headers) -> dict[str, str]:
+    """The `x-ratelimit-*`, `anthropic-ratelimit-*` and `retry-after*` headers."""
+    return {name: value for name, value in headers.items()
+            if name.startswith(_RATE_LIMIT_PREFIXES)}
 
 
 def _retry_after_s(headers: httpx.Headers) -> float | None:
