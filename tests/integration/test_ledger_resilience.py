@@ -236,9 +236,12 @@ async def _kill_mid_batch(kafka: KafkaSettings, engine: AsyncEngine, ledger: Led
     blocker = after[len(after) // 2].usage
     # An uncommitted row with one later event's id: the ledger's idempotent insert of that
     # event has to wait for this transaction, so the ledger is held inside a batch, with
-    # part of it written and nothing committed, for as long as the test likes.
+    # part of it written and nothing committed, for as long as the test likes. Triggers
+    # are off for it (replica role), so it locks that one event id and no rollup or account
+    # row that other batches write as well.
     holder = await engine.connect()
     hold = await holder.begin()
+    await holder.execute(text("SET LOCAL session_replication_role = replica"))
     await holder.execute(insert(usage_events), [usage_row(blocker)])
     try:
         first = ledger.start()
