@@ -164,6 +164,8 @@ class EmbeddedPostgres(_ChildProcess):
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
                 user=user,
+                group=user,  # also the user's group: a root-group-only parent stays closed
+                extra_groups=[] if user is not None else None,
             )
         # The child keeps its own copy of the log descriptor; ours closes at once.
         with open(self.base_dir / "postgres.log", "ab") as log:
@@ -175,6 +177,8 @@ class EmbeddedPostgres(_ChildProcess):
                 stdout=subprocess.DEVNULL,
                 stderr=log,
                 user=user,
+                group=user,
+                extra_groups=[] if user is not None else None,
                 start_new_session=True,
             )
         wait_for_port("127.0.0.1", self.port, 30, self._process, "embedded PostgreSQL")

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from pydantic import BaseModel, ValidationError
@@ -163,3 +163,33 @@ async def send_to_dead_letter(
 async def wait_all(futures: Iterable[asyncio.Future[Any]]) -> None:
     """Await several produce futures, raising the first failure."""
     await asyncio.gather(*futures)
+
+
+async def read_present(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of `partitions` from the consumer's positions to their ends as of now.
+
+    The ends come from `end_offsets`, raised to the high watermark of each partition's
+    first fetch: Tansu answers ListOffsets(latest) with the first offset of a partition's
+    last record batch plus one, not its last record's, so reading only to `end_offsets`
+    missed up to a batch per partition there (Apache Kafka's answers already agree).
+    """
+    ends = await consumer.end_offsets(list(partitions))
+    unseen = {tp: 3 for tp in partitions}  # fetches left to learn a partition's watermark
+    remaining = {tp for tp in partitions if ends[tp] > 0}
+    while remaining:
+        fetched = await consumer.getmany(*remaining, timeout_ms=500)
+        for tp in list(unseen):
+            highwater = consumer.highwater(tp)
+            unseen[tp] -= 1
+            if highwater is not None:
+                ends[tp] = max(ends[tp], highwater)
+            if highwater is not None or unseen[tp] <= 0:
+                del unseen[tp]
+        for tp, records in fetched.items():
+            for record in records:
+                if record.offset < ends[tp]:
+                    yield record
+        remaining = {tp for tp in remaining
+                     if tp in unseen or await consumer.position(tp) < ends[tp]}

@@ -28,6 +28,7 @@ from broker.kafka import (
     ensure_topics,
     new_consumer,
     new_producer,
+    read_present,
     topics_for,
 )
 from broker.settings import KafkaSettings
@@ -84,13 +85,6 @@ def to_dead_letter(record: ConsumerRecord[bytes, bytes]) -> DeadLetter:
     )
 
 
-async def _behind(consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int]) -> bool:
-    for tp, end in ends.items():
-        if await consumer.position(tp) < end:
-            return True
-    return False
-
-
 async def read_dead_letters(kafka: KafkaSettings, limit: int | None = None) -> list[DeadLetter]:
     """Every entry present now (oldest first per partition), at most `limit` of the newest."""
     topic = topics_for(kafka).dead_letter
@@ -102,11 +96,7 @@ async def read_dead_letters(kafka: KafkaSettings, limit: int | None = None) -> l
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
-        ends = await consumer.end_offsets(partitions)
-        entries: list[DeadLetter] = []
-        while await _behind(consumer, ends):
-            batch = await consumer.getmany(timeout_ms=500)
-            entries += [to_dead_letter(r) for records in batch.values() for r in records]
+        entries = [to_dead_letter(record) async for record in read_present(consumer, partitions)]
     finally:
         await consumer.stop()
     entries.sort(key=lambda entry: (entry.at, entry.partition, entry.offset))

@@ -22,7 +22,7 @@ from broker.database import (
     upgrade_database,
     wait_for_database,
 )
-from broker.embedded import free_port
+from broker.embedded import EmbeddedPostgres, free_port
 from broker.errors import ConfigError, DatabaseUnavailable
 from broker.keys import (
     ApiKeyCache,
@@ -191,3 +191,15 @@ async def test_cache_is_bounded(engine: AsyncEngine) -> None:
 
 async def test_unknown_request_is_none(engine: AsyncEngine) -> None:
     assert await get_request(engine, "req_nope") is None
+
+
+def test_embedded_postgres_in_a_private_directory(tmp_path: Path) -> None:
+    """pytest's tmp_path is 0700 and root's: the server's user must still reach its data."""
+    tmp_path.chmod(0o700)
+    server = EmbeddedPostgres(data_dir=tmp_path / "pg")
+    (tmp_path / "pg").mkdir()
+    server.start()
+    try:
+        assert server.port > 0 and (tmp_path / "pg" / "data" / "PG_VERSION").exists()
+    finally:
+        server.stop()

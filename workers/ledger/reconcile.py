@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
 from broker.errors import BrokerUnavailable
-from broker.kafka import new_consumer, topics_for
+from broker.kafka import new_consumer, read_present, topics_for
 from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from schemas import UsageEvent
@@ -71,18 +71,9 @@ async def _read(consumer: AIOKafkaConsumer, topic: str, since: datetime | None) 
             # "No such record" is None on Apache Kafka, timestamp -1 on some compatibles.
             missing = position is None or position.timestamp < 0
             consumer.seek(tp, ends[tp] if missing else position.offset)
-    values: list[bytes] = []
-    remaining = {tp for tp in tps if await consumer.position(tp) < ends[tp]}
-    while remaining:
-        fetched = await consumer.getmany(*remaining, timeout_ms=500)
-        for tp, records in fetched.items():
-            # The timestamp filter keeps `since` exact where a broker's time index is coarse.
-            values.extend(
-                r.value for r in records
-                if r.offset < ends[tp] and r.timestamp >= since_ms and r.value is not None
-            )
-        remaining = {tp for tp in remaining if await consumer.position(tp) < ends[tp]}
-    return values
+    # The timestamp filter keeps `since` exact where a broker's time index is coarse.
+    return [record.value async for record in read_present(consumer, tps)
+            if record.timestamp >= since_ms and record.value is not None]
 
 
 async def reconcile(
