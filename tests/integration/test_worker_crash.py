@@ -34,11 +34,15 @@ IN_FLIGHT_AT_KILL = 500
 
 @pytest.fixture
 def simulator_url() -> Iterator[str]:
-    """A real simulated provider process; 0.7-1.3 s per answer keeps requests in flight."""
+    """A real simulated provider process; 1.4-2.6 s per answer keeps requests in flight.
+
+    Long enough that 500 calls are in flight at once even when a busy machine lets the
+    worker take in only ~250 requests per second.
+    """
     port = free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "sluice", "mock-provider", "--port", str(port),
-         "--latency-ms", "700", "--jitter-ms", "600"],
+         "--latency-ms", "1400", "--jitter-ms", "1200"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     wait_for_port("127.0.0.1", port, 30, process, "mock-provider")
