@@ -210,3 +210,29 @@ key_rate_windows = Table(
     Column("prev_requests", Double, nullable=False, server_default="0"),
     Column("prev_tokens", Double, nullable=False, server_default="0"),
 )
+
+# Daily usage totals, kept by a trigger on `usage_events` (migration 0008): the usage
+# reports and the `usage_daily` / `spend_by_tenant_month` views read these instead of
+# aggregating millions of rows. Days are UTC; `requests` counts each request once, in the
+# cell of its first call; `cost_usd` sums the priced calls only.
+usage_rollup = Table(
+    "usage_rollup",
+    metadata,
+    Column("day", Date, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("api_key_id", Text, nullable=True),
+    Column("model", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("calls", BigInteger, nullable=False, server_default="0"),
+    Column("requests", BigInteger, nullable=False, server_default="0"),
+    Column("input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("output_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cached_input_tokens", BigInteger, nullable=False, server_default="0"),
+    Column("cost_usd", Numeric(30, 10), nullable=False, server_default="0"),
+    Column("unpriced_calls", BigInteger, nullable=False, server_default="0"),
+    UniqueConstraint(
+        "day", "tenant", "api_key_id", "model", "deployment", "provider",
+        name="uq_usage_rollup_cell", postgresql_nulls_not_distinct=True,
+    ),
+)

@@ -100,6 +100,10 @@ async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
 
 def run_bench(args: argparse.Namespace) -> int:
     """Run the benchmark and print a table (and a JSON line for the record)."""
+    if getattr(args, "mode", None) == "ledger":
+        from sluice.ledger_bench import run_ledger_bench
+
+        return run_ledger_bench(args)
     if getattr(args, "budget", None):
         from sluice.budget_bench import run_budget_bench
 

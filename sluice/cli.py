@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     mock.set_defaults(handler=_handler("sluice.processes", "run_mock_provider"))
 
     bench = commands.add_parser("bench", help="drive a running stack and report speed")
+    bench.add_argument("mode", nargs="?", choices=["ledger"], default=None,
+                       help="ledger: write throughput and usage query latency in PostgreSQL")
     bench.add_argument("--state-dir", type=Path, default=Path(".sluice"))
     bench.add_argument("--url", default=None, help="ingress URL (default: from sluice dev)")
     bench.add_argument("--api-key", default=None)
@@ -115,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--lanes-rpm", type=int, default=150, help="budget per --window-s")
     bench.add_argument("--batch-lines", type=int, default=5000)
     bench.add_argument("--interactive-rate", type=float, default=5.0, help="requests per second")
+    bench.add_argument("--database-url", default=None,
+                       help="ledger mode: a server to create a throwaway database on "
+                            "(default: $SLUICE_DATABASE_URL, else an embedded PostgreSQL)")
+    bench.add_argument("--rows", type=int, default=10_000_000, help="ledger mode: usage rows")
+    bench.add_argument("--days", type=float, default=90.0, help="ledger mode: rows span this")
+    bench.add_argument("--events", type=int, default=200_000,
+                       help="ledger mode: events written through the ledger")
+    bench.add_argument("--batch-size", type=int, default=2000,
+                       help="ledger mode: events per write_batch")
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")
