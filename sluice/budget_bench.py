@@ -45,6 +45,9 @@ class BudgetRun:
     windows: float = 3.0
     offered: float = 3.0
     latency_ms: float = 20.0
+    # Windows served before measuring: the target is steady state, and the first seconds
+    # include workers joining the consumer group one by one (a rebalance pauses them all).
+    warmup_windows: float = 0.0
 
 
 def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -112,7 +115,7 @@ async def measure_budget(run: BudgetRun, kafka: KafkaSettings, database_url: str
         wait_for_port("127.0.0.1", port, 30, simulator, "mock-provider")
         env = _worker_env(kafka, database_url, config)
         workers = [_spawn(["worker"], env) for _ in range(run.workers)]
-        duration = run.windows * run.window_s
+        duration = (run.windows + run.warmup_windows) * run.window_s
         offered = int(run.offered * run.rpm * (duration / run.window_s + 1))
         await _publish(kafka, offered, deadline_s=duration + 60)
         async with httpx.AsyncClient(timeout=30) as client:
@@ -125,6 +128,7 @@ async def measure_budget(run: BudgetRun, kafka: KafkaSettings, database_url: str
                 if time.monotonic() - started > 60:
                     raise TimeoutError("no request was served within 60 s")
                 await asyncio.sleep(0.05)
+            await asyncio.sleep(run.warmup_windows * run.window_s)
             first, t0 = await served(), time.monotonic()
             marks: list[tuple[float, dict[str, Any]]] = []
             for window in range(1, int(run.windows) + 1):
@@ -138,7 +142,8 @@ async def measure_budget(run: BudgetRun, kafka: KafkaSettings, database_url: str
             "workers": run.workers, "window_s": run.window_s,
             "budget_rpm": run.rpm, "budget_tpm": run.tpm,
             "provider_rpm": run.provider_rpm, "provider_tpm": run.provider_tpm,
-            "offered": offered, "windows": len(marks), "served": served_n,
+            "offered": offered, "warmup_windows": run.warmup_windows, "windows": len(marks),
+            "served": served_n,
             "utilisation": round(served_n / limit, 4),
             "rate_limited_total": last["errors_by_status"].get("429", 0),
             "served_per_window": [b[1]["succeeded"] - a[1]["succeeded"]
@@ -174,7 +179,8 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     rpm, tpm = _pair(args.budget)
     provider_rpm, provider_tpm = _pair(args.provider_limit) if args.provider_limit else (rpm, tpm)
     run = BudgetRun(rpm=rpm, tpm=tpm, provider_rpm=provider_rpm, provider_tpm=provider_tpm,
-                    window_s=args.window_s, workers=args.workers, windows=args.windows)
+                    window_s=args.window_s, workers=args.workers, windows=args.windows,
+                    warmup_windows=args.warmup_windows)
     with EmbeddedKafka() as kafka, EmbeddedPostgres() as postgres, \
             tempfile.TemporaryDirectory() as workdir:
         url = postgres.url("sluice_bench")

@@ -106,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the simulator's real limit (default: the budget)")
     bench.add_argument("--window-s", type=float, default=10.0)
     bench.add_argument("--windows", type=float, default=3.0)
+    bench.add_argument("--warmup-windows", type=float, default=1.0,
+                       help="budget mode: windows served before measuring (steady state)")
     bench.add_argument("--workers", type=int, default=3)
     bench.add_argument("--chaos", action="store_true",
                        help="chaos mode: a healthy run, then one with the simulator failing "
