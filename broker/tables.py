@@ -78,10 +78,10 @@ usage_events = Table(
     timestamp_column("started_at"),
     timestamp_column("finished_at"),
     timestamp_column("recorded_at", now=True),
+    # Reports read usage_rollup (migration 0008); these serve the partial days at the ends
+    # of a range, reconcile and per-request lookups. Each index costs every insert.
     Index(None, "tenant", "finished_at"),
-    Index(None, "model", "finished_at"),
     Index(None, "request_id"),
-    Index(None, "api_key_id", "finished_at"),
     Index(None, "finished_at"),
 )
 

@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ledger mode: events written through the ledger")
     bench.add_argument("--batch-size", type=int, default=2000,
                        help="ledger mode: events per write_batch")
+    bench.add_argument("--writers", type=int, default=2,
+                       help="ledger mode: ledger instances writing at once (each owns a "
+                            "share of the tenants, as of the usage partitions)")
     bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")

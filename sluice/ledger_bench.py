@@ -23,6 +23,7 @@ import platform
 import statistics
 import time
 import uuid
+import zlib
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -211,8 +212,14 @@ def usage_rows(count: int, now: datetime) -> list[LedgerRow]:
 
 
 async def time_writes(engine: AsyncEngine, rows: list[LedgerRow], batch_size: int,
-                      on_progress: Callable[[int], None] = lambda n: None) -> dict[str, float]:
-    """Events per second through `write_batch`, then for a redelivery of the first tenth."""
+                      on_progress: Callable[[int], None] = lambda n: None,
+                      writers: int = 1) -> dict[str, float]:
+    """Events per second through `write_batch` by `writers` ledger instances at once, then
+    for a redelivery of the first tenth.
+
+    Usage is keyed by tenant on Kafka, so each ledger instance of a group owns a share of
+    the tenants: writer i gets the tenants that hash to it, as a partition would.
+    """
 
     def batch(part: list[LedgerRow]) -> LedgerBatch:
         planned = LedgerBatch()
@@ -222,18 +229,25 @@ async def time_writes(engine: AsyncEngine, rows: list[LedgerRow], batch_size: in
                                     for r in part]
         return planned
 
-    batches = [batch(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
-    again = batches[:max(1, len(batches) // 10)]
-    again = [batch(b.rows[Kind.USAGE]) for b in again]
+    shares: list[list[LedgerRow]] = [[] for _ in range(writers)]
+    for row in rows:
+        shares[zlib.crc32(row.values["tenant"].encode()) % writers].append(row)
+    queues = [[batch(share[i:i + batch_size]) for i in range(0, len(share), batch_size)]
+              for share in shares]
+    again = [batch(b.rows[Kind.USAGE]) for b in queues[0][:max(1, len(queues[0]) // 10)]]
     seconds: list[float] = []
+
+    async def write(queue: list[LedgerBatch]) -> None:
+        for planned in queue:
+            began = time.perf_counter()
+            refused = await write_batch(engine, planned)
+            seconds.append(time.perf_counter() - began)
+            if refused:
+                raise RuntimeError(f"the ledger refused bench rows: {refused[0].reason}")
+            on_progress(len(planned))
+
     started = time.perf_counter()
-    for planned in batches:
-        began = time.perf_counter()
-        refused = await write_batch(engine, planned)
-        seconds.append(time.perf_counter() - began)
-        if refused:
-            raise RuntimeError(f"the ledger refused bench rows: {refused[0].reason}")
-        on_progress(len(planned))
+    await asyncio.gather(*(write(queue) for queue in queues))
     elapsed = time.perf_counter() - started
     started = time.perf_counter()
     for planned in again:
@@ -241,6 +255,7 @@ async def time_writes(engine: AsyncEngine, rows: list[LedgerRow], batch_size: in
     redelivered = sum(len(b) for b in again) / (time.perf_counter() - started)
     ordered = sorted(seconds)
     return {
+        "writers": writers,
         "events_per_s": round(len(rows) / elapsed),
         "batch_p50_ms": round(statistics.median(seconds) * 1000, 1),
         "batch_p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))] * 1000, 1),
@@ -249,10 +264,11 @@ async def time_writes(engine: AsyncEngine, rows: list[LedgerRow], batch_size: in
 
 
 async def measure_ledger(url: str, *, rows: int, days: float, events: int,
-                         batch_size: int) -> dict[str, Any]:
+                         batch_size: int, writers: int = 1) -> dict[str, Any]:
     """Migrate the database at `url`, generate, time the queries, then the writes."""
     await upgrade_database(url)
-    engine = create_engine(DatabaseSettings(database_url=url, database_pool_size=2))
+    engine = create_engine(DatabaseSettings(database_url=url,
+                                           database_pool_size=max(2, writers)))
     now = datetime.now(UTC)
     try:
         with _progress() as progress:
@@ -266,7 +282,7 @@ async def measure_ledger(url: str, *, rows: int, days: float, events: int,
         with _progress() as progress:
             task = progress.add_task(f"writing {events:,} events", total=events)
             writes = await time_writes(engine, prepared, batch_size,
-                                       lambda n: progress.advance(task, n))
+                                       lambda n: progress.advance(task, n), writers)
     finally:
         await engine.dispose()
     return {"rows": rows, "days": days, "generated_s": round(generated_s, 1), "events": events,
@@ -286,7 +302,8 @@ def _print(figures: dict[str, Any]) -> bool:
         table.add_column(column, justify="left" if column == "measurement" else "right")
     writes = figures["writes"]
     write_ok = writes["events_per_s"] >= WRITE_TARGET
-    table.add_row(f"write_batch, {figures['batch_size']:,}/batch",
+    table.add_row(f"write_batch, {figures['batch_size']:,}/batch, "
+                  f"{writes.get('writers', 1)} ledger(s)",
                   f"{writes['events_per_s']:,} ev/s", "", f"{figures['events']:,}",
                   f"≥ {WRITE_TARGET:,} ev/s", "yes" if write_ok else "[red]no[/]")
     table.add_row("  redelivered", f"{writes['redelivered_events_per_s']:,} ev/s",
@@ -317,7 +334,8 @@ def run_ledger_bench(args: argparse.Namespace) -> int:
     url = args.database_url or os.environ.get("SLUICE_DATABASE_URL")
     with _bench_database(url) as bench_url:
         figures = asyncio.run(measure_ledger(bench_url, rows=args.rows, days=args.days,
-                                             events=args.events, batch_size=args.batch_size))
+                                             events=args.events, batch_size=args.batch_size,
+                                             writers=args.writers))
     figures["date"] = datetime.now(UTC).strftime("%Y-%m-%d")
     figures["machine"] = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     return 0 if _print(figures) else 1
