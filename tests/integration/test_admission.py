@@ -72,7 +72,8 @@ async def _scenario(store: AdmissionStore, clock: Clock) -> list[tuple[bool, str
         Budget("key:k", usd=Decimal("1.00")), Budget("tenant:t", tokens=1400)))
     out = []
     for step in range(16):
-        decision = await store.admit(limits, Charge(f"r{step}", 100 * (1 + step % 4), Decimal("0.2"), AT))
+        charge = Charge(f"r{step}", 100 * (1 + step % 4), Decimal("0.2"), AT)
+        decision = await store.admit(limits, charge)
         out.append((decision.admitted, decision.refused_by))
         if step % 3 == 2:
             await store.release([f"r{step - 2}"])

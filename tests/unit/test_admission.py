@@ -16,6 +16,7 @@ from broker.admission import (
     next_month,
     window_wait,
 )
+from broker.config import SluiceConfig, parse_config
 from broker.errors import LimitExceeded
 from broker.prices import Price, PriceBook
 from broker.tenants import TenantSettings
@@ -23,7 +24,6 @@ from ingress.admission import AdmissionControl, limits_of
 from ingress.envelope import error_response
 from ingress.services import Principal
 from schemas import ChatCompletionRequest, InferenceRequest
-from broker.config import SluiceConfig, parse_config
 
 AT = datetime(2026, 11, 28, 12, tzinfo=UTC)
 
@@ -184,7 +184,7 @@ async def test_refusals_name_the_limit_and_map_to_429() -> None:
     principal = Principal("t", "key_1", rpm=10)
     assert await control.admit(principal, request("a")) is True
     with pytest.raises(LimitExceeded) as refused:
-        await control.admit(principal, request("b"))  # ~$117 each: 2 × 117 > 200
+        await control.admit(principal, request("b"))  # ~$117 each: 2 x 117 > 200
     assert "monthly budget of tenant 't' ($200" in str(refused.value)
     response = error_response(refused.value)
     assert response.status_code == 429
