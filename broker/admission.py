@@ -90,6 +90,11 @@ class Budget:
     tokens: int | None = None
 
 
+def monthly_budget(scope: str, usd: Decimal | None, tokens: int | None) -> Budget | None:
+    """The budget of `scope`, or None when it has neither a USD nor a token limit."""
+    return None if usd is None and tokens is None else Budget(scope, usd, tokens)
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
     """Everything that may refuse a caller's request."""

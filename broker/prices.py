@@ -13,7 +13,6 @@ file's price and otherwise records cost NULL — never a silent zero).
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -29,7 +28,8 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.database import database_errors
-from broker.errors import ConfigError, DatabaseUnavailable
+from broker.errors import ConfigError
+from broker.reloading import Reloading
 from broker.tables import prices
 
 CATALOG = Path(__file__).with_name("prices.yaml")
@@ -196,29 +196,15 @@ class PriceCache:
 
     def __init__(self, engine: AsyncEngine, *, ttl_s: float = 60.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._engine = engine
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._loaded_at = float("-inf")
-        self._book = PriceBook([])
-        self._loading = asyncio.Lock()  # callers arriving together share one query
+        async def load() -> PriceBook:
+            return PriceBook(await list_prices(engine))
+
+        self._book = Reloading(load, ttl_s=ttl_s, clock=clock)
 
     async def book(self) -> PriceBook:
-        """The price book, at most `ttl_s` old.
+        """The price book, at most `ttl_s` old (the last one read while PostgreSQL is away).
 
         Raises:
             DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever loaded.
         """
-        if self._clock() - self._loaded_at >= self._ttl_s:
-            async with self._loading:
-                if self._clock() - self._loaded_at >= self._ttl_s:
-                    try:
-                        self._book = PriceBook(await list_prices(self._engine))
-                    except DatabaseUnavailable:
-                        if self._loaded_at == float("-inf"):
-                            raise  # nothing to fall back on
-                        # Keep estimating with what we had; ask again in a few seconds.
-                        self._loaded_at = self._clock() - self._ttl_s + 5.0
-                        return self._book
-                    self._loaded_at = self._clock()
-        return self._book
+        return await self._book.get()

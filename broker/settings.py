@@ -15,6 +15,15 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 class _Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="SLUICE_", frozen=True, extra="ignore")
 
+    def as_env(self) -> dict[str, str]:
+        """These settings as `SLUICE_<FIELD>` variables, for a child `sluice` process."""
+        env = {}
+        for name, value in self:
+            if value is not None:
+                secret = value.get_secret_value() if isinstance(value, SecretStr) else value
+                env[f"SLUICE_{name.upper()}"] = str(secret)
+        return env
+
 
 class KafkaSettings(_Settings):
     """How to reach Kafka and name topics."""

@@ -6,7 +6,6 @@ give it a budget or to opt in to storing prompt and completion text.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
-from broker.errors import DatabaseUnavailable
+from broker.reloading import Reloading
 from broker.tables import spend_accounts, tenants
 
 
@@ -34,7 +33,6 @@ class TenantSettings:
 
 
 _UNSET: Any = object()
-STALE_RETRY_S = 5.0
 
 
 def _settings(row: Any) -> TenantSettings:  # a Row of the tenants table
@@ -100,43 +98,32 @@ class TenantCache:
     """Tenant settings read at most once per `ttl_s` (all tenants in one query).
 
     Readers on hot paths (ingress admission, the ledger's privacy rule) see a change within
-    `ttl_s`; the whole table is small (one row per tenant with settings).
+    `ttl_s`; the whole table is small (one row per tenant with settings). While PostgreSQL
+    is away the settings last read are served (`broker.reloading`).
     """
 
     def __init__(self, engine: AsyncEngine, *, ttl_s: float = 30.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
-        self._engine = engine
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._loaded_at = float("-inf")
-        self._tenants: dict[str, TenantSettings] = {}
-        self._loading = asyncio.Lock()  # callers arriving together share one query
+        async def load() -> dict[str, TenantSettings]:
+            return {tenant.name: tenant for tenant in await list_tenants(engine)}
+
+        self._tenants = Reloading(load, ttl_s=ttl_s, clock=clock)
 
     async def get(self, name: str) -> TenantSettings:
         """The settings of `name` (defaults when it has no row).
 
         Raises:
-            DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever loaded
-                (once loaded, stale settings are served while it is away).
+            DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever loaded.
         """
-        if self._clock() - self._loaded_at >= self._ttl_s:
-            async with self._loading:
-                if self._clock() - self._loaded_at >= self._ttl_s:
-                    try:
-                        loaded = await list_tenants(self._engine)
-                    except DatabaseUnavailable:
-                        if self._loaded_at == float("-inf"):
-                            raise  # nothing to fall back on
-                        # Keep serving what we had; ask again in a few seconds, not per call.
-                        self._loaded_at = self._clock() - self._ttl_s + STALE_RETRY_S
-                        return self._tenants.get(name) or TenantSettings(name)
-                    self._tenants = {tenant.name: tenant for tenant in loaded}
-                    self._loaded_at = self._clock()
-        return self._tenants.get(name) or TenantSettings(name)
+        return (await self._tenants.get()).get(name) or TenantSettings(name)
+
+    async def all(self) -> list[TenantSettings]:
+        """Every tenant with a row."""
+        return list((await self._tenants.get()).values())
 
     def invalidate(self) -> None:
         """Read the table again on the next `get`."""
-        self._loaded_at = float("-inf")
+        self._tenants.invalidate()
 
 
 @dataclass(frozen=True, slots=True)

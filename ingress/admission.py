@@ -16,11 +16,11 @@ from typing import Protocol
 
 from broker.admission import (
     AdmissionStore,
-    Budget,
     Charge,
     Decision,
     Limits,
     describe_scope,
+    monthly_budget,
     next_month,
 )
 from broker.config import SluiceConfig
@@ -52,14 +52,14 @@ class PriceLookup(Protocol):
 
 def limits_of(principal: Principal, tenant: TenantSettings) -> Limits:
     """The limits that apply to a caller: its key's rate and budgets, its tenant's budgets."""
-    budgets = []
-    if tenant.monthly_budget_usd is not None or tenant.monthly_budget_tokens is not None:
-        budgets.append(Budget(f"tenant:{tenant.name}", tenant.monthly_budget_usd,
-                              tenant.monthly_budget_tokens))
-    if principal.monthly_budget_usd is not None or principal.monthly_budget_tokens is not None:
-        budgets.append(Budget(f"key:{principal.api_key_id}", principal.monthly_budget_usd,
-                              principal.monthly_budget_tokens))
-    return Limits(f"key:{principal.api_key_id}", principal.rpm, principal.tpm, tuple(budgets))
+    budgets = (
+        monthly_budget(f"tenant:{tenant.name}", tenant.monthly_budget_usd,
+                       tenant.monthly_budget_tokens),
+        monthly_budget(f"key:{principal.api_key_id}", principal.monthly_budget_usd,
+                       principal.monthly_budget_tokens),
+    )
+    return Limits(f"key:{principal.api_key_id}", principal.rpm, principal.tpm,
+                  tuple(budget for budget in budgets if budget is not None))
 
 
 class AdmissionControl:

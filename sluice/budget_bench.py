@@ -61,17 +61,8 @@ def _spawn(args: list[str], env: dict[str, str] | None = None) -> subprocess.Pop
 
 
 def _worker_env(kafka: KafkaSettings, database_url: str, config: Path) -> dict[str, str]:
-    return {
-        **os.environ,
-        "SLUICE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap,
-        "SLUICE_TOPIC_PREFIX": kafka.topic_prefix,
-        "SLUICE_TOPIC_PARTITIONS": str(kafka.topic_partitions),
-        "SLUICE_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
-        "SLUICE_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
-        "SLUICE_FETCH_MAX_WAIT_MS": str(kafka.fetch_max_wait_ms),
-        "SLUICE_DATABASE_URL": database_url,
-        "SLUICE_CONFIG": str(config),
-    }
+    return {**os.environ, **kafka.as_env(), "SLUICE_DATABASE_URL": database_url,
+            "SLUICE_CONFIG": str(config)}
 
 
 async def _publish(kafka: KafkaSettings, count: int, deadline_s: float) -> None:

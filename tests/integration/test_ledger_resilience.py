@@ -108,11 +108,7 @@ class LedgerProcess:
         self.log = log
         self._env = {
             **os.environ,
-            "SLUICE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap,
-            "SLUICE_TOPIC_PREFIX": kafka.topic_prefix,
-            "SLUICE_TOPIC_PARTITIONS": str(kafka.topic_partitions),
-            "SLUICE_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
-            "SLUICE_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+            **kafka.as_env(),
             "SLUICE_DATABASE_URL": database_url,
             "SLUICE_DATABASE_POOL_SIZE": "2",
             "SLUICE_LEDGER_BATCH_SIZE": str(BATCH_SIZE),

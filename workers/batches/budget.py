@@ -20,12 +20,12 @@ from decimal import Decimal
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.admission import (
-    Budget,
     Charge,
     Limits,
     PostgresAdmissionStore,
     describe_scope,
     month_of,
+    monthly_budget,
     next_month,
 )
 from broker.keys import find_key_limits
@@ -58,17 +58,16 @@ class BatchEstimate:
 
 async def batch_limits(engine: AsyncEngine, tenant: str, api_key_id: str | None) -> Limits:
     """The monthly budgets a batch of `tenant`, submitted with `api_key_id`, draws from."""
-    budgets = []
     settings = await get_tenant(engine, tenant)
-    if settings.monthly_budget_usd is not None or settings.monthly_budget_tokens is not None:
-        budgets.append(Budget(f"tenant:{tenant}", settings.monthly_budget_usd,
-                              settings.monthly_budget_tokens))
     key = await find_key_limits(engine, api_key_id) if api_key_id else None
-    if key is not None and (key.monthly_budget_usd is not None
-                            or key.monthly_budget_tokens is not None):
-        budgets.append(Budget(f"key:{api_key_id}", key.monthly_budget_usd,
-                              key.monthly_budget_tokens))
-    return Limits(f"key:{api_key_id}", budgets=tuple(budgets))
+    budgets = (
+        monthly_budget(f"tenant:{tenant}", settings.monthly_budget_usd,
+                       settings.monthly_budget_tokens),
+        monthly_budget(f"key:{api_key_id}", key.monthly_budget_usd, key.monthly_budget_tokens)
+        if key is not None else None,
+    )
+    return Limits(f"key:{api_key_id}",
+                  budgets=tuple(budget for budget in budgets if budget is not None))
 
 
 async def admit_batch(engine: AsyncEngine, batch_id: str, limits: Limits,

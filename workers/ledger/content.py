@@ -17,13 +17,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import bindparam, exists, func, select, update
+from sqlalchemy import bindparam, exists, func, update
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.database import database_errors, is_data_error, sqlstate
 from broker.tables import requests, tenants
+from broker.tenants import TenantCache
 from workers.ledger.rows import Kind, LedgerBatch, prompt_json
 
 logger = logging.getLogger(__name__)
@@ -52,25 +53,16 @@ class OptedInTenants:
         self, engine: AsyncEngine, *, ttl_s: float = 30.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._engine = engine
-        self._ttl_s = ttl_s
-        self._clock = clock
-        self._loaded_at = float("-inf")
-        self._names: frozenset[str] = frozenset()
+        self._tenants = TenantCache(engine, ttl_s=ttl_s, clock=clock)
 
     async def names(self) -> frozenset[str]:
-        """The opted-in tenants, at most `ttl_s` old.
+        """The opted-in tenants, at most `ttl_s` old (the last answer while PostgreSQL is
+        away: the UPDATE checks the flag again anyway).
 
         Raises:
-            DatabaseUnavailable: the answer is stale and PostgreSQL cannot be reached.
+            DatabaseUnavailable: PostgreSQL cannot be reached and nothing was ever read.
         """
-        if self._clock() - self._loaded_at >= self._ttl_s:
-            statement = select(tenants.c.name).where(tenants.c.store_content)
-            with database_errors(self._engine):
-                async with self._engine.connect() as connection:
-                    self._names = frozenset((await connection.scalars(statement)).all())
-            self._loaded_at = self._clock()
-        return self._names
+        return frozenset(t.name for t in await self._tenants.all() if t.store_content)
 
 
 class PromptStore:
