@@ -40,7 +40,8 @@ def asyncapi_document(
             )(_described_only)
     broker.publisher(
         topics.results, schema=InferenceResult, title=topics.results,
-        description="Every final result (succeeded, failed, expired, cancelled). Key: request id.",
+        description="Every final result (succeeded, failed, expired, cancelled). Key: request id. "
+        "Headers: `tenant`, and `webhook: 1` when the request named a webhook URL.",
     )
     broker.publisher(
         topics.replies("{ingress_id}"), schema=InferenceResult,

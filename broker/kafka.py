@@ -128,6 +128,20 @@ def decode(model: type[ModelT], record: ConsumerRecord[bytes, bytes]) -> ModelT:
         ) from exc
 
 
+# Labels on every message of `<prefix>results`, so readers that care about few results
+# (the webhook deliverer) can skip the rest without parsing them.
+RESULT_TENANT_HEADER = "tenant"
+RESULT_WEBHOOK_HEADER = "webhook"
+
+
+def result_headers(tenant: str, has_webhook: bool) -> list[tuple[str, bytes]]:
+    """The headers a worker puts on a result it publishes to `<prefix>results`."""
+    headers = [(RESULT_TENANT_HEADER, tenant.encode())]
+    if has_webhook:
+        headers.append((RESULT_WEBHOOK_HEADER, b"1"))
+    return headers
+
+
 def header(record: ConsumerRecord[bytes, bytes], name: str) -> str | None:
     """The first header called `name`, decoded, or None."""
     for key, value in record.headers or ():

@@ -97,6 +97,14 @@ def install_error_handlers(app: FastAPI) -> None:
             error_body(f"Invalid value for '{param}': {first['msg']}", "invalid_request_error",
                        param=param), 400)
 
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        # Starlette's outermost middleware calls this for any other exception and then
+        # re-raises it, so the traceback still reaches the log; the caller gets the envelope.
+        return json_response(error_body(
+            "The server had an error while processing your request; retry, and report the "
+            "x-request-id if it persists.", "server_error", code="internal_error"), 500)
+
+    app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(SluiceError, on_sluice_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from broker.errors import PoisonMessage
+from broker.fetch_pacing import FetchPacing
 from broker.kafka import decode, ensure_topics, header, new_consumer, topics_for
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
@@ -85,6 +86,8 @@ class ReplyListener:
 
     async def _run(self) -> None:
         self._consumer = consumer = await self._connect()
+        pacing = FetchPacing(consumer, quiet_ms=self._kafka.fetch_max_wait_ms,
+                             busy_ms=self._kafka.busy_fetch_max_wait_ms)
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=1000)
@@ -92,6 +95,7 @@ class ReplyListener:
                 log.warning("reply listener fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
+            pacing.observe(sum(len(records) for records in batch.values()))
             for records in batch.values():
                 for record in records:
                     correlation_id = header(record, "correlation_id") or (

@@ -59,6 +59,19 @@ def _memory(pids: dict[str, int], field: str) -> dict[str, float]:
     return {n: mb for n, p in wanted.items() if (mb := _rss_mb(p, field)) is not None}
 
 
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """User plus system CPU time each process has used so far, from /proc/<pid>/stat."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    used = {}
+    for name, pid in pids.items():
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        used[name] = (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+    return used
+
+
 def _body(model: str) -> Callable[[int], bytes]:
     def make(index: int) -> bytes:
         return orjson.dumps({
@@ -70,11 +83,13 @@ def _body(model: str) -> Callable[[int], bytes]:
     return make
 
 
-async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
-                 pids: dict[str, int]) -> tuple[LoadResult, list[dict[str, float]]]:
+async def _drive(
+    url: str, key: str, model: str, args: argparse.Namespace, pids: dict[str, int]
+) -> tuple[LoadResult, list[dict[str, float]], dict[str, float]]:
     endpoint = f"{url}/v1/chat/completions"
     if args.warmup:
         await run_load(endpoint, key, _body(model), total=args.warmup, concurrency=args.concurrency)
+    cpu_before = _cpu_seconds(pids)
     # Resident memory of each process at every tenth of the run: it must stay flat.
     checkpoints: list[dict[str, float]] = [{"requests": 0, **_memory(pids, "VmRSS")}]
     every = max(1, args.requests // 10)
@@ -95,7 +110,11 @@ async def _drive(url: str, key: str, model: str, args: argparse.Namespace,
             endpoint, key, _body(model), total=args.requests, concurrency=args.concurrency,
             on_progress=advance,
         )
-    return result, checkpoints
+    # CPU each process spent per measured request: where the two cores go, in one run.
+    cpu_after = _cpu_seconds(pids)
+    cpu_ms = {name: round(1000 * (cpu_after[name] - spent) / max(1, args.requests), 3)
+              for name, spent in cpu_before.items() if name in cpu_after}
+    return result, checkpoints, cpu_ms
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -122,7 +141,7 @@ def run_bench(args: argparse.Namespace) -> int:
         listing = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
         listing.raise_for_status()
         model = listing.json()["data"][0]["id"]
-    result, checkpoints = asyncio.run(_drive(url, key, model, args, pids))
+    result, checkpoints, cpu_ms = asyncio.run(_drive(url, key, model, args, pids))
     if not result.latencies:
         raise ConfigError("no request completed; is the stack running? (sluice dev)")
     peak = _memory(pids, "VmHWM")
@@ -141,6 +160,7 @@ def run_bench(args: argparse.Namespace) -> int:
         "peak_rss_mb": {n: round(v, 1) for n, v in peak.items()},
         "rss_mb_checkpoints": [{n: round(v, 1) for n, v in point.items()}
                                for point in checkpoints],
+        "cpu_ms_per_request": cpu_ms,
     }
     table = Table(title=f"sluice bench — {model}, concurrency {args.concurrency}")
     table.add_column("metric")
@@ -149,6 +169,8 @@ def run_bench(args: argparse.Namespace) -> int:
         table.add_row(name, str(summary[name]))
     for name, mb in peak.items():
         table.add_row(f"peak RSS {name} (MB)", f"{mb:.1f}")
+    for name, ms in sorted(cpu_ms.items(), key=lambda item: -item[1]):
+        table.add_row(f"CPU {name} (ms/request)", f"{ms:.3f}")
     console.print(table)
     print(json.dumps(summary))
     failed = args.requests - result.ok

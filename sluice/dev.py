@@ -111,10 +111,12 @@ def run_dev(args: argparse.Namespace) -> int:
         raise ConfigError(f"port {args.port} is taken; pass --port to use another")
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("SLUICE_KAFKA_BOOTSTRAP")
+        kafka_pid = None  # the embedded broker's, for `sluice bench` to measure
         with console.status("starting Kafka-protocol broker (Tansu)…"):
             if not bootstrap:
                 kafka = stack.enter_context(EmbeddedKafka(log_path=log_dir / "kafka.log"))
                 bootstrap = kafka.bootstrap
+                kafka_pid = kafka.pid
         console.print(f"[green]✓[/] Kafka at {bootstrap}")
         database_url = os.environ.get("SLUICE_DATABASE_URL")
         with console.status("starting PostgreSQL…"):
@@ -141,6 +143,11 @@ def run_dev(args: argparse.Namespace) -> int:
             # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 14 ms; 2 ms burns the broker's CPU
             # on idle polls and loses a quarter of the throughput.
             "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "5"),
+            # Every Tansu fetch that finds new records scans the partition's whole history,
+            # so consumers nobody waits on (ledger, webhooks, batches) poll once a second:
+            # the broker's CPU per request then grows half as fast as the topics fill.
+            "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS": os.environ.get(
+                "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS", "1000"),
             # Local development: webhook receivers on this machine are admitted.
             "SLUICE_WEBHOOK_ALLOW_HOSTS": os.environ.get(
                 "SLUICE_WEBHOOK_ALLOW_HOSTS", "localhost,127.0.0.1,::1"),
@@ -166,7 +173,10 @@ def run_dev(args: argparse.Namespace) -> int:
             "postgres_dsn": _libpq(database_url),
             "mock_provider_url": f"http://127.0.0.1:{mock_port}/v1",
             "config": str(config_path),
-            "pids": {name: process.pid for name, process in children.processes.items()},
+            "pids": {
+                **({"kafka": kafka_pid} if kafka_pid is not None else {}),
+                **{name: process.pid for name, process in children.processes.items()},
+            },
         }
         (state_dir / "endpoints.json").write_text(json.dumps(endpoints, indent=2) + "\n")
         _print_usage(endpoints, state_dir)

@@ -15,6 +15,10 @@ def configure_logging(level: int = logging.INFO) -> None:
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+    # httpx logs every request at INFO: one line per provider call filled the worker's log
+    # (1.4 MB per 12k requests) and cost 4% of its CPU under load.
+    for chatty in ("httpx", "httpcore"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
 
 
 def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:

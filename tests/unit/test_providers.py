@@ -127,6 +127,9 @@ async def test_sends_upstream_model_auth_and_no_null_fields(
     (request,) = seen
     assert str(request.url) == "http://h:8000/v1/chat/completions"
     assert request.headers["authorization"] == "Bearer sk-test"
+    assert request.headers["content-type"] == "application/json"
+    # Each phase of the call is bounded by the caller's timeout, not the client's default.
+    assert request.extensions["timeout"] == httpx.Timeout(5).as_dict()
     assert orjson.loads(request.content) == {
         "model": UPSTREAM,
         "messages": [{"role": "user", "content": "Summarise the design."}],

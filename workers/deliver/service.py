@@ -25,7 +25,15 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.errors import BrokerUnavailable, PoisonMessage, SluiceError
-from broker.kafka import decode, ensure_topics, new_consumer, topics_for
+from broker.kafka import (
+    RESULT_TENANT_HEADER,
+    RESULT_WEBHOOK_HEADER,
+    decode,
+    ensure_topics,
+    header,
+    new_consumer,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from broker.webhooks.settings import WebhookSettings
 from broker.webhooks.signing import webhook_headers
@@ -117,7 +125,14 @@ class Deliverer:
         self, consumer: AIOKafkaConsumer, records: list[Record], stop: asyncio.Event
     ) -> None:
         results: list[InferenceResult] = []
-        for record in records:
+        try:
+            wanted = await self._worth_decoding(records)
+        except _TRANSIENT as exc:
+            logger.warning("deliver: %d results not recorded (%s); retrying in %.1fs",
+                           len(records), exc, self._backoff_s)
+            await self._back_off(consumer, records, stop)
+            return
+        for record in wanted:
             try:
                 results.append(decode(InferenceResult, record))
             except PoisonMessage as exc:
@@ -140,6 +155,20 @@ class Deliverer:
                 await consumer.commit(positions)
             except KafkaError as exc:  # a rebalance: the new owner re-reads, to no effect
                 logger.info("deliver: offset commit failed (%s); results will be re-read", exc)
+
+    async def _worth_decoding(self, records: list[Record]) -> list[Record]:
+        """The results that may call for a delivery, judged by their headers alone.
+
+        Workers label each result with its tenant and whether it names a webhook, so the
+        results of tenants without endpoints (most of them) are skipped unparsed. A result
+        without the labels (an older worker's) is always decoded.
+        """
+        labelled = [(record, header(record, RESULT_TENANT_HEADER)) for record in records]
+        tenants = {tenant for _, tenant in labelled if tenant is not None}
+        interested = await self.store.tenants_with_endpoints(tenants)
+        return [record for record, tenant in labelled
+                if tenant is None or tenant in interested
+                or header(record, RESULT_WEBHOOK_HEADER) is not None]
 
     async def _back_off(
         self, consumer: AIOKafkaConsumer, records: list[Record], stop: asyncio.Event

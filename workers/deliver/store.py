@@ -9,7 +9,7 @@ never send the same attempt, and records its outcome in one transaction with the
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -70,6 +70,20 @@ class DeliveryStore:
         self._max_attempts = max_attempts
         self._lease_s = lease_s
 
+    async def tenants_with_endpoints(self, tenants: Collection[str]) -> set[str]:
+        """Those of `tenants` with at least one subscribed, enabled endpoint."""
+        if not tenants:
+            return set()
+        with database_errors(self._engine):
+            async with self._engine.connect() as connection:
+                rows = await connection.execute(
+                    select(webhook_endpoints.c.tenant).distinct()
+                    .where(webhook_endpoints.c.tenant.in_(sorted(tenants)),
+                           webhook_endpoints.c.subscribed,
+                           webhook_endpoints.c.disabled_at.is_(None))
+                )
+                return {row[0] for row in rows}
+
     async def add_results(self, results: Sequence[InferenceResult]) -> list[str]:
         """Insert the deliveries these results call for; return the ids new to the table.
 
@@ -103,6 +117,8 @@ class DeliveryStore:
         planned: dict[str, dict[str, Any]] = {}
         for result in results:
             urls = [*subscribed.get(result.tenant, []), *filter(None, [result.webhook_url])]
+            if not urls:
+                continue  # most results: nobody to tell, so no body to render
             event_type, body = payload(result)
             for url in urls:
                 if (result.tenant, url) in disabled:

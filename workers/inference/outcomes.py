@@ -11,7 +11,7 @@ import asyncio
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
-from broker.kafka import encode, send_to_dead_letter
+from broker.kafka import encode, result_headers, send_to_dead_letter
 from schemas import Topics
 from workers.inference.processor import Outcome
 from workers.inference.retries import schedule_retry
@@ -41,7 +41,10 @@ async def publish_outcome(
         await producer.send(topics.usage, encode(usage), key=usage.tenant.encode())
         for usage in outcome.usage
     ]
-    pending.append(await producer.send(topics.results, payload, key=result.request_id.encode()))
+    pending.append(await producer.send(
+        topics.results, payload, key=result.request_id.encode(),
+        headers=result_headers(result.tenant, result.webhook_url is not None),
+    ))
     if reply_to:
         correlation = (result.correlation_id or result.request_id).encode()
         pending.append(

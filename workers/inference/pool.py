@@ -30,6 +30,7 @@ from aiokafka.errors import KafkaError
 from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
+from broker.fetch_pacing import FetchPacing
 from broker.kafka import (
     decode,
     ensure_topics,
@@ -117,6 +118,9 @@ class _ModelConsumer:
 
     async def run(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_periodically(stop))
+        kafka = self.pool.kafka
+        pacing = None if self.lane is Lane.BATCH else FetchPacing(
+            self.consumer, quiet_ms=kafka.fetch_max_wait_ms, busy_ms=kafka.busy_fetch_max_wait_ms)
         try:
             while not stop.is_set():
                 room = self.pool.room(self.lane)
@@ -125,6 +129,8 @@ class _ModelConsumer:
                     continue
                 self._resume()
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=min(room, 500))
+                if pacing is not None:
+                    pacing.observe(sum(len(records) for records in batch.values()))
                 if batch:
                     await self._dispatch(batch)
         finally:

@@ -1,0 +1,70 @@
+"""Labels that let readers of `<prefix>results` skip what they do not need, on real Kafka."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import TopicPartition
+
+from broker.fetch_pacing import FetchPacing
+from broker.kafka import ensure_topics, header, new_consumer, read_present, topics_for
+from broker.settings import KafkaSettings
+from tests.integration.stack import running_stack
+
+pytestmark = pytest.mark.integration
+
+CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
+
+
+async def test_results_carry_tenant_and_webhook_labels(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICE_WEBHOOK_ALLOW_HOSTS", "127.0.0.1")
+    async with running_stack(kafka_settings, database_url) as stack:
+        secret = await stack.client.post("/v1/webhooks/secrets", headers=stack.auth)
+        assert secret.status_code == 201, secret.text
+        plain = await stack.client.post("/v1/chat/completions", json=CHAT, headers=stack.auth)
+        assert plain.status_code == 200, plain.text
+        hooked = await stack.client.post(
+            "/v1/chat/completions", json=CHAT,
+            headers={**stack.auth, "X-Webhook-URL": "http://127.0.0.1:9/hook"})
+        assert hooked.status_code == 200, hooked.text
+        ids = {plain.headers["x-request-id"]: False, hooked.headers["x-request-id"]: True}
+
+        consumer = new_consumer(kafka_settings, client_id="labels", group_id=None)
+        await consumer.start()
+        try:
+            topic = topics_for(kafka_settings).results
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            labels = {
+                record.key.decode(): (header(record, "tenant"), header(record, "webhook"))
+                async for record in read_present(consumer, partitions)
+                if record.key is not None and record.key.decode() in ids
+            }
+        finally:
+            await consumer.stop()
+    assert labels == {request_id: ("acme", "1" if has_hook else None)
+                      for request_id, has_hook in ids.items()}
+
+
+async def test_fetch_pacing_reaches_aiokafka(kafka_settings: KafkaSettings) -> None:
+    """FetchPacing sets aiokafka's per-fetch wait; this fails if aiokafka renames it."""
+    topic = topics_for(kafka_settings).results
+    await ensure_topics(kafka_settings, [topic])
+    consumer = new_consumer(kafka_settings, client_id="pacing", group_id=None)
+    await consumer.start()
+    consumer.assign([TopicPartition(topic, 0)])  # aiokafka stops a consumer cleanly only then
+    try:
+        fetcher = consumer._fetcher
+        assert fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms
+        pacing = FetchPacing(consumer, quiet_ms=kafka_settings.fetch_max_wait_ms,
+                             busy_ms=kafka_settings.fetch_max_wait_ms * 4)
+        pacing.observe(100)
+        assert fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms * 2
+        await consumer.getmany(timeout_ms=200)  # fetches run with the new wait
+        pacing.observe(0)
+        assert fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms
+    finally:
+        await consumer.stop()

@@ -1,0 +1,51 @@
+"""Fetch pacing: short waits while quiet, doubling up to a ceiling while polls are busy."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from broker.fetch_pacing import FetchPacing
+
+
+def _consumer(wait_ms: int) -> SimpleNamespace:
+    return SimpleNamespace(_fetcher=SimpleNamespace(_fetch_max_wait_ms=wait_ms))
+
+
+def test_busy_polls_double_the_wait_up_to_the_ceiling() -> None:
+    consumer = _consumer(5)
+    pacing = FetchPacing(consumer, quiet_ms=5, busy_ms=20)
+    waits = []
+    for _ in range(4):
+        pacing.observe(10)
+        waits.append(consumer._fetcher._fetch_max_wait_ms)
+    assert waits == [10, 20, 20, 20]
+
+
+def test_a_quiet_poll_restores_the_short_wait() -> None:
+    consumer = _consumer(5)
+    pacing = FetchPacing(consumer, quiet_ms=5, busy_ms=20)
+    pacing.observe(50)
+    pacing.observe(50)
+    pacing.observe(1)
+    assert consumer._fetcher._fetch_max_wait_ms == 5 and pacing.wait_ms == 5
+
+
+def test_a_middling_poll_keeps_the_current_wait() -> None:
+    consumer = _consumer(5)
+    pacing = FetchPacing(consumer, quiet_ms=5, busy_ms=40)
+    pacing.observe(8)
+    pacing.observe(2)
+    assert consumer._fetcher._fetch_max_wait_ms == 10
+
+
+def test_a_ceiling_below_the_quiet_wait_never_shortens_it() -> None:
+    consumer = _consumer(250)
+    pacing = FetchPacing(consumer, quiet_ms=250, busy_ms=20)
+    pacing.observe(100)
+    assert consumer._fetcher._fetch_max_wait_ms == 250
+
+
+def test_a_consumer_without_the_attribute_is_left_alone() -> None:
+    pacing = FetchPacing(SimpleNamespace(), quiet_ms=5, busy_ms=20)
+    pacing.observe(100)  # must not raise
+    assert pacing.wait_ms == 10
