@@ -124,21 +124,8 @@ class Deliverer:
     async def _handle(
         self, consumer: AIOKafkaConsumer, records: list[Record], stop: asyncio.Event
     ) -> None:
-        results: list[InferenceResult] = []
         try:
-            wanted = await self._worth_decoding(records)
-        except _TRANSIENT as exc:
-            logger.warning("deliver: %d results not recorded (%s); retrying in %.1fs",
-                           len(records), exc, self._backoff_s)
-            await self._back_off(consumer, records, stop)
-            return
-        for record in wanted:
-            try:
-                results.append(decode(InferenceResult, record))
-            except PoisonMessage as exc:
-                # The ledger dead-letters poison results; a second copy would only confuse.
-                logger.warning("deliver: skipping %s@%d: %s", record.topic, record.offset, exc)
-        try:
+            results = self._decoded(await self._worth_decoding(records))
             created = await self.store.add_results(results) if results else []
         except _TRANSIENT as exc:
             logger.warning("deliver: %d results not recorded (%s); retrying in %.1fs",
@@ -155,6 +142,17 @@ class Deliverer:
                 await consumer.commit(positions)
             except KafkaError as exc:  # a rebalance: the new owner re-reads, to no effect
                 logger.info("deliver: offset commit failed (%s); results will be re-read", exc)
+
+    @staticmethod
+    def _decoded(records: list[Record]) -> list[InferenceResult]:
+        results = []
+        for record in records:
+            try:
+                results.append(decode(InferenceResult, record))
+            except PoisonMessage as exc:
+                # The ledger dead-letters poison results; a second copy would only confuse.
+                logger.warning("deliver: skipping %s@%d: %s", record.topic, record.offset, exc)
+        return results
 
     async def _worth_decoding(self, records: list[Record]) -> list[Record]:
         """The results that may call for a delivery, judged by their headers alone.
