@@ -11,15 +11,16 @@ from __future__ import annotations
 import asyncio
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import upgrade_database
+from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedKafka, EmbeddedPostgres
-from broker.settings import KafkaSettings
+from broker.settings import DatabaseSettings, KafkaSettings
 
 TEMPLATE_DB = "sluice_test_template"
 
@@ -85,6 +86,14 @@ def database_url(postgres_admin_url: str, migrated_template: str) -> Iterator[st
     url = make_url(postgres_admin_url).set(drivername="postgresql+asyncpg", database=name)
     yield url.render_as_string(hide_password=False)
     asyncio.run(_admin(postgres_admin_url, f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A connection pool on this test's database, disposed after the test."""
+    engine = create_engine(DatabaseSettings(database_url=database_url))
+    yield engine
+    await engine.dispose()
 
 
 @pytest.fixture

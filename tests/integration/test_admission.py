@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -23,9 +22,8 @@ from broker.admission import (
     month_of,
     window_wait,
 )
-from broker.database import create_engine
 from broker.keys import KeyLimits, create_api_key
-from broker.settings import DatabaseSettings, IngressSettings, KafkaSettings
+from broker.settings import IngressSettings, KafkaSettings
 from broker.tenants import set_tenant
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
@@ -38,13 +36,6 @@ pytestmark = pytest.mark.integration
 AT = datetime(2026, 11, 28, 12, tzinfo=UTC)
 BODY = {"model": "gpt-4o-mini", "max_tokens": 50,
         "messages": [{"role": "user", "content": "Count the locks of the sluice."}]}
-
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url))
-    yield engine
-    await engine.dispose()
 
 
 class Clock:

@@ -12,9 +12,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.keys import KeyLimits, create_api_key, find_api_key, list_api_keys
-from broker.settings import DatabaseSettings, IngressSettings, KafkaSettings
+from broker.settings import IngressSettings, KafkaSettings
 from broker.tables import api_keys
 from ingress.admin import LedgerAccess
 from ingress.app import create_app
@@ -27,12 +26,6 @@ pytestmark = pytest.mark.integration
 ADMIN = "admin-secret-for-tests"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 @pytest.fixture

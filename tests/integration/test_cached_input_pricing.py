@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from decimal import Decimal
 
@@ -10,10 +9,9 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.kafka import topics_for
 from broker.prices import PriceSpec, list_prices, set_prices
-from broker.settings import DatabaseSettings, KafkaSettings
+from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from tests.integration.stack import eventually
 from tests.integration.test_ledger import _equals, produce, running_ledger, usage
@@ -21,12 +19,6 @@ from tests.integration.test_ledger import _equals, produce, running_ledger, usag
 pytestmark = pytest.mark.integration
 T0 = datetime(2026, 6, 1, tzinfo=UTC)
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 async def test_cached_input_tokens_are_charged_the_cached_price(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -42,12 +41,6 @@ pytestmark = pytest.mark.integration
 # The newest revision file, whichever it is: adding a migration needs no edit here.
 HEAD = max(p.name[:4] for p in (Path(__file__).parents[2] / "migrations/versions").glob("0*.py"))
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 class FakeClock:

@@ -64,12 +64,6 @@ NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 MODEL = "gpt-4o-mini"
 
 
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
-
 
 def usage(event_id: str | None = None, **changes: Any) -> UsageEvent:
     values: dict[str, Any] = {

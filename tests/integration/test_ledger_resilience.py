@@ -16,7 +16,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -139,12 +139,6 @@ class LedgerProcess:
                     process.kill()
                     process.wait(5)
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=3))
-    yield engine
-    await engine.dispose()
 
 
 async def scalar(engine: AsyncEngine, sql: str) -> Any:

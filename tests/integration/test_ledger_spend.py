@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -14,8 +13,6 @@ from aiokafka import ConsumerRecord
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
-from broker.settings import DatabaseSettings
 from broker.tables import spend_accounts, spend_holds, usage_events
 from schemas import FINAL_STATUSES, InferenceResult, RequestStatus, UsageEvent
 from workers.ledger import Kind, LedgerBatch, LedgerRow, write_batch
@@ -42,12 +39,6 @@ SELECT scope, period, sum(usd) AS usd, sum(tokens) AS tokens FROM (
 GROUP BY scope, period ORDER BY scope, period
 """)
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=3))
-    yield engine
-    await engine.dispose()
 
 
 def _record(topic: str) -> Record:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
@@ -10,7 +9,6 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.kafka import topics_for
 from broker.prices import (
     CATALOG,
@@ -21,7 +19,7 @@ from broker.prices import (
     load_catalog,
     set_prices,
 )
-from broker.settings import DatabaseSettings, KafkaSettings
+from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from sluice.cli import main
 from tests.integration.test_ledger import _equals, eventually, produce, running_ledger, usage
@@ -30,12 +28,6 @@ pytestmark = pytest.mark.integration
 T1 = datetime(2026, 3, 1, tzinfo=UTC)
 T2 = datetime(2026, 4, 1, tzinfo=UTC)
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 def spec(input_price: str, output_price: str, at: datetime, deployment: str | None = None,

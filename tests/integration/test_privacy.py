@@ -6,7 +6,6 @@ Real Kafka and PostgreSQL. Tenants are opted in by inserting into `tenants` dire
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import timedelta
 from typing import Any
 
@@ -14,10 +13,9 @@ import pytest
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.kafka import topics_for
 from broker.request_store import get_request
-from broker.settings import DatabaseSettings, KafkaSettings, LedgerSettings
+from broker.settings import KafkaSettings, LedgerSettings
 from broker.tables import requests, tenants
 from ingress.rendering import request_state
 from schemas import (
@@ -40,12 +38,6 @@ pytestmark = pytest.mark.integration
 
 ANSWER = "the confidential answer"
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=4))
-    yield engine
-    await engine.dispose()
 
 
 async def opt_in(engine: AsyncEngine, **flags: bool) -> None:

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import delete, insert, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.kafka import topics_for
-from broker.settings import DatabaseSettings, KafkaSettings
+from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from sluice.cli import main
 from tests.integration.test_ledger import (
@@ -26,12 +24,6 @@ from workers.ledger.reconcile import reconcile
 
 pytestmark = pytest.mark.integration
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 async def test_reconcile_reports_missing_and_duplicate_events(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -11,8 +10,6 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
-from broker.settings import DatabaseSettings
 from broker.tables import usage_events
 from broker.usage_queries import usage_report, whole_days
 from tests.integration.test_ledger_spend import batch, usage
@@ -38,12 +35,6 @@ FROM usage_rollup WHERE calls > 0 OR requests <> 0 ORDER BY {CELL}
 """)
 DAY = datetime(2026, 3, 10, 12, tzinfo=UTC)
 
-
-@pytest.fixture
-async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(DatabaseSettings(database_url=database_url, database_pool_size=2))
-    yield engine
-    await engine.dispose()
 
 
 async def rows_of(engine: AsyncEngine, statement: Any) -> list[tuple[Any, ...]]:
