@@ -16,10 +16,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.keys import create_api_key
 from sluice.cli import main
-from tests.integration.test_api_keys import ADMIN, bearer, client, engine
+from tests.integration.test_api_keys import ADMIN, bearer, client
 
 pytestmark = pytest.mark.integration
-__all__ = ["client", "engine"]  # fixtures, shared
+__all__ = ["client"]  # a fixture, shared
 DAY = datetime(2026, 2, 10, 9, 30, tzinfo=UTC)
 RANGE = {"from": "2026-02-01T00:00:00Z", "to": "2026-03-01T00:00:00Z"}
 
