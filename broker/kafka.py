@@ -84,8 +84,13 @@ def new_consumer(
     return AIOKafkaConsumer(**options)
 
 
-async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
-    """Create topics that do not exist yet (idempotent; racing creators are fine)."""
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], *, partitions: int | None = None
+) -> None:
+    """Create topics that do not exist yet (idempotent; racing creators are fine).
+
+    They get `partitions` partitions, or `settings.topic_partitions` when not given.
+    """
     wanted = sorted(set(names))
     if not wanted:
         return
@@ -98,7 +103,8 @@ async def ensure_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
     try:
         existing = set(await admin.list_topics())
         missing = [
-            NewTopic(name, num_partitions=settings.topic_partitions, replication_factor=1)
+            NewTopic(name, num_partitions=partitions or settings.topic_partitions,
+                     replication_factor=1)
             for name in wanted
             if name not in existing
         ]

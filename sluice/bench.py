@@ -89,7 +89,9 @@ async def _drive(
     endpoint = f"{url}/v1/chat/completions"
     if args.warmup:
         await run_load(endpoint, key, _body(model), total=args.warmup, concurrency=args.concurrency)
-    cpu_before = _cpu_seconds(pids)
+    # The load generator shares the cores too, so its own CPU is reported beside the rest.
+    measured = {**pids, "bench": os.getpid()}
+    cpu_before = _cpu_seconds(measured)
     # Resident memory of each process at every tenth of the run: it must stay flat.
     checkpoints: list[dict[str, float]] = [{"requests": 0, **_memory(pids, "VmRSS")}]
     every = max(1, args.requests // 10)
@@ -111,7 +113,7 @@ async def _drive(
             on_progress=advance,
         )
     # CPU each process spent per measured request: where the two cores go, in one run.
-    cpu_after = _cpu_seconds(pids)
+    cpu_after = _cpu_seconds(measured)
     cpu_ms = {name: round(1000 * (cpu_after[name] - spent) / max(1, args.requests), 3)
               for name, spent in cpu_before.items() if name in cpu_after}
     return result, checkpoints, cpu_ms

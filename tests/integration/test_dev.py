@@ -10,9 +10,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 import pytest
+from aiokafka import AIOKafkaConsumer
 from openai import OpenAI
 
 from broker.embedded import free_port
@@ -44,6 +46,28 @@ async def _ledger_rows(dsn: str, request_id: str, timeout_s: float = 30) -> int:
         await connection.close()
 
 
+async def _partition_counts(bootstrap: str) -> dict[str, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return {name: len(consumer.partitions_for_topic(name) or ())
+                for name in await consumer.topics() if name.startswith("sluice.")}
+    finally:
+        await consumer.stop()
+
+
+def _bench(state_dir: Path, env: dict[str, str]) -> dict[str, Any]:
+    bench = subprocess.run(
+        [sys.executable, "-m", "sluice", "bench", "--state-dir", str(state_dir),
+         "--concurrency", "4", "--requests", "40", "--warmup", "0"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert bench.returncode == 0, bench.stdout + bench.stderr
+    summary: dict[str, Any] = json.loads(
+        next(line for line in bench.stdout.splitlines() if line.startswith("{")))
+    return summary
+
+
 def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
@@ -70,6 +94,15 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> No
         assert {m.id for m in client.models.list().data} == {"gpt-4o-mini", "llama-3.1-8b"}
 
         assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
+
+        summary = _bench(tmp_path / "state", env)
+        assert summary["ok"] == 40
+        assert {"bench", "kafka", "ingress", "worker-1", "ledger"} <= set(
+            summary["cpu_ms_per_request"])
+        # One worker process on the embedded broker: one partition per topic (see dev.py).
+        counts = asyncio.run(_partition_counts(endpoints["kafka_bootstrap"]))
+        assert "sluice.requests.gpt-4o-mini" in counts
+        assert set(counts.values()) == {1}, counts
     finally:
         process.send_signal(signal.SIGINT)
         output, _ = process.communicate(timeout=60)

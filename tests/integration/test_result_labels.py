@@ -68,3 +68,26 @@ async def test_fetch_pacing_reaches_aiokafka(kafka_settings: KafkaSettings) -> N
         assert fetcher._fetch_max_wait_ms == kafka_settings.fetch_max_wait_ms
     finally:
         await consumer.stop()
+
+
+async def test_reply_topic_has_one_partition_whatever_the_default(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    """An ingress instance is its reply topic's only reader: more partitions only cost."""
+    assert kafka_settings.topic_partitions > 1
+    async with running_stack(kafka_settings, database_url) as stack:
+        reply = await stack.client.post("/v1/chat/completions", json=CHAT, headers=stack.auth)
+        assert reply.status_code == 200, reply.text
+        consumer = new_consumer(kafka_settings, client_id="partitions", group_id=None)
+        await consumer.start()
+        try:
+            topics = topics_for(kafka_settings)
+            replies = [name for name in await consumer.topics()
+                       if name.startswith(topics.replies(""))]
+            counts = {name: len(consumer.partitions_for_topic(name) or ())
+                      for name in [*replies, topics.requests("gpt-4o-mini")]}
+        finally:
+            await consumer.stop()
+    assert len(replies) == 1
+    assert counts == {replies[0]: 1,
+                      topics.requests("gpt-4o-mini"): kafka_settings.topic_partitions}
