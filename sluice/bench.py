@@ -106,7 +106,11 @@ async def _drive(
             done += count
             progress.advance(task, count)
             if done % every == 0:
-                checkpoints.append({"requests": done, **_memory(pids, "VmRSS")})
+                resident = _memory(pids, "VmRSS")
+                checkpoints.append({"requests": done, **resident})
+                # Printed as they come, so a run stopped early still shows its memory.
+                progress.console.print(f"{done:,} requests, resident MB: " + ", ".join(
+                    f"{name} {mb:.0f}" for name, mb in resident.items()))
 
         result = await run_load(
             endpoint, key, _body(model), total=args.requests, concurrency=args.concurrency,
@@ -143,7 +147,12 @@ def run_bench(args: argparse.Namespace) -> int:
         listing = httpx.get(f"{url}/v1/models", headers={"Authorization": f"Bearer {key}"})
         listing.raise_for_status()
         model = listing.json()["data"][0]["id"]
-    result, checkpoints, cpu_ms = asyncio.run(_drive(url, key, model, args, pids))
+    try:
+        result, checkpoints, cpu_ms = asyncio.run(_drive(url, key, model, args, pids))
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted.[/] The memory checkpoints above were measured; "
+                      "run again with fewer --requests for a full report.")
+        return 130
     if not result.latencies:
         raise ConfigError("no request completed; is the stack running? (sluice dev)")
     peak = _memory(pids, "VmHWM")

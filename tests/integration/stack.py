@@ -101,9 +101,10 @@ async def running_stack(
     engine = create_engine(DatabaseSettings(database_url=database_url))
     api_key, _ = await create_api_key(engine, tenant)
     sim_app = create_simulator_app(simulator or SimulatorSettings())
-    sim_client = httpx.AsyncClient(transport=httpx.ASGITransport(app=sim_app), base_url=SIM_BASE)
+    sim_transport = httpx.ASGITransport(app=sim_app)
+    sim_client = httpx.AsyncClient(transport=sim_transport, base_url=SIM_BASE)
     providers = {
-        name: build_provider(name, deployment, sim_client)
+        name: build_provider(name, deployment, sim_transport)
         for name, deployment in config.deployments.items()
     }
     stop = asyncio.Event()

@@ -63,6 +63,7 @@ def _bench(state_dir: Path, env: dict[str, str]) -> dict[str, Any]:
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert bench.returncode == 0, bench.stdout + bench.stderr
+    assert "40 requests, resident MB: " in bench.stdout  # each tenth as it happens
     summary: dict[str, Any] = json.loads(
         next(line for line in bench.stdout.splitlines() if line.startswith("{")))
     return summary

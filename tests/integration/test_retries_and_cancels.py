@@ -103,9 +103,9 @@ async def test_worker_status_endpoint_shows_open_breakers(kafka_settings: KafkaS
         error_rate=1.0, error_statuses=(502,))}))
     port = free_port()
     stop = asyncio.Event()
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=sim),
-                                 base_url="http://simulator") as sim_client:
-        providers = {n: build_provider(n, d, sim_client) for n, d in config.deployments.items()}
+    async with httpx.ASGITransport(app=sim) as sim_transport:
+        providers = {n: build_provider(n, d, sim_transport)
+                     for n, d in config.deployments.items()}
         pool = InferencePool(kafka_settings, WorkerSettings(status_port=port), config,
                              ["gpt-4o-mini"], providers, NoResultsOfRecord())
         task = asyncio.create_task(pool.run(stop))

@@ -86,8 +86,8 @@ async def test_worker_reports_the_providers_cached_tokens_on_the_usage_event() -
             "prompt_tokens_details": {"cached_tokens": 1280},
         }))
 
-    async with httpx.AsyncClient(transport=httpx.MockTransport(upstream)) as client:
-        provider = build_provider("d", config.deployments["d"], client)
+    async with httpx.MockTransport(upstream) as transport:
+        provider = build_provider("d", config.deployments["d"], transport)
         processor = RequestProcessor(config, {"d": provider})
         outcome = await processor.process(
             InferenceRequest(id="r1", model="m", body=BODY, created_at=datetime.now(UTC))

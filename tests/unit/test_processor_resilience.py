@@ -40,23 +40,23 @@ def _config(**model: Any) -> SluiceConfig:
 
 @pytest.fixture
 async def make() -> AsyncIterator[Callable[..., tuple[RequestProcessor, Any]]]:
-    clients: list[httpx.AsyncClient] = []
+    transports: list[httpx.AsyncBaseTransport] = []
 
     def build(
         config: SluiceConfig, faults: dict[str, Faults], clock: Callable[[], datetime] = lambda: NOW
     ) -> tuple[RequestProcessor, Any]:
         app = create_simulator_app(SimulatorSettings(model_faults=faults, seed=1))
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
-        clients.append(client)
-        providers = {n: build_provider(n, d, client) for n, d in config.deployments.items()}
+        transport = httpx.ASGITransport(app=app)
+        transports.append(transport)
+        providers = {n: build_provider(n, d, transport) for n, d in config.deployments.items()}
         breakers = BreakerBoard(config.circuit_breaker, config.deployments, FakeClock())
         processor = RequestProcessor(config, providers, clock, breakers=breakers,
                                      rng=random.Random(1))
         return processor, app.state
 
     yield build
-    for client in clients:
-        await client.aclose()
+    for transport in transports:
+        await transport.aclose()
 
 
 def _request(**fields: Any) -> InferenceRequest:

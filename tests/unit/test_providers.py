@@ -53,17 +53,17 @@ def _simulating_upstream(request: httpx.Request) -> httpx.Response:
 
 
 @pytest.fixture
-async def http_client() -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.MockTransport(_simulating_upstream)) as client:
-        yield client
+async def transport() -> AsyncIterator[httpx.AsyncBaseTransport]:
+    async with httpx.MockTransport(_simulating_upstream) as upstream:
+        yield upstream
 
 
 @pytest.fixture(params=["openai", "simulated"])
-def provider(request: pytest.FixtureRequest, http_client: httpx.AsyncClient) -> Provider:
+def provider(request: pytest.FixtureRequest, transport: httpx.AsyncBaseTransport) -> Provider:
     if request.param == "openai":
-        return build_provider("dep-1", _http_config(), http_client)
+        return build_provider("dep-1", _http_config(), transport)
     return build_provider(
-        "dep-1", DeploymentConfig(provider="simulated", model=UPSTREAM), http_client
+        "dep-1", DeploymentConfig(provider="simulated", model=UPSTREAM), transport
     )
 
 
@@ -108,8 +108,7 @@ def test_names_itself(provider: Provider) -> None:
 
 
 def _adapter(handler: Handler, **config: Any) -> OpenAICompatibleProvider:
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    return OpenAICompatibleProvider(client, "dep-1", _http_config(**config))
+    return OpenAICompatibleProvider(httpx.MockTransport(handler), "dep-1", _http_config(**config))
 
 
 async def test_sends_upstream_model_auth_and_no_null_fields(
@@ -137,6 +136,23 @@ async def test_sends_upstream_model_auth_and_no_null_fields(
     }
     assert response.provider_request_id == "req-upstream-1"
     assert response.rate_limit_headers == {"x-ratelimit-remaining-requests": "99"}
+    assert request.headers["user-agent"] == "sluicegate"
+
+
+async def test_cookies_from_one_call_never_ride_on_the_next() -> None:
+    """One transport serves every tenant: a provider's cookie must not follow them around."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        response = _simulating_upstream(request)
+        response.headers["set-cookie"] = "session=tenant-a; Path=/"
+        return response
+
+    adapter = _adapter(handler)
+    await adapter.complete(_body(), timeout_s=5)
+    await adapter.complete(_body(), timeout_s=5)
+    assert [request.headers.get("cookie") for request in seen] == [None, None]
 
 
 async def test_no_auth_header_without_a_key() -> None:
@@ -226,8 +242,7 @@ async def test_a_slow_provider_times_out_within_the_deadline() -> None:
         await asyncio.sleep(5)
         return _simulating_upstream(request)
 
-    client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
-    adapter = OpenAICompatibleProvider(client, "dep-1", _http_config())
+    adapter = OpenAICompatibleProvider(httpx.MockTransport(handler), "dep-1", _http_config())
     with pytest.raises(ProviderRetriable, match=r"timed out after 0\.05s"):
         await adapter.complete(_body(), timeout_s=0.05)
 
@@ -240,8 +255,8 @@ async def test_undecodable_success_body_is_retriable(body: bytes) -> None:
 
 async def test_against_the_real_simulator_app() -> None:
     app = create_simulator_app(SimulatorSettings())
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as client:
-        adapter = OpenAICompatibleProvider(client, "sim", _http_config(base_url="http://sim/v1"))
+    async with httpx.ASGITransport(app=app) as transport:
+        adapter = OpenAICompatibleProvider(transport, "sim", _http_config(base_url="http://sim/v1"))
         body = _body()
         response = await adapter.complete(body, timeout_s=5)
     usage = response.completion.usage

@@ -13,18 +13,19 @@ from workers.providers.simulated import SimulatedProvider
 
 
 def build_provider(
-    deployment: str, config: DeploymentConfig, client: httpx.AsyncClient
+    deployment: str, config: DeploymentConfig, transport: httpx.AsyncBaseTransport
 ) -> Provider:
     """The provider adapter for one deployment.
 
     Args:
         deployment: The deployment's name in the configuration.
         config: Its configuration; `config.provider` picks the adapter.
-        client: The shared HTTP client (HTTP adapters only; connection pooling lives there).
+        transport: The shared HTTP transport (HTTP adapters only; connection pooling lives
+            there).
     """
     match config.provider:
         case "openai":
-            return OpenAICompatibleProvider(client, deployment, config)
+            return OpenAICompatibleProvider(transport, deployment, config)
         case "simulated":
             return SimulatedProvider(deployment, config)
         case _:  # a new provider kind in the config must get an adapter here
