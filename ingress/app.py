@@ -234,6 +234,8 @@ def create_app(services: IngressServices) -> FastAPI:
     ingress.webhooks.register(app)
     register_batch_routes(app, services)  # /v1/files and /v1/batches (OpenAI Batch API)
 
+    # uvicorn serves these two through `ingress.hot_routes`, past the middleware below;
+    # the routes here serve the same handlers wherever the app is mounted as it is.
     # The two routes every request takes are plain Starlette routes: they read the raw
     # request and return a ready Response, so FastAPI's dependency solving and response
     # handling would only add CPU (a quarter of the ingress's, profiled at 64 callers).

@@ -75,6 +75,13 @@ def error_response(exc: SluiceError) -> Response:
     return json_response(error_body(str(exc), "server_error", code="internal_error"), 500)
 
 
+def unexpected_error_response() -> Response:
+    """500 in the envelope, for a bug: the traceback goes to the log, not to the caller."""
+    return json_response(error_body(
+        "The server had an error while processing your request; retry, and report the "
+        "x-request-id if it persists.", "server_error", code="internal_error"), 500)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves the edge in OpenAI's envelope, including routing errors."""
 
@@ -100,9 +107,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def on_unexpected(request: Request, exc: Exception) -> Response:
         # Starlette's outermost middleware calls this for any other exception and then
         # re-raises it, so the traceback still reaches the log; the caller gets the envelope.
-        return json_response(error_body(
-            "The server had an error while processing your request; retry, and report the "
-            "x-request-id if it persists.", "server_error", code="internal_error"), 500)
+        return unexpected_error_response()
 
     app.add_exception_handler(Exception, on_unexpected)
     app.add_exception_handler(SluiceError, on_sluice_error)

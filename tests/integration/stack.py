@@ -31,6 +31,7 @@ from broker.settings import (
 from broker.simulator import SimulatorSettings, create_simulator_app
 from ingress.admin import LedgerAccess
 from ingress.app import create_app
+from ingress.hot_routes import serve
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices
 from workers.inference import InferencePool
@@ -125,7 +126,7 @@ async def running_stack(
     ))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=app), base_url="http://ingress", timeout=30
+            transport=httpx.ASGITransport(app=serve(app)), base_url="http://ingress", timeout=30
         ) as client:
             yield Stack(client, api_key, engine, sim_client, kafka)
     finally:
