@@ -61,9 +61,8 @@ class ReplyListener:
         while True:
             consumer = new_consumer(self._kafka, client_id="sluice-ingress-replies", group_id=None)
             try:
-                # One reader (this instance) needs one partition; more only multiply the
-                # fetches and, on the embedded broker, the batches each fetch lists.
-                await ensure_topics(self._kafka, [self.topic], partitions=1)
+                await ensure_topics(self._kafka, [self.topic],
+                                    partitions=self._kafka.reply_topic_partitions)
                 await consumer.start()
                 partitions = consumer.partitions_for_topic(self.topic) or set()
                 while not partitions:

@@ -70,18 +70,19 @@ async def test_fetch_pacing_reaches_aiokafka(kafka_settings: KafkaSettings) -> N
         await consumer.stop()
 
 
-async def test_reply_topic_has_one_partition_whatever_the_default(
+async def test_reply_topics_have_their_own_partition_count(
     kafka_settings: KafkaSettings, database_url: str
 ) -> None:
-    """An ingress instance is its reply topic's only reader: more partitions only cost."""
-    assert kafka_settings.topic_partitions > 1
-    async with running_stack(kafka_settings, database_url) as stack:
+    """Reply topics follow SLUICE_REPLY_TOPIC_PARTITIONS, not the request topics' count."""
+    settings = kafka_settings.model_copy(update={"reply_topic_partitions": 2})
+    assert settings.topic_partitions not in (1, 2)
+    async with running_stack(settings, database_url) as stack:
         reply = await stack.client.post("/v1/chat/completions", json=CHAT, headers=stack.auth)
         assert reply.status_code == 200, reply.text
-        consumer = new_consumer(kafka_settings, client_id="partitions", group_id=None)
+        consumer = new_consumer(settings, client_id="partitions", group_id=None)
         await consumer.start()
         try:
-            topics = topics_for(kafka_settings)
+            topics = topics_for(settings)
             replies = [name for name in await consumer.topics()
                        if name.startswith(topics.replies(""))]
             counts = {name: len(consumer.partitions_for_topic(name) or ())
@@ -89,5 +90,4 @@ async def test_reply_topic_has_one_partition_whatever_the_default(
         finally:
             await consumer.stop()
     assert len(replies) == 1
-    assert counts == {replies[0]: 1,
-                      topics.requests("gpt-4o-mini"): kafka_settings.topic_partitions}
+    assert counts == {replies[0]: 2, topics.requests("gpt-4o-mini"): settings.topic_partitions}
