@@ -152,7 +152,8 @@ def run_dev(args: argparse.Namespace) -> int:
             # finds records, so spreading each topic over 8 partitions multiplies its work
             # (measured: 0.65 -> 0.26 ms of broker CPU per request with one partition). A
             # worker runs many requests at once from one partition, so one partition per
-            # worker process loses no parallelism; a Kafka of the user's keeps the default.
+            # worker process loses no parallelism (reply topics keep their own count, see
+            # KafkaSettings); a Kafka of the user's keeps the default.
             **({"SLUICE_TOPIC_PARTITIONS": os.environ.get(
                 "SLUICE_TOPIC_PARTITIONS", str(args.workers))} if kafka_pid is not None else {}),
             # Local development: webhook receivers on this machine are admitted.
