@@ -234,16 +234,20 @@ def create_app(services: IngressServices) -> FastAPI:
     ingress.webhooks.register(app)
     register_batch_routes(app, services)  # /v1/files and /v1/batches (OpenAI Batch API)
 
-    # uvicorn serves these two through `ingress.hot_routes`, past the middleware below;
-    # the routes here serve the same handlers wherever the app is mounted as it is.
-    # The two routes every request takes are plain Starlette routes: they read the raw
-    # request and return a ready Response, so FastAPI's dependency solving and response
-    # handling would only add CPU (a quarter of the ingress's, profiled at 64 callers).
-    # Errors still reach the handlers above: exception middleware wraps every route. They
-    # go first in the routing table, which is scanned in order for every request.
+    # The two routes every request takes (POST path -> handler). uvicorn serves them
+    # through `ingress.hot_routes`, past the middleware below; here they are plain
+    # Starlette routes for wherever the app is mounted as it is: they read the raw request
+    # and return a ready Response, so FastAPI's dependency solving and response handling
+    # would only add CPU (a quarter of the ingress's, profiled at 64 callers). Errors still
+    # reach the handlers above: exception middleware wraps every route. They go first in
+    # the routing table, which is scanned in order for every request.
+    app.state.hot_routes = {
+        "/v1/chat/completions": ingress.chat_completions,
+        "/v1/requests": ingress.submit,
+    }
     app.router.routes[:0] = [
-        Route("/v1/chat/completions", ingress.chat_completions, methods=["POST"]),
-        Route("/v1/requests", ingress.submit, methods=["POST"]),
+        Route(path, endpoint, methods=["POST"])
+        for path, endpoint in app.state.hot_routes.items()
     ]
 
     @app.get("/v1/requests/{request_id}")

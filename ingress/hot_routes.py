@@ -52,9 +52,5 @@ class HotRoutes:
 
 
 def serve(app: FastAPI) -> HotRoutes:
-    """What uvicorn runs: `app` with its two hot routes taken straight to their handlers."""
-    ingress = app.state.ingress
-    return HotRoutes(app, {
-        "/v1/chat/completions": ingress.chat_completions,
-        "/v1/requests": ingress.submit,
-    })
+    """What uvicorn runs: `app` with its hot routes (from `create_app`) served directly."""
+    return HotRoutes(app, app.state.hot_routes)
