@@ -84,6 +84,9 @@ class WorkerSettings(_Settings):
     batch_slot_share: float = Field(default=0.5, gt=0, le=1)
     batch_budget_margin: float = Field(default=0.5, ge=0, le=1)
     budget_log_interval_s: float = Field(default=30.0, gt=0)
+    # Replies to an ingress reply topic produced within one slot share a partition (see
+    # workers/inference/reply_partitions.py).
+    reply_partition_slot_s: float = Field(default=0.02, gt=0)
 
 
 class LedgerSettings(_Settings):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from aiokafka import TopicPartition
 
 from broker.fetch_pacing import FetchPacing
-from broker.kafka import ensure_topics, header, new_consumer, read_present, topics_for
+from broker.kafka import decode, ensure_topics, header, new_consumer, read_present, topics_for
 from broker.settings import KafkaSettings
+from schemas import InferenceResult
 from tests.integration.stack import running_stack
 
 pytestmark = pytest.mark.integration
@@ -91,3 +94,37 @@ async def test_reply_topics_have_their_own_partition_count(
             await consumer.stop()
     assert len(replies) == 1
     assert counts == {replies[0]: 2, topics.requests("gpt-4o-mini"): settings.topic_partitions}
+
+
+async def test_replies_sent_together_share_one_partition(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A burst of replies to an ingress reply topic lands in one partition, not one per key.
+
+    Keyed by correlation id, 16 replies would cover several of the 8 partitions (all in one,
+    with odds of 8^-15); with one slot for the whole test they share one.
+    """
+    monkeypatch.setenv("SLUICE_REPLY_PARTITION_SLOT_S", "1e9")  # one slot: the whole test
+    settings = kafka_settings.model_copy(update={"reply_topic_partitions": 8})
+    async with running_stack(settings, database_url) as stack:
+        replies = await asyncio.gather(*[
+            stack.client.post("/v1/chat/completions", json=CHAT, headers=stack.auth)
+            for _ in range(16)])
+        assert [reply.status_code for reply in replies] == [200] * 16
+        request_ids = {reply.headers["x-request-id"] for reply in replies}
+        consumer = new_consumer(settings, client_id="reply-partitions", group_id=None)
+        await consumer.start()
+        try:
+            topics = topics_for(settings)
+            topic = next(name for name in await consumer.topics()
+                         if name.startswith(topics.replies("")))
+            partitions = [TopicPartition(topic, p)
+                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            landed = {record.partition async for record in read_present(consumer, partitions)
+                      if decode(InferenceResult, record).request_id in request_ids}
+        finally:
+            await consumer.stop()
+    assert len(partitions) == 8
+    assert len(landed) == 1

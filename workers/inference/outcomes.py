@@ -23,13 +23,14 @@ async def publish_outcome(
     outcome: Outcome,
     record: ConsumerRecord[bytes, bytes],
     reply_to: str | None,
+    reply_partition: int | None = None,
 ) -> None:
     """Send `outcome` and wait for every acknowledgement.
 
     A retry goes to the model's retry topic and nothing else: the caller waiting on a reply
     keeps waiting. A final result goes with its usage events to the results and usage
-    topics and to the caller's reply topic; an exhausted request is also dead-lettered,
-    with its original bytes and the reason.
+    topics and to the caller's reply topic (`reply_partition` of it, else by key); an
+    exhausted request is also dead-lettered, with its original bytes and the reason.
     """
     if outcome.retry is not None:
         await schedule_retry(producer, topics, record, outcome.retry)
@@ -49,7 +50,8 @@ async def publish_outcome(
         correlation = (result.correlation_id or result.request_id).encode()
         pending.append(
             await producer.send(
-                reply_to, payload, key=correlation, headers=[("correlation_id", correlation)]
+                reply_to, payload, key=correlation, partition=reply_partition,
+                headers=[("correlation_id", correlation)],
             )
         )
     await asyncio.gather(*pending)

@@ -48,6 +48,7 @@ from workers.inference.background import Background
 from workers.inference.lanes import BudgetGates
 from workers.inference.outcomes import publish_outcome
 from workers.inference.processor import Outcome, RequestProcessor
+from workers.inference.reply_partitions import StickyReplyPartitions
 from workers.inference.results import FinalResults
 from workers.providers import Provider
 
@@ -258,6 +259,9 @@ class InferencePool:
         self.producer: AIOKafkaProducer = new_producer(
             kafka, client_id="sluice-worker", linger_ms=0
         )
+        self.reply_partitions = StickyReplyPartitions(
+            self.producer.partitions_for, self.topics.replies(""),
+            slot_s=worker_settings.reply_partition_slot_s)
         self._tasks: set[asyncio.Task[None]] = set()
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
@@ -289,7 +293,8 @@ class InferencePool:
 
     async def publish(self, outcome: Outcome, reply_to: str | None, record: Record) -> None:
         """Send a retry, or usage + result of record + the caller's reply; wait for acks."""
-        await publish_outcome(self.producer, self.topics, outcome, record, reply_to)
+        partition = None if reply_to is None else await self.reply_partitions.pick(reply_to)
+        await publish_outcome(self.producer, self.topics, outcome, record, reply_to, partition)
 
     async def publish_with_retry(self, send: Callable[[], Awaitable[None]]) -> None:
         """Retry a publish while Kafka is unavailable; give up only when stopping."""
