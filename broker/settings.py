@@ -40,6 +40,8 @@ class KafkaSettings(_Settings):
     fetch_max_wait_ms: int = Field(default=20, ge=1)
     # Under load those consumers lengthen their wait up to this (see broker/fetch_pacing.py).
     busy_fetch_max_wait_ms: int = Field(default=20, ge=1)
+    # ...and, after 2 s with nothing to read, wait this long (see broker/fetch_pacing.py).
+    idle_fetch_max_wait_ms: int = Field(default=50, ge=1)
     # Consumers nobody waits on (ledger, retries, cancels) poll at this pace instead: on an
     # idle stack, short waits everywhere kept the embedded broker 86% busy doing nothing.
     background_fetch_max_wait_ms: int = Field(default=250, ge=1)

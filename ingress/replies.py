@@ -88,7 +88,8 @@ class ReplyListener:
     async def _run(self) -> None:
         self._consumer = consumer = await self._connect()
         pacing = FetchPacing(consumer, quiet_ms=self._kafka.fetch_max_wait_ms,
-                             busy_ms=self._kafka.busy_fetch_max_wait_ms)
+                             busy_ms=self._kafka.busy_fetch_max_wait_ms,
+                             idle_ms=self._kafka.idle_fetch_max_wait_ms)
         while True:
             try:
                 batch = await consumer.getmany(timeout_ms=1000)

@@ -140,9 +140,10 @@ def run_dev(args: argparse.Namespace) -> int:
             "SLUICE_SESSION_TIMEOUT_MS": os.environ.get("SLUICE_SESSION_TIMEOUT_MS", "6000"),
             # Tansu holds every fetch for the whole wait (Apache Kafka answers as soon as
             # data arrives), so each hop costs half the wait on average. Measured here:
-            # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 14 ms; 2 ms burns the broker's CPU
-            # on idle polls and loses a quarter of the throughput.
-            "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "5"),
+            # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 12.2-12.4 ms; 3 ms -> 10.3-10.6
+            # ms; 2 ms no better than 3 and dearer in idle polls. Under load the wait
+            # stretches anyway (SLUICE_BUSY_FETCH_MAX_WAIT_MS), so 64 callers see no change.
+            "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "3"),
             # Every Tansu fetch that finds new records scans the partition's whole history,
             # so consumers nobody waits on (ledger, webhooks, batches) poll once a second:
             # the broker's CPU per request then grows half as fast as the topics fill.

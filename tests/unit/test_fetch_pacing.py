@@ -49,3 +49,46 @@ def test_a_consumer_without_the_attribute_is_left_alone() -> None:
     pacing = FetchPacing(SimpleNamespace(), quiet_ms=5, busy_ms=20)
     pacing.observe(100)  # must not raise
     assert pacing.wait_ms == 10
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_after_a_while_with_nothing_to_read_the_wait_grows_to_idle() -> None:
+    consumer, clock = _consumer(3), _Clock()
+    pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, idle_after_s=2.0,
+                         clock=clock)
+    clock.now = 1.9
+    pacing.observe(0)
+    assert consumer._fetcher._fetch_max_wait_ms == 3
+    clock.now = 2.0
+    pacing.observe(0)
+    assert consumer._fetcher._fetch_max_wait_ms == 50
+
+
+def test_any_record_after_idle_brings_the_quiet_wait_back() -> None:
+    for records in (1, 2, 3):
+        consumer, clock = _consumer(3), _Clock()
+        pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, clock=clock)
+        clock.now = 5.0
+        pacing.observe(0)
+        assert pacing.wait_ms == 50
+        pacing.observe(records)
+        assert consumer._fetcher._fetch_max_wait_ms == 3, records
+        clock.now = 6.0  # the idle clock restarted at the read
+        pacing.observe(0)
+        assert consumer._fetcher._fetch_max_wait_ms == 3, records
+
+
+def test_a_busy_poll_after_idle_goes_to_the_busy_ceiling() -> None:
+    consumer, clock = _consumer(3), _Clock()
+    pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, clock=clock)
+    clock.now = 5.0
+    pacing.observe(0)
+    pacing.observe(40)
+    assert consumer._fetcher._fetch_max_wait_ms == 20

@@ -121,7 +121,8 @@ class _ModelConsumer:
         committer = asyncio.create_task(self._commit_periodically(stop))
         kafka = self.pool.kafka
         pacing = None if self.lane is Lane.BATCH else FetchPacing(
-            self.consumer, quiet_ms=kafka.fetch_max_wait_ms, busy_ms=kafka.busy_fetch_max_wait_ms)
+            self.consumer, quiet_ms=kafka.fetch_max_wait_ms, busy_ms=kafka.busy_fetch_max_wait_ms,
+            idle_ms=kafka.idle_fetch_max_wait_ms)
         try:
             while not stop.is_set():
                 room = self.pool.room(self.lane)
