@@ -5,6 +5,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from broker.fetch_pacing import FetchPacing
+from workers.inference.breakers import FakeClock
 
 
 def _consumer(wait_ms: int) -> SimpleNamespace:
@@ -51,16 +52,8 @@ def test_a_consumer_without_the_attribute_is_left_alone() -> None:
     assert pacing.wait_ms == 10
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_after_a_while_with_nothing_to_read_the_wait_grows_to_idle() -> None:
-    consumer, clock = _consumer(3), _Clock()
+    consumer, clock = _consumer(3), FakeClock(0.0)
     pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, idle_after_s=2.0,
                          clock=clock)
     clock.now = 1.9
@@ -73,7 +66,7 @@ def test_after_a_while_with_nothing_to_read_the_wait_grows_to_idle() -> None:
 
 def test_any_record_after_idle_brings_the_quiet_wait_back() -> None:
     for records in (1, 2, 3):
-        consumer, clock = _consumer(3), _Clock()
+        consumer, clock = _consumer(3), FakeClock(0.0)
         pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, clock=clock)
         clock.now = 5.0
         pacing.observe(0)
@@ -86,7 +79,7 @@ def test_any_record_after_idle_brings_the_quiet_wait_back() -> None:
 
 
 def test_a_busy_poll_after_idle_goes_to_the_busy_ceiling() -> None:
-    consumer, clock = _consumer(3), _Clock()
+    consumer, clock = _consumer(3), FakeClock(0.0)
     pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, clock=clock)
     clock.now = 5.0
     pacing.observe(0)

@@ -4,34 +4,27 @@ from __future__ import annotations
 
 import asyncio
 
+from workers.inference.breakers import FakeClock
 from workers.inference.reply_partitions import StickyReplyPartitions
-
-
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def _four_partitions(topic: str) -> set[int]:
     return {0, 1, 2, 3}
 
 
-def _picker(clock: _Clock) -> StickyReplyPartitions:
+def _picker(clock: FakeClock) -> StickyReplyPartitions:
     return StickyReplyPartitions(_four_partitions, "sluice.replies.", slot_s=0.5, clock=clock)
 
 
 def test_replies_within_one_slot_share_a_partition() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     picker = _picker(clock)
 
     async def three_picks() -> list[int | None]:
         picks = []
         for _ in range(3):
             picks.append(await picker.pick("sluice.replies.i1"))
-            clock.now += 0.1
+            clock.advance(0.1)
         return picks
 
     picks = asyncio.run(three_picks())
@@ -40,14 +33,14 @@ def test_replies_within_one_slot_share_a_partition() -> None:
 
 
 def test_slots_rotate_over_every_partition() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     picker = _picker(clock)
 
     async def one_per_slot(slots: int) -> list[int | None]:
         picks = []
         for _ in range(slots):
             picks.append(await picker.pick("sluice.replies.i1"))
-            clock.now += 0.5
+            clock.advance(0.5)
         return picks
 
     picks = asyncio.run(one_per_slot(8))
@@ -55,5 +48,5 @@ def test_slots_rotate_over_every_partition() -> None:
 
 
 def test_a_reply_topic_the_caller_named_keeps_keyed_partitioning() -> None:
-    picker = _picker(_Clock())
+    picker = _picker(FakeClock(100.0))
     assert asyncio.run(picker.pick("team-a.answers")) is None
