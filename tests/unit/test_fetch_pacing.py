@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from broker.fetch_pacing import FetchPacing
+from broker.fetch_pacing import STARVED_CEILING_MS, FetchPacing
 from workers.inference.breakers import FakeClock
 
 
@@ -85,3 +85,40 @@ def test_a_busy_poll_after_idle_goes_to_the_busy_ceiling() -> None:
     pacing.observe(0)
     pacing.observe(40)
     assert consumer._fetcher._fetch_max_wait_ms == 20
+
+
+def test_one_starved_poll_is_not_enough_to_raise_the_floor() -> None:
+    consumer = _consumer(3)
+    pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20)
+    pacing.observe(0, starved=True)
+    pacing.observe(0)
+    pacing.observe(0, starved=True)
+    assert pacing.floor_ms == 0 and consumer._fetcher._fetch_max_wait_ms == 3
+
+
+def test_starved_polls_in_a_row_double_the_floor_up_to_the_ceiling() -> None:
+    consumer = _consumer(3)
+    pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20)
+    floors = []
+    for _ in range(12):
+        pacing.observe(0, starved=True)
+        floors.append(pacing.floor_ms)
+    assert floors[:5] == [0, 6, 12, 24, 48]
+    assert floors[-1] == STARVED_CEILING_MS
+    assert consumer._fetcher._fetch_max_wait_ms == STARVED_CEILING_MS
+
+
+def test_the_floor_holds_under_quiet_busy_and_idle_polls() -> None:
+    consumer, clock = _consumer(3), FakeClock(0.0)
+    pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20, idle_ms=50, clock=clock)
+    for _ in range(5):
+        pacing.observe(0, starved=True)  # floor 6, 12, 24, 48
+    assert pacing.floor_ms == 48
+    waits = []
+    for records in (1, 100, 100, 1):
+        pacing.observe(records)
+        waits.append(consumer._fetcher._fetch_max_wait_ms)
+    clock.now = 10.0
+    pacing.observe(0)  # idle: 50 is above the floor
+    waits.append(consumer._fetcher._fetch_max_wait_ms)
+    assert waits == [48, 48, 48, 48, 50]
