@@ -22,6 +22,7 @@ from openai.types import Batch
 from sqlalchemy import text
 
 from broker.batches.settings import BatchSettings
+from broker.errors import DatabaseUnavailable
 from broker.keys import create_api_key
 from broker.settings import KafkaSettings
 from broker.simulation import simulate_completion
@@ -29,7 +30,7 @@ from broker.simulator import SimulatorSettings
 from broker.tenants import set_tenant
 from schemas import ChatCompletionRequest
 from tests.integration.stack import Stack, running_stack
-from workers.batches import BatchTracker
+from workers.batches import BatchTracker, finalizer
 
 pytestmark = pytest.mark.integration
 
@@ -301,3 +302,39 @@ async def test_batches_draw_on_monthly_budgets(
         assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0  # released at the end
         assert await stack.scalar(
             "SELECT reserved_tokens FROM spend_accounts WHERE scope = 'tenant:acme'") == 0
+
+
+async def test_a_batch_turns_final_only_after_its_budget_hold_is_released(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A client that sees `completed` may submit its next batch at once: the budget must be
+    # free by then. Here the first release fails (PostgreSQL gone for a moment).
+    real_release, failed_once = finalizer.release_batch, asyncio.Event()
+
+    async def release_failing_once(engine: Any, batch_id: str) -> None:
+        if not failed_once.is_set():
+            failed_once.set()
+            raise DatabaseUnavailable("PostgreSQL went away (injected)")
+        await real_release(engine, batch_id)
+
+    monkeypatch.setattr(finalizer, "release_batch", release_failing_once)
+    lines = [_line(f"h{i}", f"Held question {i}?") for i in range(5)]
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
+        created = await sdk.batches.create(input_file_id=uploaded.id,
+                                           endpoint="/v1/chat/completions",
+                                           completion_window="24h")
+        await asyncio.wait_for(failed_once.wait(), 40)
+        await asyncio.sleep(0.3)  # several tracker ticks
+        unfinished = await sdk.batches.retrieve(created.id)
+        assert unfinished.status == "finalizing", unfinished
+        assert await stack.scalar("SELECT count(*) FROM spend_holds") == 1
+
+        # The claim of the failed attempt goes stale; the next attempt finishes the batch.
+        async with stack.engine.begin() as connection:
+            await connection.execute(text("UPDATE batches SET claimed_at = NULL"))
+        done = await _until(sdk, created.id, FINAL)
+        assert done.status == "completed", done
+        assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0

@@ -107,10 +107,13 @@ class Finalizer:
         output = await self._write(batch, "output", completed > 0, ("succeeded",))
         errors = await self._write(batch, "error", total > completed,
                                    ("failed", "expired", "cancelled"))
+        # The budget hold (launcher.py) ends first: a client that sees the batch final may
+        # submit the next one at once and must find the budget free. A crash in between
+        # leaves the batch unfinished and the next tracker repeats both (each idempotent).
+        await release_batch(self._engine, batch_id)
         await release(self._engine, batch_id, status=final, total=total, completed=completed,
                       failed=failed, output_file_id=output, error_file_id=errors,
                       **{f"{final}_at": func.now()})
-        await release_batch(self._engine, batch_id)  # its budget hold (launcher.py)
 
     async def _write(self, batch: Row[Any], kind: str, wanted: bool,
                      statuses: tuple[str, ...]) -> str | None:
