@@ -30,7 +30,8 @@ from broker.simulator import SimulatorSettings
 from broker.tenants import set_tenant
 from schemas import ChatCompletionRequest
 from tests.integration.stack import Stack, running_stack
-from workers.batches import BatchTracker, finalizer
+from workers.batches import BatchTracker
+from workers.batches.budget import release_batch
 
 pytestmark = pytest.mark.integration
 
@@ -309,15 +310,15 @@ async def test_a_batch_turns_final_only_after_its_budget_hold_is_released(
 ) -> None:
     # A client that sees `completed` may submit its next batch at once: the budget must be
     # free by then. Here the first release fails (PostgreSQL gone for a moment).
-    real_release, failed_once = finalizer.release_batch, asyncio.Event()
+    failed_once = asyncio.Event()
 
     async def release_failing_once(engine: Any, batch_id: str) -> None:
         if not failed_once.is_set():
             failed_once.set()
             raise DatabaseUnavailable("PostgreSQL went away (injected)")
-        await real_release(engine, batch_id)
+        await release_batch(engine, batch_id)
 
-    monkeypatch.setattr(finalizer, "release_batch", release_failing_once)
+    monkeypatch.setattr("workers.batches.finalizer.release_batch", release_failing_once)
     lines = [_line(f"h{i}", f"Held question {i}?") for i in range(5)]
     async with batch_stack(kafka_settings, database_url) as stack:
         sdk = _sdk(stack)
