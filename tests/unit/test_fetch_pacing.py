@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from types import SimpleNamespace
 
+import pytest
 from aiokafka.errors import IllegalStateError
 
 from broker.fetch_pacing import STARVED_CEILING_MS, FetchPacing, is_starved
@@ -98,16 +100,23 @@ def test_one_starved_poll_is_not_enough_to_raise_the_floor() -> None:
     assert pacing.floor_ms == 0 and consumer._fetcher._fetch_max_wait_ms == 3
 
 
-def test_starved_polls_in_a_row_double_the_floor_up_to_the_ceiling() -> None:
+def test_starved_polls_in_a_row_double_the_floor_up_to_the_ceiling(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     consumer = _consumer(3)
     pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20)
     floors = []
-    for _ in range(12):
-        pacing.observe(0, starved=True)
-        floors.append(pacing.floor_ms)
+    with caplog.at_level(logging.WARNING, logger="broker.fetch_pacing"):
+        for _ in range(16):
+            pacing.observe(0, starved=True)
+            floors.append(pacing.floor_ms)
     assert floors[:5] == [0, 6, 12, 24, 48]
     assert floors[-1] == STARVED_CEILING_MS
     assert consumer._fetcher._fetch_max_wait_ms == STARVED_CEILING_MS
+    # One warning per raise (6 ... 768, then the ceiling), none while stuck at the ceiling;
+    # each tells the user what to do about it.
+    assert len(caplog.records) == len(set(floors)) - 1 == 9
+    assert all("restart `sluice dev`" in record.getMessage() for record in caplog.records)
 
 
 def test_the_floor_holds_under_quiet_busy_and_idle_polls() -> None:
