@@ -71,6 +71,12 @@ async def batch_stack(kafka: KafkaSettings, database_url: str,
             await asyncio.wait_for(tracker, 20)
 
 
+async def _create(sdk: AsyncOpenAI, input_file_id: str) -> Batch:
+    """A chat-completions batch over `input_file_id`, due in 24 h."""
+    return await sdk.batches.create(input_file_id=input_file_id,
+                                    endpoint="/v1/chat/completions", completion_window="24h")
+
+
 async def _until(sdk: AsyncOpenAI, batch_id: str, statuses: set[str],
                  timeout_s: float = 40) -> Batch:
     deadline = time.monotonic() + timeout_s
@@ -146,9 +152,7 @@ async def test_cancel_midway_keeps_partial_output(
                            simulator=SimulatorSettings(latency_ms=250)) as stack:
         sdk = _sdk(stack)
         uploaded = await sdk.files.create(file=("slow.jsonl", _jsonl(lines)), purpose="batch")
-        created = await sdk.batches.create(input_file_id=uploaded.id,
-                                           endpoint="/v1/chat/completions",
-                                           completion_window="24h")
+        created = await _create(sdk, uploaded.id)
         deadline = time.monotonic() + 30
         while True:  # cancel once some lines are done
             batch = await sdk.batches.retrieve(created.id)
@@ -179,9 +183,7 @@ async def test_validation_pagination_and_tenants(
 
         async def submit(lines: list[dict[str, Any]]) -> Batch:
             uploaded = await sdk.files.create(file=("x.jsonl", _jsonl(lines)), purpose="batch")
-            return await sdk.batches.create(input_file_id=uploaded.id,
-                                            endpoint="/v1/chat/completions",
-                                            completion_window="24h")
+            return await _create(sdk, uploaded.id)
 
         duplicate = await submit([_line("a", "1"), _line("a", "2")])
         wrong_url = await submit([_line("a", "1"), _line("b", "2", url="/v1/embeddings")])
@@ -234,9 +236,7 @@ async def test_fifty_thousand_lines_on_disk_storage(
         assert uploaded.bytes == len(data)
         assert (tmp_path / "files" / uploaded.id).stat().st_size == len(data)
         assert (await sdk.files.content(uploaded.id)).content == data
-        batch = await sdk.batches.create(input_file_id=uploaded.id,
-                                         endpoint="/v1/chat/completions",
-                                         completion_window="24h")
+        batch = await _create(sdk, uploaded.id)
         failed = await _until(sdk, batch.id, FINAL)
         assert failed.status == "failed" and failed.errors is not None
         assert [(e.code, e.line) for e in failed.errors.data] == [("too_many_lines", 50_001)]
@@ -251,9 +251,7 @@ async def test_expired_batch_keeps_finished_lines(
                            simulator=SimulatorSettings(latency_ms=250)) as stack:
         sdk = _sdk(stack)
         uploaded = await sdk.files.create(file=("late.jsonl", _jsonl(lines)), purpose="batch")
-        created = await sdk.batches.create(input_file_id=uploaded.id,
-                                           endpoint="/v1/chat/completions",
-                                           completion_window="24h")
+        created = await _create(sdk, uploaded.id)
         deadline = time.monotonic() + 30
         while True:
             batch = await sdk.batches.retrieve(created.id)
@@ -284,9 +282,7 @@ async def test_batches_draw_on_monthly_budgets(
         uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
         # Each line is estimated at its prompt plus 256 output tokens: 2,000 is too few.
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=2_000)
-        refused = await sdk.batches.create(input_file_id=uploaded.id,
-                                           endpoint="/v1/chat/completions",
-                                           completion_window="24h")
+        refused = await _create(sdk, uploaded.id)
         failed = await _until(sdk, refused.id, FINAL)
         assert failed.status == "failed" and failed.errors is not None
         error = failed.errors.data[0] if failed.errors.data else None
@@ -295,9 +291,7 @@ async def test_batches_draw_on_monthly_budgets(
         assert await stack.scalar("SELECT count(*) FROM batch_requests") == 0  # none sent
 
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
-        admitted = await sdk.batches.create(input_file_id=uploaded.id,
-                                            endpoint="/v1/chat/completions",
-                                            completion_window="24h")
+        admitted = await _create(sdk, uploaded.id)
         done = await _until(sdk, admitted.id, FINAL)
         assert done.status == "completed", done
         assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0  # released at the end
@@ -324,9 +318,7 @@ async def test_a_batch_turns_final_only_after_its_budget_hold_is_released(
         sdk = _sdk(stack)
         uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
-        created = await sdk.batches.create(input_file_id=uploaded.id,
-                                           endpoint="/v1/chat/completions",
-                                           completion_window="24h")
+        created = await _create(sdk, uploaded.id)
         await asyncio.wait_for(failed_once.wait(), 40)
         await asyncio.sleep(0.3)  # several tracker ticks
         unfinished = await sdk.batches.retrieve(created.id)
