@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sized
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
@@ -80,6 +80,14 @@ class FetchPacing:
         self.wait_ms = quiet_ms
         self.floor_ms = 0
         self._starved_polls = 0
+
+    async def observe_poll(self, batch: Mapping[Any, Sized]) -> None:
+        """Adjust the wait after a `getmany` poll of our consumer that returned `batch`.
+
+        An empty poll also asks the consumer whether it starved (see `is_starved`).
+        """
+        records = sum(len(partition_records) for partition_records in batch.values())
+        self.observe(records, starved=not records and await is_starved(self._consumer))
 
     def observe(self, records: int, *, starved: bool = False) -> None:
         """Adjust the wait after a poll that returned `records` records.

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from broker.errors import PoisonMessage
-from broker.fetch_pacing import FetchPacing, is_starved
+from broker.fetch_pacing import FetchPacing
 from broker.kafka import decode, ensure_topics, header, new_consumer, topics_for
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
@@ -95,12 +95,11 @@ class ReplyListener:
                 # Short polls: two empty ones in a row with replies waiting are how a starved
                 # listener notices (see broker/fetch_pacing.py); waiters pay for each one.
                 batch = await consumer.getmany(timeout_ms=100)
-                starved = not batch and await is_starved(consumer)
             except KafkaError as exc:
                 log.warning("reply listener fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            pacing.observe(sum(len(records) for records in batch.values()), starved=starved)
+            await pacing.observe_poll(batch)
             for records in batch.values():
                 for record in records:
                     correlation_id = header(record, "correlation_id") or (

@@ -12,7 +12,7 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from broker.fetch_pacing import FetchPacing, is_starved
+from broker.fetch_pacing import FetchPacing
 from broker.kafka import ensure_topics, new_consumer, new_producer
 from broker.settings import KafkaSettings
 
@@ -63,8 +63,7 @@ async def test_a_starved_consumer_lengthens_its_wait_and_reads(
         deadline = loop.time() + 30
         while not received and loop.time() < deadline:
             batch = await consumer.getmany(timeout_ms=100)
-            pacing.observe(sum(len(records) for records in batch.values()),
-                           starved=not batch and await is_starved(consumer))
+            await pacing.observe_poll(batch)
             received = [record.value for records in batch.values() for record in records]
     finally:
         await asyncio.gather(consumer.stop(), producer.stop())

@@ -169,3 +169,13 @@ async def test_starved_only_when_an_unpaused_partition_is_behind_the_broker() ->
 async def test_a_partition_revoked_while_looking_is_not_starvation() -> None:
     assert not await is_starved(
         _Consumer({"a": 5}, {"a": 12}, revoked=frozenset({"a"})))
+
+
+async def test_a_poll_counts_its_records_and_empty_polls_ask_about_starvation() -> None:
+    behind = _Consumer({"a": 5}, {"a": 12})
+    pacing = FetchPacing(behind, quiet_ms=3, busy_ms=20)
+    await pacing.observe_poll({"a": [object()] * 4})  # busy: 3 -> 6, nothing asked
+    assert pacing.wait_ms == 6 and pacing.floor_ms == 0
+    await pacing.observe_poll({})  # quiet again: 3
+    await pacing.observe_poll({})  # the second starved poll in a row: floor 3 x 2
+    assert pacing.floor_ms == 6 and pacing.wait_ms == 6

@@ -30,7 +30,7 @@ from aiokafka.errors import KafkaError
 from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
-from broker.fetch_pacing import FetchPacing, is_starved
+from broker.fetch_pacing import FetchPacing
 from broker.kafka import (
     decode,
     ensure_topics,
@@ -132,8 +132,7 @@ class _ModelConsumer:
                 self._resume()
                 batch = await self.consumer.getmany(timeout_ms=100, max_records=min(room, 500))
                 if pacing is not None:
-                    pacing.observe(sum(len(records) for records in batch.values()),
-                                   starved=not batch and await is_starved(self.consumer))
+                    await pacing.observe_poll(batch)
                 if batch:
                     await self._dispatch(batch)
         finally:
