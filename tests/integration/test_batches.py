@@ -71,6 +71,11 @@ async def batch_stack(kafka: KafkaSettings, database_url: str,
             await asyncio.wait_for(tracker, 20)
 
 
+async def _upload(sdk: AsyncOpenAI, lines: list[dict[str, Any]], name: str = "in.jsonl") -> str:
+    """Upload `lines` as a batch input file; its id."""
+    return (await sdk.files.create(file=(name, _jsonl(lines)), purpose="batch")).id
+
+
 async def _create(sdk: AsyncOpenAI, input_file_id: str) -> Batch:
     """A chat-completions batch over `input_file_id`, due in 24 h."""
     return await sdk.batches.create(input_file_id=input_file_id,
@@ -151,8 +156,8 @@ async def test_cancel_midway_keeps_partial_output(
     async with batch_stack(kafka_settings, database_url,
                            simulator=SimulatorSettings(latency_ms=250)) as stack:
         sdk = _sdk(stack)
-        uploaded = await sdk.files.create(file=("slow.jsonl", _jsonl(lines)), purpose="batch")
-        created = await _create(sdk, uploaded.id)
+        file_id = await _upload(sdk, lines, "slow.jsonl")
+        created = await _create(sdk, file_id)
         deadline = time.monotonic() + 30
         while True:  # cancel once some lines are done
             batch = await sdk.batches.retrieve(created.id)
@@ -182,8 +187,8 @@ async def test_validation_pagination_and_tenants(
         sdk = _sdk(stack)
 
         async def submit(lines: list[dict[str, Any]]) -> Batch:
-            uploaded = await sdk.files.create(file=("x.jsonl", _jsonl(lines)), purpose="batch")
-            return await _create(sdk, uploaded.id)
+            file_id = await _upload(sdk, lines, "x.jsonl")
+            return await _create(sdk, file_id)
 
         duplicate = await submit([_line("a", "1"), _line("a", "2")])
         wrong_url = await submit([_line("a", "1"), _line("b", "2", url="/v1/embeddings")])
@@ -250,8 +255,8 @@ async def test_expired_batch_keeps_finished_lines(
     async with batch_stack(kafka_settings, database_url,
                            simulator=SimulatorSettings(latency_ms=250)) as stack:
         sdk = _sdk(stack)
-        uploaded = await sdk.files.create(file=("late.jsonl", _jsonl(lines)), purpose="batch")
-        created = await _create(sdk, uploaded.id)
+        file_id = await _upload(sdk, lines, "late.jsonl")
+        created = await _create(sdk, file_id)
         deadline = time.monotonic() + 30
         while True:
             batch = await sdk.batches.retrieve(created.id)
@@ -279,10 +284,10 @@ async def test_batches_draw_on_monthly_budgets(
     lines = [_line(f"b{i}", f"Budgeted question {i}?") for i in range(20)]
     async with batch_stack(kafka_settings, database_url) as stack:
         sdk = _sdk(stack)
-        uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        file_id = await _upload(sdk, lines)
         # Each line is estimated at its prompt plus 256 output tokens: 2,000 is too few.
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=2_000)
-        refused = await _create(sdk, uploaded.id)
+        refused = await _create(sdk, file_id)
         failed = await _until(sdk, refused.id, FINAL)
         assert failed.status == "failed" and failed.errors is not None
         error = failed.errors.data[0] if failed.errors.data else None
@@ -291,7 +296,7 @@ async def test_batches_draw_on_monthly_budgets(
         assert await stack.scalar("SELECT count(*) FROM batch_requests") == 0  # none sent
 
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
-        admitted = await _create(sdk, uploaded.id)
+        admitted = await _create(sdk, file_id)
         done = await _until(sdk, admitted.id, FINAL)
         assert done.status == "completed", done
         assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0  # released at the end
@@ -316,9 +321,9 @@ async def test_a_batch_turns_final_only_after_its_budget_hold_is_released(
     lines = [_line(f"h{i}", f"Held question {i}?") for i in range(5)]
     async with batch_stack(kafka_settings, database_url) as stack:
         sdk = _sdk(stack)
-        uploaded = await sdk.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        file_id = await _upload(sdk, lines)
         await set_tenant(stack.engine, "acme", monthly_budget_tokens=1_000_000)
-        created = await _create(sdk, uploaded.id)
+        created = await _create(sdk, file_id)
         await asyncio.wait_for(failed_once.wait(), 40)
         await asyncio.sleep(0.3)  # several tracker ticks
         unfinished = await sdk.batches.retrieve(created.id)
