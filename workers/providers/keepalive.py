@@ -172,11 +172,15 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                                             request=request)
         timeouts = request.extensions.get("timeout", {})
         head, body = self._encode(request, await request.aread())
-        try:
-            async with asyncio.timeout(_timeout(timeouts, "pool")):
-                await self._slots.acquire()
-        except TimeoutError as exc:
-            raise httpx.PoolTimeout("no connection slot free in time", request=request) from exc
+        if self._slots.locked():  # a timer only when the call must wait for a slot
+            try:
+                async with asyncio.timeout(_timeout(timeouts, "pool")):
+                    await self._slots.acquire()
+            except TimeoutError as exc:
+                raise httpx.PoolTimeout("no connection slot free in time",
+                                        request=request) from exc
+        else:
+            await self._slots.acquire()
         try:
             return await self._exchange(request, head, body, timeouts)
         finally:

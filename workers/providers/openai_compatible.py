@@ -27,6 +27,7 @@ _RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
 _RETRIABLE_CLIENT_STATUSES = frozenset({408, 409, 429})
 _MAX_MESSAGE_CHARS = 500
 USER_AGENT = "sluicegate"
+_TIMEOUT_PHASES = ("connect", "read", "write", "pool")
 
 
 class OpenAICompatibleProvider:
@@ -56,14 +57,17 @@ class OpenAICompatibleProvider:
         # Appending, not httpx.URL.join: join would drop a base path without trailing "/".
         # Parsed once: re-parsing the URL and headers on every call showed in the profile.
         self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
-        headers = httpx.Headers({
-            "accept": "application/json",
-            "content-type": "application/json",
-            "user-agent": USER_AGENT,
-        })
+        # Host is set here and the body given as a stream, so httpx builds no headers per
+        # call: its defaults for `content=` (and reading it back) showed in the profile.
+        headers = [
+            (b"host", self._url.netloc),
+            (b"accept", b"application/json"),
+            (b"content-type", b"application/json"),
+            (b"user-agent", USER_AGENT.encode()),
+        ]
         api_key = config.api_key()
         if api_key:
-            headers["authorization"] = f"Bearer {api_key}"
+            headers.append((b"authorization", f"Bearer {api_key}".encode()))
         self._headers = headers
 
     async def complete(self, body: ChatCompletionRequest, *, timeout_s: float) -> ProviderResponse:
@@ -81,9 +85,13 @@ class OpenAICompatibleProvider:
             # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the
             # whole call, so a provider trickling bytes cannot outlive the deadline.
             async with asyncio.timeout(timeout_s):
+                content = orjson.dumps(payload)
                 request = httpx.Request(
-                    "POST", self._url, headers=self._headers, content=orjson.dumps(payload),
-                    extensions={"timeout": httpx.Timeout(timeout_s).as_dict()},
+                    "POST", self._url,
+                    headers=[*self._headers, (b"content-length", b"%d" % len(content))],
+                    stream=httpx.ByteStream(content),
+                    # What httpx.Timeout(timeout_s).as_dict() gives, without the object.
+                    extensions={"timeout": dict.fromkeys(_TIMEOUT_PHASES, timeout_s)},
                 )
                 response = await self._transport.handle_async_request(request)
                 try:
