@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
@@ -63,7 +64,14 @@ def create_engine(settings: DatabaseSettings) -> AsyncEngine:
         normalize_url(settings.database_url),
         pool_size=settings.database_pool_size,
         pool_pre_ping=True,
+        json_serializer=json_text,
     )
+
+
+def json_text(value: object) -> str:
+    """JSONB parameters as text, by orjson: the standard library's encoder was 6 % of the
+    ledger's CPU, serializing every final result into `requests.result`."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 def sqlstate(exc: BaseException) -> str | None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Connection, insert, select, text
+from sqlalchemy import Connection, bindparam, insert, select, text
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
@@ -17,6 +18,7 @@ from broker.batches import tables as _batch_tables  # noqa: F401  (registers its
 from broker.budgets import table as _budget_table  # noqa: F401  (registers its table)
 from broker.database import (
     create_engine,
+    json_text,
     normalize_url,
     upgrade_database,
     wait_for_database,
@@ -118,6 +120,17 @@ async def test_unreachable_database_is_database_unavailable() -> None:
             await find_api_key(engine, generate_api_key().secret)
     finally:
         await engine.dispose()
+
+
+def test_json_parameters_are_compact_json_text() -> None:
+    assert json_text({"a": [1, None, "é"], 2: {"b": True}}) == '{"a":[1,null,"é"],"2":{"b":true}}'
+
+
+async def test_jsonb_columns_round_trip_through_the_engine(engine: AsyncEngine) -> None:
+    value = {"text": 'naïve ☃ "quoted"', "nested": {"n": [1, 2.5, None]}, "empty": {}}
+    async with engine.connect() as connection:
+        back = await connection.scalar(select(bindparam("value", value, type_=JSONB)))
+    assert back == value
 
 
 def test_generated_keys() -> None:
