@@ -56,6 +56,7 @@ from workers.ledger import (
     subscription_pattern,
 )
 from workers.ledger.rows import Record
+from workers.ledger.store import pair_answered, write_batch
 
 pytestmark = pytest.mark.integration
 
@@ -355,3 +356,57 @@ def test_positions() -> None:
     records = [record("t", b"", 0, 5), record("t", b"", 0, 6), record("t", b"", 1, 9)]
     assert commit_positions(records) == {TopicPartition("t", 0): 7, TopicPartition("t", 1): 10}
     assert first_offsets(records) == {TopicPartition("t", 0): 5, TopicPartition("t", 1): 9}
+
+
+def test_a_request_and_its_result_in_one_batch_pair_up() -> None:
+    topics = Topics("p.")
+    planned = plan_batch(topics, [
+        record(topics.requests(MODEL), encode(request("both", Lane.BATCH)), offset=0),
+        record(topics.requests(MODEL), encode(request("queued_only")), offset=1),
+        record(topics.results, encode(result("both", RequestStatus.SUCCEEDED)), offset=2),
+        record(topics.results, encode(result("result_only", RequestStatus.FAILED)), offset=3),
+    ])
+    alone, unanswered, answered = pair_answered(
+        planned.rows[Kind.REQUEST], planned.rows[Kind.RESULT])
+    assert [row.key for row in alone] == ["queued_only"]
+    assert [row.key for row in unanswered] == ["result_only"]
+    assert [(row["id"], row["lane"], row["status"]) for row in answered] == [
+        ("both", "batch", "succeeded")]
+
+
+async def test_requests_answered_in_the_same_batch_keep_first_final_wins(
+    engine: AsyncEngine,
+) -> None:
+    topics = Topics("p.")
+    tag = uuid.uuid4().hex[:6]
+    fresh, late, queued = f"req_fresh_{tag}", f"req_late_{tag}", f"req_queued_{tag}"
+
+    def batch(*messages: tuple[str, BaseModel]) -> Any:
+        return plan_batch(topics, [record(topic, encode(message), offset=offset)
+                                   for offset, (topic, message) in enumerate(messages)])
+
+    # Earlier batches: `late` got its (failed) result before its request; `queued` is queued.
+    await write_batch(engine, batch((topics.results, result(late, RequestStatus.FAILED))))
+    await write_batch(engine, batch((topics.requests(MODEL), request(queued))))
+    # One batch: each request with a final result.
+    await write_batch(engine, batch(
+        (topics.requests(MODEL), request(fresh, Lane.BATCH)),
+        (topics.requests(MODEL), request(late, Lane.BATCH)),
+        (topics.requests(MODEL), request(queued)),
+        (topics.results, result(fresh, RequestStatus.SUCCEEDED)),
+        (topics.results, result(late, RequestStatus.SUCCEEDED)),
+        (topics.results, result(queued, RequestStatus.CANCELLED)),
+    ))
+
+    rows = {}
+    for request_id in (fresh, late, queued):
+        rows[request_id] = await get_request(engine, request_id)
+    assert {key: (row.status, row.lane) for key, row in rows.items() if row} == {
+        fresh: (RequestStatus.SUCCEEDED, Lane.BATCH),
+        late: (RequestStatus.FAILED, Lane.BATCH),  # the first final stays; the lane fills in
+        queued: (RequestStatus.CANCELLED, Lane.INTERACTIVE),
+    }
+    assert rows[fresh] is not None and rows[fresh].result is not None
+    assert rows[fresh].result["status"] == "succeeded"
+    assert rows[late] is not None and rows[late].result is not None
+    assert rows[late].result["error"]["message"] == "failed in test"

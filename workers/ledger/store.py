@@ -6,7 +6,9 @@
   the accounts never disagree with the rows they sum.
 - request: insert as `queued`; if its result got there first, only fill in the lane.
 - result: upsert the final status, but only over `queued` — the first final answer wins,
-  whichever of request and result arrives first. Every final result also releases its
+  whichever of request and result arrives first. A request whose result is in the same
+  batch (the usual case under load) goes in final at once, as one row version instead of
+  an insert and an update. Every final result also releases its
   request's admission hold, which PostgreSQL deletes once: a redelivered result releases
   nothing.
 """
@@ -17,7 +19,7 @@ from collections.abc import Sequence
 from functools import cache
 from typing import Any
 
-from sqlalchemy import TextClause, func, text
+from sqlalchemy import TextClause, case, func, text
 from sqlalchemy.dialects.postgresql import Insert, insert
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.exc import DBAPIError
@@ -109,10 +111,56 @@ def result_statement() -> Insert:
     )
 
 
+def answered_statement() -> Insert:
+    """Record requests together with their final result (both in one batch).
+
+    The first final answer still wins: a row already final keeps its status, and only
+    gets the lane if its result was recorded before its request.
+    """
+    statement = insert(requests)
+    new = statement.excluded
+    queued = requests.c.status == "queued"
+
+    def final(column: str) -> Any:
+        return case((queued, new[column]), else_=requests.c[column])
+
+    return statement.on_conflict_do_update(
+        index_elements=[requests.c.id],
+        set_={
+            "lane": func.coalesce(requests.c.lane, new.lane),
+            "status": final("status"),
+            "result": final("result"),
+            "error": final("error"),
+            "finished_at": final("finished_at"),
+            "updated_at": func.now(),
+        },
+        where=queued | requests.c.lane.is_(None),
+    )
+
+
 _STATEMENTS = {
     Kind.REQUEST: request_statement(),
     Kind.RESULT: result_statement(),
 }
+_ANSWERED = answered_statement()
+
+
+def pair_answered(
+    queued: Sequence[LedgerRow], finals: Sequence[LedgerRow]
+) -> tuple[list[LedgerRow], list[LedgerRow], list[dict[str, Any]]]:
+    """Split a batch's request and result rows by whether both sides of an id are here.
+
+    Returns the requests without their result, the results without their request, and
+    for each id with both: the result's values with the request's lane (which a result
+    does not carry).
+    """
+    lanes = {row.key: row.values["lane"] for row in queued}
+    answered = {row.key for row in finals if row.key in lanes}
+    return (
+        [row for row in queued if row.key not in answered],
+        [row for row in finals if row.key not in answered],
+        [row.values | {"lane": lanes[row.key]} for row in finals if row.key in answered],
+    )
 
 
 def uniform(rows: Sequence[LedgerRow]) -> list[dict[str, Any]]:
@@ -142,16 +190,22 @@ async def _write_usage(
     await connection.execute(usage_statement(columns), {**arrays, "settling": list(settling)})
 
 
-async def _write(connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow]) -> None:
+async def _write(
+    connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow], *, release: bool = True
+) -> None:
     if not rows:
         return
     if kind is Kind.USAGE:
         await _write_usage(connection, rows, ())
         return
     await connection.execute(_STATEMENTS[kind], uniform(rows))
-    if kind is Kind.RESULT:
-        # Every final result ends its admission hold; holds already gone are skipped.
-        await connection.execute(RELEASE_STATEMENT, {"request_ids": [row.key for row in rows]})
+    if kind is Kind.RESULT and release:
+        await _release(connection, rows)
+
+
+async def _release(connection: AsyncConnection, results: Sequence[LedgerRow]) -> None:
+    # Every final result ends its admission hold; holds already gone are skipped.
+    await connection.execute(RELEASE_STATEMENT, {"request_ids": [row.key for row in results]})
 
 
 async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
@@ -175,8 +229,14 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 if usage:
                     settling = [row.key for row in batch.rows[Kind.RESULT]]
                     await _write_usage(connection, usage, settling)
-                for kind in (Kind.REQUEST, Kind.RESULT):
-                    await _write(connection, kind, batch.rows[kind])
+                alone, unanswered_results, answered = pair_answered(
+                    batch.rows[Kind.REQUEST], batch.rows[Kind.RESULT])
+                await _write(connection, Kind.REQUEST, alone)
+                if answered:
+                    await connection.execute(_ANSWERED, answered)
+                await _write(connection, Kind.RESULT, unanswered_results, release=False)
+                if batch.rows[Kind.RESULT]:
+                    await _release(connection, batch.rows[Kind.RESULT])
             return []
         except DBAPIError as exc:
             if not is_data_error(exc):
