@@ -38,15 +38,10 @@ async def publish_outcome(
     result = outcome.result
     assert result is not None, "an outcome is a retry or has a final result"
     payload = encode(result)
-    pending = [
-        await producer.send(topics.usage, encode(usage), key=usage.tenant.encode())
-        for usage in outcome.usage
-    ]
-    pending.append(await producer.send(
-        topics.results, payload, key=result.request_id.encode(),
-        headers=result_headers(result.tenant, result.webhook_url is not None),
-    ))
+    pending = []
     if reply_to:
+        # First: the three go out in one produce request, which the broker writes in
+        # order, and only the reply has someone waiting on it.
         correlation = (result.correlation_id or result.request_id).encode()
         pending.append(
             await producer.send(
@@ -54,6 +49,14 @@ async def publish_outcome(
                 headers=[("correlation_id", correlation)],
             )
         )
+    pending.append(await producer.send(
+        topics.results, payload, key=result.request_id.encode(),
+        headers=result_headers(result.tenant, result.webhook_url is not None),
+    ))
+    pending.extend([
+        await producer.send(topics.usage, encode(usage), key=usage.tenant.encode())
+        for usage in outcome.usage
+    ])
     await asyncio.gather(*pending)
     if outcome.dead_letter_reason is not None:
         await send_to_dead_letter(producer, topics, record, outcome.dead_letter_reason)
