@@ -130,31 +130,25 @@ async def test_concurrent_calls_get_their_own_connections_and_keep_them(
     assert (server.connections, len(server.requests)) == (5, 10)
 
 
-async def test_a_chunked_body_is_reassembled(transport: KeepAliveTransport) -> None:
-    async def chunked(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n")
-        return True
-
-    async with ScriptedServer(chunked) as server:
-        first = await transport.handle_async_request(_post(server.url))
-        second = await transport.handle_async_request(_post(server.url))
-    assert first.content == second.content == b"hello world"
-    assert server.connections == 1
-
-
-async def test_a_body_ended_by_the_close_is_read_and_the_connection_dropped(
-    transport: KeepAliveTransport,
+@pytest.mark.parametrize(("answer", "keep_open", "body", "connections"), [
+    pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n", True, b"hello world", 1,
+                 id="chunked, reassembled, connection kept"),
+    pytest.param(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it", False,
+                 b"all of it", 2, id="ended by the close, connection dropped"),
+])
+async def test_bodies_without_a_content_length(
+    transport: KeepAliveTransport, answer: bytes, keep_open: bool, body: bytes, connections: int,
 ) -> None:
-    async def until_close(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nall of it")
-        return False
+    async def respond(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer)
+        return keep_open
 
-    async with ScriptedServer(until_close) as server:
+    async with ScriptedServer(respond) as server:
         first = await transport.handle_async_request(_post(server.url))
         second = await transport.handle_async_request(_post(server.url))
-    assert first.content == second.content == b"all of it"
-    assert server.connections == 2
+    assert first.content == second.content == body
+    assert server.connections == connections
 
 
 async def test_connection_close_from_the_server_is_honoured(

@@ -190,17 +190,14 @@ async def _write_usage(
     await connection.execute(usage_statement(columns), {**arrays, "settling": list(settling)})
 
 
-async def _write(
-    connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow], *, release: bool = True
-) -> None:
+async def _write(connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow]) -> None:
+    """Rows of one kind; results also release their holds (`_release`)."""
     if not rows:
         return
     if kind is Kind.USAGE:
         await _write_usage(connection, rows, ())
         return
     await connection.execute(_STATEMENTS[kind], uniform(rows))
-    if kind is Kind.RESULT and release:
-        await _release(connection, rows)
 
 
 async def _release(connection: AsyncConnection, results: Sequence[LedgerRow]) -> None:
@@ -234,7 +231,7 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 await _write(connection, Kind.REQUEST, alone)
                 if answered:
                     await connection.execute(_ANSWERED, answered)
-                await _write(connection, Kind.RESULT, unanswered_results, release=False)
+                await _write(connection, Kind.RESULT, unanswered_results)
                 if batch.rows[Kind.RESULT]:
                     await _release(connection, batch.rows[Kind.RESULT])
             return []
@@ -255,6 +252,8 @@ async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poi
                 try:
                     async with connection.begin_nested():
                         await _write(connection, kind, [row])
+                        if kind is Kind.RESULT:
+                            await _release(connection, [row])
                 except DBAPIError as exc:
                     if not is_data_error(exc):
                         raise
