@@ -88,11 +88,15 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> No
         assert endpoints["ingress_url"] == f"http://127.0.0.1:{port}"
         assert {"api_key", "kafka_bootstrap", "postgres_dsn"} <= set(endpoints)
 
-        client = OpenAI(base_url=f"{endpoints['ingress_url']}/v1", api_key=endpoints["api_key"])
-        completion = client.chat.completions.create(
-            model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
-        assert completion.choices[0].message.content
-        assert {m.id for m in client.models.list().data} == {"gpt-4o-mini", "llama-3.1-8b"}
+        # Closed here: a pooled socket left to the garbage collector raises its
+        # ResourceWarning inside whichever test happens to run next.
+        with OpenAI(base_url=f"{endpoints['ingress_url']}/v1",
+                    api_key=endpoints["api_key"]) as client:
+            completion = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
+            assert completion.choices[0].message.content
+            models = {m.id for m in client.models.list().data}
+        assert models == {"gpt-4o-mini", "llama-3.1-8b"}
 
         assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
 
