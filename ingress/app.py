@@ -82,7 +82,6 @@ class Ingress:
                 with contextlib.suppress(SluiceError):
                     await self.services.admission.release(inference.id)
             raise
-        self.accepted.remember(inference.id, inference.tenant, inference.model)
 
     async def chat_completions(self, request: Request) -> Response:
         wait = "respond-async" not in request.headers.get("prefer", "").lower()
@@ -110,6 +109,7 @@ class Ingress:
         return self._accepted(request, inference)
 
     def _accepted(self, request: Request, inference: InferenceRequest) -> Response:
+        self.accepted.remember(inference.id, inference.tenant, inference.model)
         body = {
             "id": inference.id,
             "object": "request",
@@ -119,6 +119,7 @@ class Ingress:
         return json_response(body, 202, headers={"Location": body["status_url"]})
 
     def _still_running(self, request: Request, inference: InferenceRequest) -> Response:
+        self.accepted.remember(inference.id, inference.tenant, inference.model)
         url = self.status_url(request, inference.id)
         body = error_body(
             f"No answer within {self.services.settings.sync_timeout_s:g}s; the request is still "

@@ -94,10 +94,13 @@ class RequestFinder(Protocol):
 
 
 class RecentlyAccepted:
-    """Ids this instance accepted lately, so a poll right after 202 does not answer 404.
+    """Ids this instance handed out for polling lately (202, or 504 before the answer came),
+    so a poll right after does not answer 404.
 
     The ledger records a request within milliseconds of its acceptance; this bridges that
-    window. Bounded in size and age so it never grows without limit.
+    window. Bounded in size and age so it never grows without limit. A synchronous caller
+    answered in time gets no entry: it has its answer, and at 1,400 requests/s thirty
+    seconds of entries held ~12 MB of the ingress's memory for ids nobody polls.
     """
 
     def __init__(
@@ -122,6 +125,9 @@ class RecentlyAccepted:
             if len(self._entries) <= self._max_entries and now - oldest[2] <= self._ttl_s:
                 break
             self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def lookup(self, request_id: str) -> tuple[str, str] | None:
         """(tenant, model) of a recently accepted request, or None."""

@@ -30,7 +30,7 @@ from broker.settings import (
 )
 from broker.simulator import SimulatorSettings, create_simulator_app
 from ingress.admin import LedgerAccess
-from ingress.app import create_app
+from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices
@@ -63,6 +63,7 @@ class Stack:
     engine: AsyncEngine
     simulator: httpx.AsyncClient
     kafka: KafkaSettings
+    ingress: Ingress
 
     @property
     def auth(self) -> dict[str, str]:
@@ -128,7 +129,7 @@ async def running_stack(
         async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=serve(app)), base_url="http://ingress", timeout=30
         ) as client:
-            yield Stack(client, api_key, engine, sim_client, kafka)
+            yield Stack(client, api_key, engine, sim_client, kafka, app.state.ingress)
     finally:
         stop.set()
         await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)

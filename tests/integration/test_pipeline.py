@@ -57,6 +57,8 @@ async def test_sync_completion_and_one_ledger_row(
             )
         )
         assert status == "succeeded"
+        # Answered in time: nothing kept for polling (its id only came with the answer).
+        assert len(stack.ingress.accepted) == 0
 
 
 @pytest.mark.parametrize("route", ["prefer", "requests"])
@@ -122,6 +124,10 @@ async def test_slow_answer_times_out_with_status_url_and_still_completes(
         body = response.json()
         assert body["error"]["code"] == "request_pending"
         assert body["status_url"].endswith(body["id"])
+        # Known at once, even before the ledger records it.
+        assert stack.ingress.accepted.lookup(body["id"]) == ("acme", "gpt-4o-mini")
+        early = await stack.client.get(body["status_url"], headers=stack.auth)
+        assert early.status_code == 200, early.text
 
         async def finished() -> bool:
             state = (await stack.client.get(body["status_url"], headers=stack.auth)).json()
