@@ -179,29 +179,22 @@ async def test_a_keepalive_connection_the_server_dropped_is_replaced_once(
     assert (server.connections, len(server.requests)) == (2, 3)
 
 
-async def test_a_response_cut_short_is_a_protocol_error_and_not_resent(
-    transport: KeepAliveTransport,
+@pytest.mark.parametrize(("answer", "keep_open", "error"), [
+    # Cut short, then closed: a fresh connection, so the request is not sent again.
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial", False, "complete response"),
+    (b"SSH-2.0-OpenSSH_9.2\r\n\r\n", True, "malformed response"),
+], ids=["cut-short", "garbage"])
+async def test_a_broken_response_is_a_protocol_error_and_not_resent(
+    transport: KeepAliveTransport, answer: bytes, keep_open: bool, error: str,
 ) -> None:
-    async def cut(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n{\"partial")
-        return False
+    async def broken(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
+        writer.write(answer)
+        return keep_open
 
-    async with ScriptedServer(cut) as server:
-        with pytest.raises(httpx.RemoteProtocolError, match="complete response"):
+    async with ScriptedServer(broken) as server:
+        with pytest.raises(httpx.RemoteProtocolError, match=error):
             await transport.handle_async_request(_post(server.url))
     assert len(server.requests) == 1
-
-
-async def test_garbage_from_the_server_is_a_protocol_error(
-    transport: KeepAliveTransport,
-) -> None:
-    async def garbage(_: int, __: bytes, writer: asyncio.StreamWriter) -> bool:
-        writer.write(b"SSH-2.0-OpenSSH_9.2\r\n\r\n")
-        return True
-
-    async with ScriptedServer(garbage) as server:
-        with pytest.raises(httpx.RemoteProtocolError, match="malformed response"):
-            await transport.handle_async_request(_post(server.url))
 
 
 async def test_a_silent_server_is_a_read_timeout(transport: KeepAliveTransport) -> None:
