@@ -5,6 +5,7 @@
     ├── InvalidRequest               a client's request is malformed (not retriable)
     │   ├── UnknownModel             no such logical model is configured
     │   ├── PayloadTooLarge          the body is over the configured limit
+    │   │   └── MessageTooLarge      the request is over the Kafka brokers' message limit
     │   └── WebhookUrlRefused        a webhook URL is not http(s) or not a global address
     ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
     ├── NotFound                     no such request (or not this tenant's)
@@ -61,6 +62,24 @@ class PayloadTooLarge(InvalidRequest):
             f"Request body of {size} bytes is over the limit of {limit} bytes.",
             code="request_too_large",
         )
+
+
+class MessageTooLarge(PayloadTooLarge):
+    """A request is over the Kafka brokers' `message.max.bytes`: it can never be queued.
+
+    Not retriable: the same request fails the same way every time (413 at the edge).
+    """
+
+    def __init__(self, size: int, limit: int):
+        InvalidRequest.__init__(
+            self,
+            f"The request is {size} bytes once queued, over the Kafka brokers' limit of "
+            f"{limit} bytes (message.max.bytes). Send a shorter prompt, or raise "
+            "message.max.bytes on the brokers (SLUICE_MAX_MESSAGE_BYTES follows them).",
+            code="request_too_large",
+        )
+        self.size = size
+        self.limit = limit
 
 
 class WebhookUrlRefused(InvalidRequest):

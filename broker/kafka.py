@@ -9,19 +9,39 @@ three verified pitfalls (DESIGN.md): `ack()` commits every assigned partition's 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import (
+    KafkaError,
+    MessageSizeTooLargeError,
+    RecordListTooLargeError,
+    RecordTooLargeError,
+    TopicAlreadyExistsError,
+    for_code,
+)
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import BrokerUnavailable, PoisonMessage
 from broker.settings import KafkaSettings
 from schemas import Topics
+
+log = logging.getLogger("sluice.kafka")
+
+# Apache Kafka's default `message.max.bytes`, for brokers that do not say theirs.
+DEFAULT_MESSAGE_MAX_BYTES = 1_048_588
+# Kafka's own default `default.replication.factor`, likewise.
+DEFAULT_REPLICATION_FACTOR = 1
+_UNKNOWN_TOPIC = 3  # Kafka's error code UNKNOWN_TOPIC_OR_PARTITION
+# On a cluster of at least this many brokers, fewer replicas than this is a warning.
+DURABLE_REPLICAS = 3
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -39,20 +59,46 @@ def topics_for(settings: KafkaSettings) -> Topics:
     return Topics(settings.topic_prefix)
 
 
+def message_limit(settings: KafkaSettings) -> int:
+    """The largest record the brokers accept, as configured or as Kafka's default."""
+    return settings.max_message_bytes or DEFAULT_MESSAGE_MAX_BYTES
+
+
 def new_producer(
     settings: KafkaSettings, *, client_id: str, linger_ms: int = 0
 ) -> AIOKafkaProducer:
-    """A producer that answers only after every in-sync replica has the message."""
+    """A producer that answers only after every in-sync replica has the message.
+
+    Idempotent wherever the broker supports it, so a retried produce request never writes
+    a record twice (the embedded Tansu broker has no InitProducerId; there, ids in the
+    messages make a duplicate harmless). Records over the brokers' `message.max.bytes` are
+    refused here, before they are sent (`is_too_large`).
+    """
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
         acks="all",
-        # The development broker has no idempotent producer; duplicates are handled by ids.
-        enable_idempotence=False,
+        enable_idempotence=settings.kafka_engine != "tansu",
         linger_ms=linger_ms,
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         max_batch_size=256 * 1024,
+        max_request_size=message_limit(settings),
     )
+
+
+def fits(settings: KafkaSettings, key: bytes, value: bytes, headers: Headers = ()) -> bool:
+    """Whether a record can be produced under the brokers' size limit (batch overhead too)."""
+    size = DefaultRecordBatchBuilder.estimate_size_in_bytes(key, value, list(headers))
+    return int(size) <= message_limit(settings)
+
+
+def is_too_large(exc: BaseException) -> bool:
+    """Whether a produce failed because the record is over the brokers' size limit.
+
+    Such a failure is final: sending the same record again can never succeed.
+    """
+    return isinstance(exc, MessageSizeTooLargeError | RecordTooLargeError
+                      | RecordListTooLargeError)
 
 
 def new_consumer(
@@ -84,33 +130,166 @@ def new_consumer(
     return AIOKafkaConsumer(**options)
 
 
-async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], *, partitions: int | None = None
-) -> None:
-    """Create topics that do not exist yet (idempotent; racing creators are fine).
+@dataclass(frozen=True)
+class BrokerFacts:
+    """What the brokers say about themselves, read once at start."""
 
-    They get `partitions` partitions, or `settings.topic_partitions` when not given.
-    """
-    wanted = sorted(set(names))
-    if not wanted:
-        return
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    brokers: int
+    replication_factor: int
+    message_max_bytes: int
+
+
+async def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
+                                request_timeout_ms=int(settings.publish_timeout_s * 1000))
     try:
         await admin.start()
     except KafkaError as exc:
         await admin.close()  # a half-started client still holds a connection
         raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}") from exc
+    return admin
+
+
+async def _broker_facts(admin: AIOKafkaAdminClient) -> BrokerFacts:
+    cluster = await admin.describe_cluster()
+    brokers = cluster["brokers"]
+    wanted = {"default.replication.factor": str(DEFAULT_REPLICATION_FACTOR),
+              "message.max.bytes": str(DEFAULT_MESSAGE_MAX_BYTES)}
+    found: dict[str, str] = {}
+    if brokers:
+        # Every config, not just ours: Tansu answers a request naming keys with a
+        # response aiokafka cannot decode.
+        resource = ConfigResource(ConfigResourceType.BROKER, str(brokers[0]["node_id"]))
+        try:
+            responses = await admin.describe_configs([resource])
+        except KafkaError as exc:  # a broker without DescribeConfigs keeps Kafka's defaults
+            log.info("brokers did not describe their configs (%s); assuming defaults", exc)
+            responses = []
+        for response in responses:
+            for entry in response.resources:
+                for name, value, *_ in entry[4]:
+                    if name in wanted and value is not None:
+                        found[name] = value
+    values = {**wanted, **found}
+    return BrokerFacts(brokers=len(brokers),
+                       replication_factor=int(values["default.replication.factor"]),
+                       message_max_bytes=int(values["message.max.bytes"]))
+
+
+async def describe_brokers(settings: KafkaSettings) -> BrokerFacts:
+    """How many brokers there are, and their default replication and message size limit."""
+    admin = await _admin(settings)
+    try:
+        return await _broker_facts(admin)
+    finally:
+        await admin.close()
+
+
+async def with_broker_limits(settings: KafkaSettings) -> KafkaSettings:
+    """`settings` with `max_message_bytes` read from the brokers when it is not set.
+
+    Composition roots call this once at start. If Kafka cannot be reached yet, Kafka's
+    default limit is assumed (and logged): a process must start while Kafka is away.
+    """
+    if settings.max_message_bytes is not None:
+        return settings
+    try:
+        facts = await describe_brokers(settings)
+    except (BrokerUnavailable, KafkaError) as exc:
+        log.warning("could not ask Kafka for message.max.bytes (%s); assuming %d bytes",
+                    exc, DEFAULT_MESSAGE_MAX_BYTES)
+        return settings.model_copy(update={"max_message_bytes": DEFAULT_MESSAGE_MAX_BYTES})
+    return settings.model_copy(update={"max_message_bytes": facts.message_max_bytes})
+
+
+async def ensure_topics(
+    settings: KafkaSettings, names: Iterable[str], *, partitions: int | None = None
+) -> None:
+    """Create topics that do not exist yet (idempotent; racing creators are fine).
+
+    They get `partitions` partitions, or `settings.topic_partitions` when not given, and
+    `settings.topic_replication_factor` replicas, or the brokers' default. On a cluster of
+    three brokers or more, a topic with fewer than three replicas is logged as a warning:
+    losing one broker would lose what only it holds.
+    """
+    wanted = sorted(set(names))
+    if not wanted:
+        return
+    admin = await _admin(settings)
     try:
         existing = set(await admin.list_topics())
-        missing = [
-            NewTopic(name, num_partitions=partitions or settings.topic_partitions,
-                     replication_factor=1)
-            for name in wanted
-            if name not in existing
-        ]
+        missing = [name for name in wanted if name not in existing]
+        facts = await _broker_facts(admin)
         if missing:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(missing)
+            replicas = settings.topic_replication_factor or facts.replication_factor
+            configs = ({} if settings.topic_min_insync_replicas is None else
+                       {"min.insync.replicas": str(settings.topic_min_insync_replicas)})
+            response = await admin.create_topics([
+                NewTopic(name, num_partitions=partitions or settings.topic_partitions,
+                         replication_factor=replicas, topic_configs=configs)
+                for name in missing
+            ])
+            _raise_create_errors(response)
+        if facts.brokers >= DURABLE_REPLICAS:
+            await _warn_if_fragile(admin, wanted, facts.brokers)
+    finally:
+        await admin.close()
+
+
+def _raise_create_errors(response: Any) -> None:
+    for topic, code, *rest in response.topic_errors:
+        if code == 0 or for_code(code) is TopicAlreadyExistsError:
+            continue
+        message = rest[0] if rest else None
+        raise BrokerUnavailable(
+            f"Kafka refused to create topic {topic}: {for_code(code).__name__}"
+            + (f" ({message})" if message else ""))
+
+
+async def _warn_if_fragile(admin: AIOKafkaAdminClient, names: list[str], brokers: int) -> None:
+    for topic in await admin.describe_topics(names):
+        counts = [len(p["replicas"]) for p in topic.get("partitions", [])]
+        if counts and min(counts) < DURABLE_REPLICAS:
+            log.warning(
+                "topic %s has %d replica(s) on a cluster of %d brokers: losing one broker "
+                "can lose accepted messages. Set SLUICE_TOPIC_REPLICATION_FACTOR=3 (or the "
+                "brokers' default.replication.factor) and raise it with "
+                "kafka-reassign-partitions", topic["topic"], min(counts), brokers)
+
+
+async def partition_ids(
+    settings: KafkaSettings, topic: str, *, missing_ok: bool = False, timeout_s: float = 15.0
+) -> list[int]:
+    """A topic's partition ids, once every partition has a leader.
+
+    A consumer's own metadata knows only the topics it subscribed to, and a topic created
+    a moment ago may still be electing leaders: ask the cluster, and wait for them. With
+    `missing_ok`, a topic that does not exist has no partitions.
+    """
+    admin = await _admin(settings)
+    try:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            described = await admin.describe_topics([topic])
+            partitions = described[0].get("partitions", []) if described else []
+            if missing_ok and described and described[0]["error_code"] == _UNKNOWN_TOPIC:
+                return []
+            if (described and described[0]["error_code"] == 0 and partitions
+                    and all(p["leader"] >= 0 for p in partitions)):
+                return sorted(p["partition"] for p in partitions)
+            if asyncio.get_running_loop().time() > deadline:
+                raise BrokerUnavailable(f"topic {topic} has no leader for every partition "
+                                        f"after {timeout_s:.0f}s")
+            await asyncio.sleep(0.1)
+    finally:
+        await admin.close()
+
+
+async def delete_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
+    """Delete topics (those that do not exist are ignored)."""
+    admin = await _admin(settings)
+    try:
+        await admin.delete_topics(list(names))
     finally:
         await admin.close()
 

@@ -7,6 +7,7 @@ to an environment variable `SLUICE_<FIELD>` (for example `SLUICE_KAFKA_BOOTSTRAP
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,12 +26,29 @@ class _Settings(BaseSettings):
         return env
 
 
+KafkaEngine = Literal["apache", "tansu"]
+
+
 class KafkaSettings(_Settings):
     """How to reach Kafka and name topics."""
 
     kafka_bootstrap: str = "127.0.0.1:9092"
+    # "apache": Apache Kafka, or any broker speaking its whole protocol (production).
+    # "tansu": the embedded broker of `sluice dev` and the tests. It has no idempotent
+    # producer, and its memory engine lists a partition's whole history on every fetch
+    # that finds records; the workarounds for that (fetch pacing, sticky reply
+    # partitions) apply on this engine only. Chosen at the composition root.
+    kafka_engine: KafkaEngine = "apache"
     topic_prefix: str = "sluice."
     topic_partitions: int = Field(default=8, ge=1)
+    # Replicas of every topic sluicegate creates; None takes the brokers' own
+    # `default.replication.factor`. Never 1 on a cluster that must survive a broker.
+    topic_replication_factor: int | None = Field(default=None, ge=1)
+    # `min.insync.replicas` of created topics; None takes the brokers' default. With
+    # acks=all a write then needs this many copies before anyone is told "accepted".
+    topic_min_insync_replicas: int | None = Field(default=None, ge=1)
+    # The largest record the brokers accept; None asks them (`message.max.bytes`) at start.
+    max_message_bytes: int | None = Field(default=None, ge=1024)
     # An ingress instance's reply topic has one reader, but on the embedded broker each
     # fetch that finds a reply lists that partition's whole history: with one partition,
     # p50 at one caller grew 11 -> 15 ms over 2,000 requests. Kafka does not mind either.

@@ -81,6 +81,7 @@ def simulate_completion(
     created: int | None = None,
     encoding: str | None = None,
     cached_share: float = 0.0,
+    answer_bytes: int | None = None,
 ) -> ChatCompletion:
     """Answer `body` deterministically, with token-accurate usage.
 
@@ -94,6 +95,8 @@ def simulate_completion(
         encoding: An encoding name overriding the guess from `upstream_model`.
         cached_share: Share of the prompt tokens reported as prompt-cache hits
             (`usage.prompt_tokens_details.cached_tokens`); 0 reports no details at all.
+        answer_bytes: Make the answer's text exactly this many bytes (the natural answer
+            repeated), to test what happens to answers too large to queue.
 
     Returns:
         A `chat.completion`; the same prompt always gets the same text.
@@ -105,6 +108,9 @@ def simulate_completion(
     text = _text(
         _prompt_seed(body), _words_for(token_encoding.name), target, full_stop=not truncated
     )
+    if answer_bytes is not None:
+        text = (text + " ") * (answer_bytes // (len(text) + 1) + 1)
+        text = text.encode()[:answer_bytes].decode(errors="ignore")
     prompt_tokens = count_chat_prompt_tokens(body.messages, upstream_model, encoding)
     # Counted, not assumed: the word list guarantees `target` for bundled encodings, and
     # the count keeps usage honest for any other.

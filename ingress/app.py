@@ -40,7 +40,8 @@ class Ingress:
     def __init__(self, services: IngressServices):
         self.services = services
         self.publisher = RequestPublisher(services.kafka)
-        self.replies = ReplyListener(services.kafka, services.ingress_id())
+        self.replies = ReplyListener(services.kafka, services.ingress_id(),
+                                     temporary=services.settings.ingress_id is None)
         self.accepted = RecentlyAccepted()
         self.webhooks = WebhookIntake(services)  # X-Webhook-URL and /v1/webhooks/*
         self.started = int(time.time())

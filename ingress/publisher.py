@@ -9,8 +9,8 @@ import logging
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from broker.errors import BrokerUnavailable
-from broker.kafka import encode, new_producer, topics_for
+from broker.errors import BrokerUnavailable, MessageTooLarge
+from broker.kafka import encode, is_too_large, message_limit, new_producer, topics_for
 from broker.settings import KafkaSettings
 from schemas import InferenceRequest
 from schemas.messages import CancelRequested
@@ -56,7 +56,12 @@ class RequestPublisher:
             delay = min(delay * 2, 10.0)
 
     async def publish(self, request: InferenceRequest, traceparent: str | None = None) -> None:
-        """Send `request` to its model's topic and wait for the acknowledgement."""
+        """Send `request` to its model's topic and wait for the acknowledgement.
+
+        Raises:
+            BrokerUnavailable: Kafka did not acknowledge; trying again later may work.
+            MessageTooLarge: the request is over the brokers' size limit; it never will.
+        """
         if self._producer is None:
             raise BrokerUnavailable(f"Kafka at {self._kafka.kafka_bootstrap} is unreachable.")
         headers = [("correlation_id", (request.correlation_id or request.id).encode())]
@@ -64,14 +69,17 @@ class RequestPublisher:
             headers.append(("reply_to", request.reply_to.encode()))
         if traceparent:
             headers.append(("traceparent", traceparent.encode()))
+        payload = encode(request)
         try:
             await self._producer.send_and_wait(
                 self._topics.requests(request.model, request.lane),
-                encode(request),
+                payload,
                 key=request.id.encode(),
                 headers=headers,
             )
         except KafkaError as exc:
+            if is_too_large(exc):
+                raise MessageTooLarge(len(payload), message_limit(self._kafka)) from exc
             raise BrokerUnavailable(f"Kafka did not acknowledge the request ({exc}).") from exc
 
     async def publish_cancel(self, marker: CancelRequested) -> None:

@@ -14,9 +14,17 @@ import logging
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
-from broker.errors import PoisonMessage
-from broker.fetch_pacing import FetchPacing
-from broker.kafka import decode, ensure_topics, header, new_consumer, topics_for
+from broker.errors import PoisonMessage, SluiceError
+from broker.fetch_pacing import pacing_for
+from broker.kafka import (
+    decode,
+    delete_topics,
+    ensure_topics,
+    header,
+    new_consumer,
+    partition_ids,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
 
@@ -24,10 +32,19 @@ log = logging.getLogger("sluice.ingress")
 
 
 class ReplyListener:
-    """Delivers results arriving on this instance's reply topic to their waiters."""
+    """Delivers results arriving on this instance's reply topic to their waiters.
 
-    def __init__(self, kafka: KafkaSettings, ingress_id: str):
+    Args:
+        kafka: how to reach Kafka.
+        ingress_id: names the reply topic.
+        temporary: delete the topic on a clean stop. An instance with a random id (no
+            `SLUICE_INGRESS_ID`) would otherwise leave one topic behind per start; one
+            with a stable id reuses its topic after a restart and keeps it.
+    """
+
+    def __init__(self, kafka: KafkaSettings, ingress_id: str, *, temporary: bool = False):
         self._kafka = kafka
+        self._temporary = temporary
         self.topic = topics_for(kafka).replies(ingress_id)
         self._waiters: dict[str, asyncio.Future[InferenceResult]] = {}
         self._consumer: AIOKafkaConsumer | None = None
@@ -64,11 +81,8 @@ class ReplyListener:
                 await ensure_topics(self._kafka, [self.topic],
                                     partitions=self._kafka.reply_topic_partitions)
                 await consumer.start()
-                partitions = consumer.partitions_for_topic(self.topic) or set()
-                while not partitions:
-                    await consumer.topics()  # refreshes metadata
-                    partitions = consumer.partitions_for_topic(self.topic) or set()
-                assigned = [TopicPartition(self.topic, p) for p in sorted(partitions)]
+                partitions = await partition_ids(self._kafka, self.topic)
+                assigned = [TopicPartition(self.topic, p) for p in partitions]
                 consumer.assign(assigned)
                 await consumer.seek_to_end(*assigned)
                 for tp in assigned:  # resolve positions now, before any request is sent
@@ -87,9 +101,7 @@ class ReplyListener:
 
     async def _run(self) -> None:
         self._consumer = consumer = await self._connect()
-        pacing = FetchPacing(consumer, quiet_ms=self._kafka.fetch_max_wait_ms,
-                             busy_ms=self._kafka.busy_fetch_max_wait_ms,
-                             idle_ms=self._kafka.idle_fetch_max_wait_ms)
+        pacing = pacing_for(consumer, self._kafka)
         while True:
             try:
                 # Short polls: two empty ones in a row with replies waiting are how a starved
@@ -99,7 +111,8 @@ class ReplyListener:
                 log.warning("reply listener fetch failed: %s", exc)
                 await asyncio.sleep(0.5)
                 continue
-            await pacing.observe_poll(batch)
+            if pacing is not None:
+                await pacing.observe_poll(batch)
             for records in batch.values():
                 for record in records:
                     correlation_id = header(record, "correlation_id") or (
@@ -121,3 +134,9 @@ class ReplyListener:
                 await self._task
         if self._consumer is not None:
             await self._consumer.stop()
+        if self._temporary:
+            try:
+                await delete_topics(self._kafka, [self.topic])
+            except (SluiceError, KafkaError) as exc:
+                log.warning("could not delete reply topic %s (%s); delete it by hand",
+                            self.topic, exc)

@@ -51,6 +51,9 @@ def build_parser() -> argparse.ArgumentParser:
     dev.add_argument("--port", type=int, default=8080, help="ingress port (default 8080)")
     dev.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     dev.add_argument("--latency-ms", type=float, default=0.0, help="simulated provider latency")
+    dev.add_argument("--kafka", choices=["tansu", "apache"], default="tansu",
+                     help="embedded broker: tansu (default, no Java) or apache (Apache "
+                          "Kafka; needs Java 17+ and Maven)")
     dev.set_defaults(handler=_handler("sluice.dev", "run_dev"))
 
     ingress = commands.add_parser("ingress", help="run the OpenAI-compatible HTTP edge")
@@ -82,6 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--latency-ms", type=float, default=0.0)
     mock.add_argument("--jitter-ms", type=float, default=0.0)
     mock.add_argument("--output-tokens", type=int, default=16)
+    mock.add_argument("--answer-bytes", type=int, default=None,
+                      help="make every answer's text exactly this many bytes")
     mock.add_argument("--faults", default=None,
                       help='injected faults as JSON, e.g. \'{"error_rate": 0.2}\'')
     mock.add_argument("--rpm", type=int, default=0, help="requests per window (0: unlimited)")

@@ -28,6 +28,7 @@ from broker.kafka import (
     ensure_topics,
     new_consumer,
     new_producer,
+    partition_ids,
     read_present,
     topics_for,
 )
@@ -93,7 +94,7 @@ async def read_dead_letters(kafka: KafkaSettings, limit: int | None = None) -> l
                                               group_id=None, background=True)
     await consumer.start()
     try:
-        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        partitions = [TopicPartition(topic, p) for p in await partition_ids(kafka, topic)]
         consumer.assign(partitions)
         await consumer.seek_to_beginning(*partitions)
         entries = [to_dead_letter(record) async for record in read_present(consumer, partitions)]

@@ -1,9 +1,14 @@
 """`sluice dev`: the whole stack on one machine, with nothing to install or configure.
 
-Starts a Kafka-protocol broker and PostgreSQL (embedded, unless SLUICE_KAFKA_BOOTSTRAP /
+Starts a Kafka broker and PostgreSQL (embedded, unless SLUICE_KAFKA_BOOTSTRAP /
 SLUICE_DATABASE_URL point at running ones), migrates, creates a development API key, then
-runs the simulated provider, worker pool(s), ledger and ingress as child processes.
-Ctrl-C stops every child, then the embedded services.
+runs the simulated provider, worker pool(s), ledger and ingress as child processes, and
+says "running" once the workers own their partitions. The broker is Tansu (no Java
+needed) unless `--kafka apache` asks for Apache Kafka (Java 17+ and Maven; the jars are
+fetched once). Ctrl-C stops every child, then the embedded services.
+
+This is a composition root: the embedded-broker profile (Tansu's workarounds) is chosen
+here and handed to the children as settings.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,6 +30,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from broker.apache_kafka import ApacheKafka
 from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from broker.errors import ConfigError
@@ -111,13 +118,11 @@ def run_dev(args: argparse.Namespace) -> int:
         raise ConfigError(f"port {args.port} is taken; pass --port to use another")
     with contextlib.ExitStack() as stack:
         bootstrap = os.environ.get("SLUICE_KAFKA_BOOTSTRAP")
+        engine = os.environ.get("SLUICE_KAFKA_ENGINE", "apache") if bootstrap else args.kafka
         kafka_pid = None  # the embedded broker's, for `sluice bench` to measure
-        with console.status("starting Kafka-protocol broker (Tansu)…"):
-            if not bootstrap:
-                kafka = stack.enter_context(EmbeddedKafka(log_path=log_dir / "kafka.log"))
-                bootstrap = kafka.bootstrap
-                kafka_pid = kafka.pid
-        console.print(f"[green]✓[/] Kafka at {bootstrap}")
+        if not bootstrap:
+            bootstrap, kafka_pid = _start_kafka(stack, args.kafka, state_dir, log_dir)
+        console.print(f"[green]✓[/] Kafka ({_ENGINE_NAMES.get(engine, engine)}) at {bootstrap}")
         database_url = os.environ.get("SLUICE_DATABASE_URL")
         with console.status("starting PostgreSQL…"):
             if not database_url:
@@ -134,33 +139,15 @@ def run_dev(args: argparse.Namespace) -> int:
             "SLUICE_KAFKA_BOOTSTRAP": bootstrap,
             "SLUICE_DATABASE_URL": database_url,
             "SLUICE_CONFIG": str(config_path),
+            "SLUICE_KAFKA_ENGINE": engine,
             "PYTHONUNBUFFERED": "1",
             # One machine, nothing to wait for: faster first joins on Tansu (it holds
             # JoinGroup for half the session timeout) and faster takeover after a crash.
             "SLUICE_SESSION_TIMEOUT_MS": os.environ.get("SLUICE_SESSION_TIMEOUT_MS", "6000"),
-            # Tansu answers a fetch once it finds records but re-checks an empty one only
-            # at half the remaining wait, so a record can sit for half the wait before it
-            # is seen (Apache Kafka answers as soon as it arrives). Measured here:
-            # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 12.2-12.4 ms; 3 ms -> 10.3-10.6
-            # ms; 2 ms no better than 3 and dearer in idle polls. Under load the wait
-            # stretches anyway (SLUICE_BUSY_FETCH_MAX_WAIT_MS), so 64 callers see no change.
-            "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "3"),
-            # Every Tansu fetch that finds new records scans the partition's whole history,
-            # so consumers nobody waits on (ledger, webhooks, batches) poll once a second:
-            # the broker's CPU per request then grows half as fast as the topics fill.
-            "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS": os.environ.get(
-                "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS", "1000"),
-            # The embedded broker lists a partition's whole history on every fetch that
-            # finds records, so spreading each topic over 8 partitions multiplies its work
-            # (measured: 0.65 -> 0.26 ms of broker CPU per request with one partition). A
-            # worker runs many requests at once from one partition, so one partition per
-            # worker process loses no parallelism (reply topics keep their own count, see
-            # KafkaSettings); a Kafka of the user's keeps the default.
-            **({"SLUICE_TOPIC_PARTITIONS": os.environ.get(
-                "SLUICE_TOPIC_PARTITIONS", str(args.workers))} if kafka_pid is not None else {}),
             # Local development: webhook receivers on this machine are admitted.
             "SLUICE_WEBHOOK_ALLOW_HOSTS": os.environ.get(
                 "SLUICE_WEBHOOK_ALLOW_HOSTS", "localhost,127.0.0.1,::1"),
+            **(_tansu_profile(args.workers) if engine == "tansu" else {}),
         }
         children = _Children(log_dir, env)
         stack.callback(children.stop_all)
@@ -169,13 +156,22 @@ def run_dev(args: argparse.Namespace) -> int:
                                    "--latency-ms", str(args.latency_ms))
             _wait_http(f"http://127.0.0.1:{mock_port}/health", mock, "mock-provider",
                        log_dir / "mock-provider.log")
+            workers = {}
             for index in range(args.workers):
-                children.start(f"worker-{index + 1}", "worker")
+                status_port = free_port()
+                name = f"worker-{index + 1}"
+                workers[name] = (status_port, children.start(
+                    name, "worker", "--status-port", str(status_port)))
             children.start("ledger", "ledger")
             children.start("deliver", "deliver")  # webhooks (loopback allowlisted above)
             ingress = children.start("ingress", "ingress", "--port", str(args.port))
             ingress_url = f"http://127.0.0.1:{args.port}"
             _wait_http(f"{ingress_url}/health", ingress, "ingress", log_dir / "ingress.log")
+        with console.status("waiting for the workers to own their partitions…"):
+            # Only then is a first request answered at once (it waited for the group join).
+            for name, (status_port, worker) in workers.items():
+                _wait_http(f"http://127.0.0.1:{status_port}/ready", worker, name,
+                           log_dir / f"{name}.log")
         endpoints = {
             "ingress_url": ingress_url,
             "api_key": api_key,
@@ -183,6 +179,8 @@ def run_dev(args: argparse.Namespace) -> int:
             "postgres_dsn": _libpq(database_url),
             "mock_provider_url": f"http://127.0.0.1:{mock_port}/v1",
             "config": str(config_path),
+            "worker_status_urls": [f"http://127.0.0.1:{port}/status"
+                                   for port, _ in workers.values()],
             "pids": {
                 **({"kafka": kafka_pid} if kafka_pid is not None else {}),
                 **{name: process.pid for name, process in children.processes.items()},
@@ -192,6 +190,50 @@ def run_dev(args: argparse.Namespace) -> int:
         _print_usage(endpoints, state_dir)
         return _wait_for_exit(children)
     return 0
+
+
+_ENGINE_NAMES = {"tansu": "embedded Tansu", "apache": "Apache Kafka"}
+
+
+def _start_kafka(
+    stack: contextlib.ExitStack, engine: str, state_dir: Path, log_dir: Path
+) -> tuple[str, int | None]:
+    """Start the chosen embedded broker; its bootstrap address and process id."""
+    if engine == "apache":
+        shutil.rmtree(state_dir / "kafka", ignore_errors=True)  # fresh each time, like Tansu
+        kafka = ApacheKafka(nodes=1, base_dir=state_dir / "kafka", fast_start=False,
+                            progress=lambda line: console.print(f"  {line}"))
+        with console.status("starting Apache Kafka (KRaft, one node)…"):
+            stack.enter_context(kafka)
+        return kafka.bootstrap, kafka.pid(1)
+    with console.status("starting Kafka-protocol broker (Tansu)…"):
+        tansu = stack.enter_context(EmbeddedKafka(log_path=log_dir / "kafka.log"))
+    return tansu.bootstrap, tansu.pid
+
+
+def _tansu_profile(workers: int) -> dict[str, str]:
+    """Settings for the embedded Tansu broker's quirks; none of them apply to Apache Kafka."""
+    return {
+        # Tansu answers a fetch once it finds records but re-checks an empty one only
+        # at half the remaining wait, so a record can sit for half the wait before it
+        # is seen (Apache Kafka answers as soon as it arrives). Measured here:
+        # 20 ms -> 19 ms p50 at concurrency 1; 5 ms -> 12.2-12.4 ms; 3 ms -> 10.3-10.6
+        # ms; 2 ms no better than 3 and dearer in idle polls. Under load the wait
+        # stretches anyway (SLUICE_BUSY_FETCH_MAX_WAIT_MS), so 64 callers see no change.
+        "SLUICE_FETCH_MAX_WAIT_MS": os.environ.get("SLUICE_FETCH_MAX_WAIT_MS", "3"),
+        # Every Tansu fetch that finds new records scans the partition's whole history,
+        # so consumers nobody waits on (ledger, webhooks, batches) poll once a second:
+        # the broker's CPU per request then grows half as fast as the topics fill.
+        "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS": os.environ.get(
+            "SLUICE_BACKGROUND_FETCH_MAX_WAIT_MS", "1000"),
+        # The embedded broker lists a partition's whole history on every fetch that
+        # finds records, so spreading each topic over 8 partitions multiplies its work
+        # (measured: 0.65 -> 0.26 ms of broker CPU per request with one partition). A
+        # worker runs many requests at once from one partition, so one partition per
+        # worker process loses no parallelism (reply topics keep their own count, see
+        # KafkaSettings).
+        "SLUICE_TOPIC_PARTITIONS": os.environ.get("SLUICE_TOPIC_PARTITIONS", str(workers)),
+    }
 
 
 def _wait_for_exit(children: _Children) -> int:

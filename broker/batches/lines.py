@@ -46,6 +46,8 @@ class InputLine:
     custom_id: str
     body: ChatCompletionRequest | None
     problem: str | None = None
+    code: str | None = None
+    """OpenAI's error code for `problem`, where one fits (`request_too_large`)."""
 
 
 async def split_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, bytes]]:

@@ -106,6 +106,7 @@ class SimulatorApp:
             request_id=f"chatcmpl-sim-{token}",
             encoding=settings.encoding,
             cached_share=settings.cached_input_share,
+            answer_bytes=settings.answer_bytes,
         )
         if self.limits.enabled:
             usage = completion.usage

@@ -59,6 +59,9 @@ class SimulatorSettings(BaseModel):
     """Extra delay drawn uniformly from [0, jitter_ms) for each answer."""
     output_tokens: Annotated[int, Field(ge=1)] = 16
     """Completion tokens of an answer not cut short by `max_tokens`."""
+    answer_bytes: Annotated[int, Field(ge=1)] | None = None
+    """Every answer's text is exactly this many bytes (`output_tokens` is then ignored):
+    for testing answers too large to queue."""
     models: Annotated[tuple[str, ...], Field(min_length=1)] = ("sim-model",)
     """Model ids listed by `GET /v1/models`; completions are served for any model name."""
     encoding: str | None = None

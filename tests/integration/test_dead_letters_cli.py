@@ -46,8 +46,8 @@ def test_list_and_replay(
 ) -> None:
     topics = Topics(kafka_settings.topic_prefix)
     asyncio.run(_poison(kafka_settings, topics))
-    monkeypatch.setenv("SLUICE_KAFKA_BOOTSTRAP", kafka_settings.kafka_bootstrap)
-    monkeypatch.setenv("SLUICE_TOPIC_PREFIX", kafka_settings.topic_prefix)
+    for name, value in kafka_settings.as_env().items():
+        monkeypatch.setenv(name, value)
 
     assert main(["dead-letters", "list", "--limit", "1"]) == 0
     [line] = capsys.readouterr().out.splitlines()

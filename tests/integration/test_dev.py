@@ -13,11 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer
 from openai import OpenAI
 
+from broker.apache_kafka import missing_tools
 from broker.embedded import free_port
+from broker.kafka import partition_ids
+from broker.settings import KafkaSettings
 
 pytestmark = pytest.mark.integration
 
@@ -50,7 +54,8 @@ async def _partition_counts(bootstrap: str) -> dict[str, int]:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
     await consumer.start()
     try:
-        return {name: len(consumer.partitions_for_topic(name) or ())
+        settings = KafkaSettings(kafka_bootstrap=bootstrap)
+        return {name: len(await partition_ids(settings, name))
                 for name in await consumer.topics() if name.startswith("sluice.")}
     finally:
         await consumer.stop()
@@ -69,11 +74,14 @@ def _bench(state_dir: Path, env: dict[str, str]) -> dict[str, Any]:
     return summary
 
 
-def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["tansu", "apache"])
+def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path, engine: str) -> None:
+    if engine == "apache" and missing_tools() and not os.environ.get("CI"):
+        pytest.skip("`sluice dev --kafka apache` needs Java 17+ and Maven")
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLUICE_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "sluice", "dev", "--port", str(port),
+        [sys.executable, "-m", "sluice", "dev", "--port", str(port), "--kafka", engine,
          "--state-dir", str(tmp_path / "state")],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
@@ -85,6 +93,11 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> No
             assert time.monotonic() < deadline, "sluice dev did not write endpoints.json"
             time.sleep(0.2)
         endpoints = json.loads(endpoints_file.read_text())
+        # Written just before "running" is printed: by then every worker owns its
+        # partitions, so a first request is not left waiting for a group join.
+        for status_url in endpoints["worker_status_urls"]:
+            ready = httpx.get(status_url.replace("/status", "/ready"), timeout=5)
+            assert ready.status_code == 200, ready.text
         assert endpoints["ingress_url"] == f"http://127.0.0.1:{port}"
         assert {"api_key", "kafka_bootstrap", "postgres_dsn"} <= set(endpoints)
 
@@ -104,13 +117,14 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path) -> No
         assert summary["ok"] == 40
         assert {"bench", "kafka", "ingress", "worker-1", "ledger"} <= set(
             summary["cpu_ms_per_request"])
-        # One worker process on the embedded broker: one partition per topic (see dev.py),
-        # but for the reply topic, which keeps its own count (see KafkaSettings).
+        # One worker process on the embedded Tansu broker: one partition per topic (see
+        # dev.py), but for the reply topic, which keeps its own count (see KafkaSettings).
+        # Apache Kafka keeps the defaults: 8 everywhere.
         counts = asyncio.run(_partition_counts(endpoints["kafka_bootstrap"]))
         replies = {name for name in counts if name.startswith("sluice.replies.")}
         assert len(replies) == 1 and "sluice.requests.gpt-4o-mini" in counts
         assert {name: n for name, n in counts.items() if name not in replies} == dict.fromkeys(
-            set(counts) - replies, 1)
+            set(counts) - replies, 1 if engine == "tansu" else 8)
         assert [counts[name] for name in replies] == [8]
     finally:
         process.send_signal(signal.SIGINT)

@@ -16,7 +16,8 @@ from broker.fetch_pacing import FetchPacing
 from broker.kafka import ensure_topics, new_consumer, new_producer
 from broker.settings import KafkaSettings
 
-pytestmark = pytest.mark.integration
+# Fetch pacing is a workaround for the embedded broker only (broker/fetch_pacing.py).
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("tansu")]
 
 # Listing this many batches takes Tansu ~8 ms on the project machine: far past a 1 ms wait,
 # and still past it on a machine four times faster.

@@ -65,8 +65,8 @@ def test_reconcile_cli_exit_code(
     topic = topics_for(kafka_settings).usage
     asyncio.run(produce(kafka_settings, topic, usage("use_only")))
     monkeypatch.setenv("SLUICE_DATABASE_URL", database_url)
-    monkeypatch.setenv("SLUICE_KAFKA_BOOTSTRAP", kafka_settings.kafka_bootstrap)
-    monkeypatch.setenv("SLUICE_TOPIC_PREFIX", kafka_settings.topic_prefix)
+    for name, value in kafka_settings.as_env().items():
+        monkeypatch.setenv(name, value)
     assert main(["ledger", "reconcile", "--since", "1h"]) == 1  # never recorded
     out = capsys.readouterr().out
     assert "missing: 1" in out and "use_only" in out and "duplicate: 0" in out

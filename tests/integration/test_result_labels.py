@@ -8,7 +8,15 @@ import pytest
 from aiokafka import TopicPartition
 
 from broker.fetch_pacing import FetchPacing
-from broker.kafka import decode, ensure_topics, header, new_consumer, read_present, topics_for
+from broker.kafka import (
+    decode,
+    ensure_topics,
+    header,
+    new_consumer,
+    partition_ids,
+    read_present,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
 from tests.integration.stack import running_stack
@@ -38,7 +46,7 @@ async def test_results_carry_tenant_and_webhook_labels(
         try:
             topic = topics_for(kafka_settings).results
             partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+                          for p in await partition_ids(kafka_settings, topic)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             labels = {
@@ -52,6 +60,7 @@ async def test_results_carry_tenant_and_webhook_labels(
                       for request_id, has_hook in ids.items()}
 
 
+@pytest.mark.kafka_engine("tansu")  # pacing runs on the embedded broker only
 async def test_fetch_pacing_reaches_aiokafka(kafka_settings: KafkaSettings) -> None:
     """FetchPacing sets aiokafka's per-fetch wait; this fails if aiokafka renames it."""
     topic = topics_for(kafka_settings).results
@@ -88,7 +97,7 @@ async def test_reply_topics_have_their_own_partition_count(
             topics = topics_for(settings)
             replies = [name for name in await consumer.topics()
                        if name.startswith(topics.replies(""))]
-            counts = {name: len(consumer.partitions_for_topic(name) or ())
+            counts = {name: len(await partition_ids(settings, name))
                       for name in [*replies, topics.requests("gpt-4o-mini")]}
         finally:
             await consumer.stop()
@@ -96,6 +105,7 @@ async def test_reply_topics_have_their_own_partition_count(
     assert counts == {replies[0]: 2, topics.requests("gpt-4o-mini"): settings.topic_partitions}
 
 
+@pytest.mark.kafka_engine("tansu")  # sticky reply partitions are its workaround
 async def test_replies_sent_together_share_one_partition(
     kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -118,8 +128,7 @@ async def test_replies_sent_together_share_one_partition(
             topics = topics_for(settings)
             topic = next(name for name in await consumer.topics()
                          if name.startswith(topics.replies("")))
-            partitions = [TopicPartition(topic, p)
-                          for p in sorted(consumer.partitions_for_topic(topic) or ())]
+            partitions = [TopicPartition(topic, p) for p in await partition_ids(settings, topic)]
             consumer.assign(partitions)
             await consumer.seek_to_beginning(*partitions)
             landed = {record.partition async for record in read_present(consumer, partitions)

@@ -55,11 +55,7 @@ def simulator_url() -> Iterator[str]:
 def _start_worker(kafka: KafkaSettings, database_url: str, config: Path) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
-        "SLUICE_KAFKA_BOOTSTRAP": kafka.kafka_bootstrap,
-        "SLUICE_TOPIC_PREFIX": kafka.topic_prefix,
-        "SLUICE_TOPIC_PARTITIONS": str(kafka.topic_partitions),
-        "SLUICE_SESSION_TIMEOUT_MS": str(kafka.session_timeout_ms),
-        "SLUICE_HEARTBEAT_INTERVAL_MS": str(kafka.heartbeat_interval_ms),
+        **kafka.as_env(),
         "SLUICE_DATABASE_URL": database_url,
         "SLUICE_CONFIG": str(config),
         "SLUICE_WORKER_CONCURRENCY": str(WORKER_CONCURRENCY),

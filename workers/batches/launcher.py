@@ -9,6 +9,7 @@ and publishes each valid line to `<prefix>requests.<model>.batch` with `lane=bat
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,9 +22,10 @@ from broker.batches.files import FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope, parse_line, split_lines
 from broker.batches.tables import batch_requests, batches
 from broker.database import database_errors
-from broker.kafka import encode, wait_all
+from broker.kafka import encode, fits, message_limit, topics_for, wait_all
 from broker.prices import PriceBook, list_prices
-from schemas import InferenceRequest, Lane, Topics
+from broker.settings import KafkaSettings
+from schemas import InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 
@@ -42,11 +44,12 @@ class Launcher:
     """Validates and publishes `validating` batches."""
 
     def __init__(self, engine: AsyncEngine, files: FileStore, producer: AIOKafkaProducer,
-                 topics: Topics):
+                 kafka: KafkaSettings):
         self._engine = engine
         self._files = files
         self._producer = producer
-        self._topics = topics
+        self._kafka = kafka
+        self._topics = topics_for(kafka)
 
     async def launch(self, batch: Row[Any]) -> None:
         """Take a claimed batch to `in_progress` or `failed`, releasing the claim."""
@@ -132,15 +135,8 @@ class Launcher:
 
     async def _send(self, batch: Row[Any], lines: list[InputLine]) -> None:
         now = datetime.now(UTC)
-        rows = [_row(batch.id, line, now) for line in lines]
-        with database_errors(self._engine):
-            async with self._engine.begin() as connection:
-                await connection.execute(insert(batch_requests).on_conflict_do_nothing(), rows)
-                # Still ours: a long launch must not look abandoned to another tracker.
-                await connection.execute(update(batches).where(batches.c.id == batch.id)
-                                         .values(claimed_at=func.now()))
-        futures = []
-        for line in lines:
+        outgoing: list[tuple[InferenceRequest, bytes]] = []
+        for index, line in enumerate(lines):
             if line.body is None:
                 continue
             message = InferenceRequest(
@@ -148,10 +144,32 @@ class Launcher:
                 tenant=batch.tenant, api_key_id=batch.api_key_id, lane=Lane.BATCH,
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
                 metadata={"batch_id": batch.id, "custom_id": line.custom_id})
-            futures.append(await self._producer.send(
-                self._topics.requests(message.model, Lane.BATCH), encode(message),
-                key=message.id.encode(), headers=[("correlation_id", batch.id.encode())]))
+            payload = encode(message)
+            if fits(self._kafka, message.id.encode(), payload, self._headers(batch.id)):
+                outgoing.append((message, payload))
+            else:  # answered in the error file, like any other line Kafka cannot take
+                lines[index] = replace(line, body=None, problem=(
+                    f"The request is {len(payload)} bytes once queued, over the Kafka "
+                    f"brokers' limit of {message_limit(self._kafka)} bytes "
+                    "(message.max.bytes)."), code="request_too_large")
+        rows = [_row(batch.id, line, now) for line in lines]
+        with database_errors(self._engine):
+            async with self._engine.begin() as connection:
+                await connection.execute(insert(batch_requests).on_conflict_do_nothing(), rows)
+                # Still ours: a long launch must not look abandoned to another tracker.
+                await connection.execute(update(batches).where(batches.c.id == batch.id)
+                                         .values(claimed_at=func.now()))
+        futures = [
+            await self._producer.send(
+                self._topics.requests(message.model, Lane.BATCH), payload,
+                key=message.id.encode(), headers=self._headers(batch.id))
+            for message, payload in outgoing
+        ]
         await wait_all(futures)
+
+    @staticmethod
+    def _headers(batch_id: str) -> list[tuple[str, bytes]]:
+        return [("correlation_id", batch_id.encode())]
 
 
 def _row(batch_id: str, line: InputLine, now: datetime) -> dict[str, Any]:
@@ -162,4 +180,5 @@ def _row(batch_id: str, line: InputLine, now: datetime) -> dict[str, Any]:
     return {"request_id": request_id(batch_id, line.line), "batch_id": batch_id,
             "line": line.line, "custom_id": line.custom_id, "status": "failed",
             "status_code": 400, "finished_at": now,
-            "body": error_envelope(line.problem or "invalid request", "invalid_request_error")}
+            "body": error_envelope(line.problem or "invalid request", "invalid_request_error",
+                                   code=line.code)}

@@ -58,7 +58,7 @@ class BatchTracker:
         try:
             await consumer.start()
             files = FileStore(self._engine, self._settings)
-            launcher = Launcher(self._engine, files, producer, self._topics)
+            launcher = Launcher(self._engine, files, producer, self._kafka)
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
             await asyncio.gather(self._consume(consumer, stop),
                                  self._maintain(launcher, finalizer, stop))

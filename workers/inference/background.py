@@ -34,7 +34,8 @@ class Background:
         self.cancels = CancelListener(pool.kafka, pool.topics, pool.processor.cancelled)
         port = pool.worker_settings.status_port
         self.status = (
-            StatusServer(self.snapshot, pool.worker_settings.status_host, port)
+            StatusServer(self.snapshot, pool.worker_settings.status_host, port,
+                         ready=pool.ready)
             if port is not None else None
         )
         self._tasks: list[asyncio.Task[None]] = []
@@ -78,5 +79,6 @@ class Background:
             "retries": {"held": self.retries.held, "republished": self.retries.republished},
             "cancelled_known": len(self._pool.processor.cancelled),
             "in_flight": self._pool.slots.used,
+            "ready": self._pool.ready(),
             "budgets": self._pool.budgets.last_snapshot,
         }

@@ -8,13 +8,42 @@ harmless (usage event ids, results of record, the ledger's first-final-wins rule
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
 
 from broker.kafka import encode, result_headers, send_to_dead_letter
-from schemas import Topics
+from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, Topics
 from workers.inference.processor import Outcome
 from workers.inference.retries import schedule_retry
+
+
+def too_large_to_publish(outcome: Outcome, request: InferenceRequest, limit: int) -> Outcome:
+    """What to publish instead of an outcome over the brokers' size limit.
+
+    A provider's answer too large for Kafka ends the request `failed` with code
+    `result_too_large`; its usage events stay as they are, so the call is billed once.
+    Sending the same bytes again could never succeed, so nothing is retried.
+    """
+    if outcome.result is not None:
+        size = len(encode(outcome.result))
+        base = outcome.result
+    else:  # a retry that grew past the limit: the request ends here instead
+        size = len(encode(request))
+        base = InferenceResult(
+            request_id=request.id, model=request.model, status=RequestStatus.FAILED,
+            tenant=request.tenant, api_key_id=request.api_key_id,
+            attempts=request.attempt, correlation_id=request.correlation_id,
+            created_at=request.created_at, finished_at=datetime.now(UTC),
+            webhook_url=request.webhook_url)
+    error = ErrorInfo(
+        type="upstream_error", code="result_too_large",
+        message=f"The answer is {size} bytes, over the Kafka brokers' limit of {limit} bytes "
+                "(message.max.bytes), so it cannot be delivered. Ask for a shorter answer "
+                "(max_tokens), or raise message.max.bytes on the brokers.")
+    result = base.model_copy(update={"status": RequestStatus.FAILED, "completion": None,
+                                     "error": error, "finished_at": datetime.now(UTC)})
+    return Outcome(result, usage=outcome.usage)
 
 
 async def publish_outcome(

@@ -30,11 +30,13 @@ from aiokafka.errors import KafkaError
 from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
-from broker.fetch_pacing import FetchPacing
+from broker.fetch_pacing import pacing_for
 from broker.kafka import (
     decode,
     ensure_topics,
     header,
+    is_too_large,
+    message_limit,
     new_consumer,
     new_producer,
     send_to_dead_letter,
@@ -46,7 +48,7 @@ from broker.tokens import encoding_for_model
 from schemas import InferenceRequest, Lane
 from workers.inference.background import Background
 from workers.inference.lanes import BudgetGates
-from workers.inference.outcomes import publish_outcome
+from workers.inference.outcomes import publish_outcome, too_large_to_publish
 from workers.inference.processor import Outcome, RequestProcessor
 from workers.inference.reply_partitions import StickyReplyPartitions
 from workers.inference.results import FinalResults
@@ -98,6 +100,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self._lane.tracker.forget(revoked)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._lane.joined = True
         self._lane.paused.clear()
         now = time.time()
         for tp in assigned:
@@ -116,13 +119,11 @@ class _ModelConsumer:
         self.tracker = OffsetTracker()
         self.paused: set[TopicPartition] = set()
         self.assigned_at: dict[TopicPartition, float] = {}
+        self.joined = False  # the group gave us our share (possibly none) at least once
 
     async def run(self, stop: asyncio.Event) -> None:
         committer = asyncio.create_task(self._commit_periodically(stop))
-        kafka = self.pool.kafka
-        pacing = None if self.lane is Lane.BATCH else FetchPacing(
-            self.consumer, quiet_ms=kafka.fetch_max_wait_ms, busy_ms=kafka.busy_fetch_max_wait_ms,
-            idle_ms=kafka.idle_fetch_max_wait_ms)
+        pacing = None if self.lane is Lane.BATCH else pacing_for(self.consumer, self.pool.kafka)
         try:
             while not stop.is_set():
                 room = self.pool.room(self.lane)
@@ -200,15 +201,34 @@ class _ModelConsumer:
 
     async def _dead_letter(self, tp: TopicPartition, record: Record, reason: str) -> None:
         log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, reason)
-        await self.pool.publish_with_retry(
-            lambda: send_to_dead_letter(self.pool.producer, self.pool.topics, record, reason)
-        )
+        try:
+            await self.pool.publish_with_retry(
+                lambda: send_to_dead_letter(self.pool.producer, self.pool.topics, record, reason)
+            )
+        except KafkaError as exc:
+            if not is_too_large(exc):
+                raise
+            # Our headers pushed a record at the very limit over it; it stays readable at
+            # its offset, which the log names.
+            log.error("cannot dead-letter %s[%d]@%d (%s): over the size limit; skipped",
+                      tp.topic, tp.partition, record.offset, reason)
         self.tracker.finished(tp, record.offset)
 
     async def _handle(self, tp: TopicPartition, record: Record, request: InferenceRequest) -> None:
         outcome = await self.pool.processor.process(request)
         reply_to = request.reply_to or header(record, "reply_to")
-        await self.pool.publish_with_retry(lambda: self.pool.publish(outcome, reply_to, record))
+        try:
+            await self.pool.publish_with_retry(
+                lambda: self.pool.publish(outcome, reply_to, record))
+        except KafkaError as exc:
+            if not is_too_large(exc):
+                raise
+            limit = message_limit(self.pool.kafka)
+            log.warning("result of %s is over the %d-byte message limit; answering "
+                        "result_too_large", request.id, limit)
+            smaller = too_large_to_publish(outcome, request, limit)
+            await self.pool.publish_with_retry(
+                lambda: self.pool.publish(smaller, reply_to, record))
         self.tracker.finished(tp, record.offset)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:
@@ -260,12 +280,21 @@ class InferencePool:
         self.producer: AIOKafkaProducer = new_producer(
             kafka, client_id="sluice-worker", linger_ms=0
         )
+        # Only the embedded broker needs replies grouped by time slot (see the module);
+        # on Apache Kafka they go by key.
         self.reply_partitions = StickyReplyPartitions(
             self.producer.partitions_for, self.topics.replies(""),
-            slot_s=worker_settings.reply_partition_slot_s)
+            slot_s=worker_settings.reply_partition_slot_s,
+        ) if kafka.kafka_engine == "tansu" else None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._lanes: list[_ModelConsumer] = []
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
+
+    def ready(self) -> bool:
+        """Whether every interactive consumer has joined its group and owns its partitions."""
+        interactive = [lane for lane in self._lanes if lane.lane is Lane.INTERACTIVE]
+        return len(interactive) == len(self.models) and all(lane.joined for lane in interactive)
 
     def room(self, lane: Lane) -> int:
         """How many more messages `lane` may take now (see the module docstring)."""
@@ -294,18 +323,23 @@ class InferencePool:
 
     async def publish(self, outcome: Outcome, reply_to: str | None, record: Record) -> None:
         """Send a retry, or usage + result of record + the caller's reply; wait for acks."""
-        partition = None if reply_to is None else await self.reply_partitions.pick(reply_to)
+        partition = None
+        if reply_to is not None and self.reply_partitions is not None:
+            partition = await self.reply_partitions.pick(reply_to)
         await publish_outcome(self.producer, self.topics, outcome, record, reply_to, partition)
 
     async def publish_with_retry(self, send: Callable[[], Awaitable[None]]) -> None:
-        """Retry a publish while Kafka is unavailable; give up only when stopping."""
+        """Retry a publish while Kafka is unavailable; give up only when stopping.
+
+        A record over the brokers' size limit is never retried: the error is raised at once.
+        """
         delay = 0.1
         while True:
             try:
                 await send()
                 return
             except KafkaError as exc:
-                if self._stop.is_set():
+                if self._stop.is_set() or is_too_large(exc):
                     raise
                 log.warning("publish failed (%s); retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
@@ -341,6 +375,7 @@ class InferencePool:
                                    listener=_CommitOnRevoke(lane))
                 await consumer.start()
                 lanes.append(lane)
+        self._lanes = lanes
         log.info("worker serving %s", ", ".join(self.models))
         reporter = asyncio.create_task(self.budgets.report(
             stop, log_every_s=self.worker_settings.budget_log_interval_s))

@@ -1,4 +1,6 @@
-"""Which partition of an ingress reply topic a result goes to: one per short time slot.
+"""Which partition of an ingress reply topic a result goes to, on the embedded broker.
+
+Used only with `SLUICE_KAFKA_ENGINE=tansu`; on Apache Kafka replies go by key.
 
 Why: an ingress instance reads every partition of its own reply topic and matches replies
 by correlation id, so a reply may go to any partition. Keyed by correlation id, the

@@ -1,4 +1,8 @@
-"""A tiny HTTP status endpoint of one worker process: `GET /status` (JSON).
+"""A tiny HTTP status endpoint of one worker process: `GET /status` (JSON), `GET /ready`.
+
+`/ready` answers 200 once the worker's request consumers have joined their groups and
+own their partitions (503 before): a readiness probe, and what `sluice dev` waits for
+before it says the stack is running.
 
 Breaker state lives in the worker that makes the calls, and ingress runs in another
 process, so each worker serves its own state (`sluice worker --status-port N`); operators
@@ -19,10 +23,12 @@ Snapshot = Callable[[], dict[str, Any]]
 
 
 class StatusServer:
-    """Serves `snapshot()` as JSON at `GET /status` (and `GET /health`)."""
+    """Serves `snapshot()` as JSON at `GET /status`, `ready()` at `GET /ready`, `/health`."""
 
-    def __init__(self, snapshot: Snapshot, host: str, port: int) -> None:
+    def __init__(self, snapshot: Snapshot, host: str, port: int,
+                 ready: Callable[[], bool] = lambda: True) -> None:
         self._snapshot = snapshot
+        self._ready = ready
         self._host = host
         self._port = port
         self._server: asyncio.Server | None = None
@@ -55,6 +61,10 @@ class StatusServer:
             if len(parts) > 1 and parts[0] == "GET" and path in ("/status", "/health"):
                 body = orjson.dumps(self._snapshot() if path == "/status" else {"status": "ok"})
                 status = "200 OK"
+            elif len(parts) > 1 and parts[0] == "GET" and path == "/ready":
+                ready = self._ready()
+                body = orjson.dumps({"ready": ready})
+                status = "200 OK" if ready else "503 Service Unavailable"
             else:
                 body, status = b'{"error":"not found"}', "404 Not Found"
             writer.write(

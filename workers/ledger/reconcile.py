@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
 from broker.errors import BrokerUnavailable
-from broker.kafka import new_consumer, read_present, topics_for
+from broker.kafka import new_consumer, partition_ids, read_present, topics_for
 from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from schemas import UsageEvent
@@ -53,9 +53,10 @@ class Reconciliation:
         return not self.missing and not self.duplicates
 
 
-async def _read(consumer: AIOKafkaConsumer, topic: str, since: datetime | None) -> list[bytes]:
-    await consumer.topics()  # fetches metadata, so the topic's partitions are known
-    partitions = sorted(consumer.partitions_for_topic(topic) or ())
+async def _read(
+    kafka: KafkaSettings, consumer: AIOKafkaConsumer, topic: str, since: datetime | None
+) -> list[bytes]:
+    partitions = await partition_ids(kafka, topic, missing_ok=True)
     tps = [TopicPartition(topic, partition) for partition in partitions]
     if not tps:
         return []
@@ -89,7 +90,7 @@ async def reconcile(
     consumer = new_consumer(kafka, client_id="sluice-reconcile", group_id=None, background=True)
     try:
         await consumer.start()
-        values = await _read(consumer, topic, since)
+        values = await _read(kafka, consumer, topic, since)
     except KafkaError as exc:
         raise BrokerUnavailable(f"cannot read {topic} from {kafka.kafka_bootstrap}") from exc
     finally:
