@@ -5,7 +5,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: dev test check setup
+.PHONY: dev test check setup kafka
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,13 @@ $(BIN)/.installed: pyproject.toml
 
 setup: $(BIN)/.installed
 
+# Apache Kafka's jars, fetched once with Maven into ~/.cache/sluicegate (needs Java 17+
+# and Maven; without them the Apache Kafka tests are skipped, except in CI).
+kafka: setup
+	@if command -v java >/dev/null && command -v mvn >/dev/null; then \
+		$(BIN)/sluice kafka fetch; \
+	else echo "no Java/Maven: the Apache Kafka tests will be skipped (apt-get install openjdk-17-jre-headless maven)"; fi
+
 dev: setup
 	$(BIN)/sluice dev
 
@@ -23,5 +30,5 @@ check: setup
 	$(BIN)/mypy schemas broker workers ingress sluice
 	$(BIN)/lint-imports
 
-test: check
+test: check kafka
 	$(BIN)/pytest -q

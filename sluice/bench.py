@@ -137,6 +137,10 @@ def run_bench(args: argparse.Namespace) -> int:
         from sluice.lanes_bench import run_lanes_bench
 
         return run_lanes_bench(args)
+    if getattr(args, "async_mode", False):
+        from sluice.async_bench import run_async_bench
+
+        return run_async_bench(args)
     if getattr(args, "chaos", False):
         from sluice.chaos_bench import run_chaos_bench
 

@@ -118,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="chaos mode: a healthy run, then one with the simulator failing "
                             "--error-rate of calls; reports success, added latency, duplicates")
     bench.add_argument("--error-rate", type=float, default=0.2)
+    bench.add_argument("--async", dest="async_mode", action="store_true",
+                       help="async mode: POST /v1/requests (202) as fast as accepted, then "
+                            "wait until the ledger recorded every answer (sluice dev stack)")
+    bench.add_argument("--drain-timeout-s", type=float, default=600.0,
+                       help="async mode: how long to wait for the ledger")
     bench.add_argument("--lanes", action="store_true",
                        help="lanes mode: interactive latency idle, then while --batch-lines "
                             "batch lines saturate a --lanes-rpm budget (embedded stack)")
@@ -153,6 +158,18 @@ def build_parser() -> argparse.ArgumentParser:
     export = schema_commands.add_parser("export", help="write JSON Schema files")
     export.add_argument("directory", type=Path)
     export.set_defaults(handler=_handler("sluice.processes", "run_schemas_export"))
+
+    kafka = commands.add_parser("kafka", help="Apache Kafka on this machine, from Maven jars")
+    kafka_commands = kafka.add_subparsers(dest="kafka_command", required=True)
+    fetch = kafka_commands.add_parser("fetch", help="fetch the broker's jars (once) and say where")
+    fetch.set_defaults(handler=_handler("sluice.kafka_cli", "run_kafka_fetch"))
+    start = kafka_commands.add_parser(
+        "start", help="run Apache Kafka (KRaft) on free loopback ports until Ctrl-C")
+    start.add_argument("--nodes", type=int, default=1,
+                       help="1, or 3 for a cluster that survives losing a broker")
+    start.add_argument("--state-dir", type=Path, default=None,
+                       help="keep storage and logs here (default: a temporary folder)")
+    start.set_defaults(handler=_handler("sluice.kafka_cli", "run_kafka_start"))
 
     config = commands.add_parser("config", help="configuration files")
     config_commands = config.add_subparsers(dest="config_command", required=True)

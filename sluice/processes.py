@@ -13,6 +13,7 @@ from pathlib import Path
 
 from broker.config import SluiceConfig, load_config
 from broker.errors import ConfigError
+from broker.kafka import with_broker_limits
 from broker.settings import (
     AppSettings,
     DatabaseSettings,
@@ -50,7 +51,7 @@ def run_ingress(args: argparse.Namespace) -> int:
     config = _config(args)
     services = IngressServices(
         settings=settings,
-        kafka=KafkaSettings(),
+        kafka=asyncio.run(with_broker_limits(KafkaSettings())),
         config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
@@ -105,8 +106,9 @@ def run_worker(args: argparse.Namespace) -> int:
                 name: build_provider(name, deployment, transport)
                 for name, deployment in config.deployments.items()
             }
+            kafka = await with_broker_limits(KafkaSettings())
             pool = InferencePool(
-                KafkaSettings(), worker_settings, config, models, providers,
+                kafka, worker_settings, config, models, providers,
                 PostgresFinalResults(engine), budgets=PostgresBudgetStore(engine),
             )
             await pool.run(stop)
@@ -127,12 +129,13 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
+        kafka = await with_broker_limits(KafkaSettings())
         try:  # the batch tracker (OpenAI Batch API) runs beside the ledger, same database
             await asyncio.gather(
-                Ledger(KafkaSettings(), settings, engine).run(stop),
+                Ledger(kafka, settings, engine).run(stop),
                 # Privacy: completion text past its retention (`workers.ledger.retention`).
                 ContentRetention(engine, settings).run(stop),
-                BatchTracker(KafkaSettings(), BatchSettings(), engine).run(stop))
+                BatchTracker(kafka, BatchSettings(), engine).run(stop))
         finally:
             await engine.dispose()
 

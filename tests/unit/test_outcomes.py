@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from schemas import InferenceResult, RequestStatus, Topics, UsageEvent
 from workers.inference.outcomes import publish_outcome
@@ -67,3 +68,21 @@ async def test_without_a_reply_topic_only_results_and_usage_go_out() -> None:
     for ack in producer.acks:
         ack.set_result(None)
     await task
+
+
+class NoSuchReplyTopic(RecordingProducer):
+    """Kafka has no topic of the caller's reply_to (and will not auto-create it)."""
+
+    async def send(self, topic: str, value: bytes, **options: Any) -> asyncio.Future[None]:
+        if topic == "gone.replies":
+            raise UnknownTopicOrPartitionError()
+        future = await super().send(topic, value, **options)
+        future.set_result(None)
+        return future
+
+
+async def test_a_missing_reply_topic_is_skipped_and_the_result_of_record_still_sent() -> None:
+    producer = NoSuchReplyTopic()
+    task = await _publish(producer, "gone.replies")
+    await task  # no error, no retry loop: the result and usage were acknowledged
+    assert [topic for topic, _ in producer.sent] == ["p.results", "p.usage"]

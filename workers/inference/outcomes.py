@@ -8,14 +8,18 @@ harmless (usage event ids, results of record, the ledger's first-final-wins rule
 from __future__ import annotations
 
 import asyncio
+import logging
 from datetime import UTC, datetime
 
 from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka.errors import UnknownTopicOrPartitionError
 
 from broker.kafka import encode, result_headers, send_to_dead_letter
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, Topics
 from workers.inference.processor import Outcome
 from workers.inference.retries import schedule_retry
+
+log = logging.getLogger("sluice.worker")
 
 
 def too_large_to_publish(outcome: Outcome, request: InferenceRequest, limit: int) -> Outcome:
@@ -72,12 +76,21 @@ async def publish_outcome(
         # First: the three go out in one produce request, which the broker writes in
         # order, and only the reply has someone waiting on it.
         correlation = (result.correlation_id or result.request_id).encode()
-        pending.append(
-            await producer.send(
-                reply_to, payload, key=correlation, partition=reply_partition,
-                headers=[("correlation_id", correlation)],
+        try:
+            pending.append(
+                await producer.send(
+                    reply_to, payload, key=correlation, partition=reply_partition,
+                    headers=[("correlation_id", correlation)],
+                )
             )
-        )
+        except UnknownTopicOrPartitionError:
+            # The reply topic is gone (an ingress that shut down, or a Kafka-native caller
+            # naming a topic that does not exist where auto-creation is off). The result
+            # of record below is what counts; retrying the reply would stall this
+            # partition forever. During an outage the results send fails too, and the
+            # whole outcome is retried.
+            log.warning("reply topic %s does not exist; %s is answered in %s only",
+                        reply_to, result.request_id, topics.results)
     pending.append(await producer.send(
         topics.results, payload, key=result.request_id.encode(),
         headers=result_headers(result.tenant, result.webhook_url is not None),
