@@ -122,6 +122,7 @@ def new_consumer(
         "fetch_max_wait_ms": (
             settings.background_fetch_max_wait_ms if background else settings.fetch_max_wait_ms
         ),
+        "fetch_min_bytes": settings.background_fetch_min_bytes if background else 1,
         "max_poll_interval_ms": 300_000,
         "session_timeout_ms": settings.session_timeout_ms,
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,

@@ -63,6 +63,10 @@ class KafkaSettings(_Settings):
     # Consumers nobody waits on (ledger, retries, cancels) poll at this pace instead: on an
     # idle stack, short waits everywhere kept the embedded broker 86% busy doing nothing.
     background_fetch_max_wait_ms: int = Field(default=250, ge=1)
+    # ...and ask the broker to hold each of their fetches until this many bytes wait (or
+    # the wait above ends): under load, fewer and fuller fetches cost Kafka and the
+    # readers less per record (see docs/BENCHMARKS.md).
+    background_fetch_min_bytes: int = Field(default=1, ge=1)
     publish_timeout_s: float = Field(default=10.0, gt=0)
     # How long a silent consumer keeps its partitions. Shorter means faster takeover after a
     # crash (and, on Tansu, a faster first join: it holds JoinGroup for half of this).
