@@ -56,9 +56,9 @@ class KafkaSettings(_Settings):
     # Latency-sensitive consumers use a short fetch wait (see DESIGN.md: 500 ms default
     # makes ~1% of round trips wait ~250 ms).
     fetch_max_wait_ms: int = Field(default=20, ge=1)
-    # Under load those consumers lengthen their wait up to this (see broker/fetch_pacing.py).
+    # Under load those consumers lengthen their wait up to this (see broker/kafka/fetch_pacing.py).
     busy_fetch_max_wait_ms: int = Field(default=20, ge=1)
-    # ...and, after 2 s with nothing to read, wait this long (see broker/fetch_pacing.py).
+    # ...and, after 2 s with nothing to read, wait this long (see broker/kafka/fetch_pacing.py).
     idle_fetch_max_wait_ms: int = Field(default=50, ge=1)
     # Consumers nobody waits on (ledger, retries, cancels) poll at this pace instead: on an
     # idle stack, short waits everywhere kept the embedded broker 86% busy doing nothing.

@@ -6,11 +6,16 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
-
 from broker.errors import BrokerUnavailable, MessageTooLarge
-from broker.kafka import encode, is_too_large, message_limit, new_producer, topics_for
+from broker.kafka import (
+    KafkaError,
+    Producer,
+    encode,
+    is_too_large,
+    message_limit,
+    new_producer,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from schemas import InferenceRequest
 from schemas.messages import CancelRequested
@@ -24,7 +29,7 @@ class RequestPublisher:
     def __init__(self, kafka: KafkaSettings):
         self._kafka = kafka
         self._topics = topics_for(kafka)
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: Producer | None = None
         self._connector: asyncio.Task[None] | None = None
 
     @property

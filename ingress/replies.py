@@ -11,12 +11,11 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
-
 from broker.errors import PoisonMessage, SluiceError
-from broker.fetch_pacing import pacing_for
 from broker.kafka import (
+    Consumer,
+    KafkaError,
+    TopicPartition,
     decode,
     delete_topics,
     ensure_topics,
@@ -25,6 +24,7 @@ from broker.kafka import (
     partition_ids,
     topics_for,
 )
+from broker.kafka.fetch_pacing import pacing_for
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
 
@@ -47,7 +47,7 @@ class ReplyListener:
         self._temporary = temporary
         self.topic = topics_for(kafka).replies(ingress_id)
         self._waiters: dict[str, asyncio.Future[InferenceResult]] = {}
-        self._consumer: AIOKafkaConsumer | None = None
+        self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,7 +73,7 @@ class ReplyListener:
         """Stop waiting (timeout or failed publish); a late reply is then ignored."""
         self._waiters.pop(correlation_id, None)
 
-    async def _connect(self) -> AIOKafkaConsumer:
+    async def _connect(self) -> Consumer:
         delay = 0.5
         while True:
             consumer = new_consumer(self._kafka, client_id="sluice-ingress-replies", group_id=None)
@@ -105,7 +105,7 @@ class ReplyListener:
         while True:
             try:
                 # Short polls: two empty ones in a row with replies waiting are how a starved
-                # listener notices (see broker/fetch_pacing.py); waiters pay for each one.
+                # listener notices (see broker/kafka/fetch_pacing.py); waiters pay for each one.
                 batch = await consumer.getmany(timeout_ms=100)
             except KafkaError as exc:
                 log.warning("reply listener fetch failed: %s", exc)

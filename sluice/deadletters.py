@@ -16,8 +16,6 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
-
 from broker.errors import InvalidRequest
 from broker.kafka import (
     DLQ_AT,
@@ -25,6 +23,9 @@ from broker.kafka import (
     DLQ_PARTITION,
     DLQ_REASON,
     DLQ_TOPIC,
+    Consumer,
+    ConsumerRecord,
+    TopicPartition,
     ensure_topics,
     new_consumer,
     new_producer,
@@ -90,7 +91,7 @@ async def read_dead_letters(kafka: KafkaSettings, limit: int | None = None) -> l
     """Every entry present now (oldest first per partition), at most `limit` of the newest."""
     topic = topics_for(kafka).dead_letter
     await ensure_topics(kafka, [topic])
-    consumer: AIOKafkaConsumer = new_consumer(kafka, client_id="sluice-dead-letters",
+    consumer: Consumer = new_consumer(kafka, client_id="sluice-dead-letters",
                                               group_id=None, background=True)
     await consumer.start()
     try:

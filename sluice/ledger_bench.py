@@ -29,7 +29,6 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import ConsumerRecord
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
@@ -38,6 +37,9 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from broker.database import create_engine, normalize_url, upgrade_database
+from broker.kafka import (
+    ConsumerRecord,
+)
 from broker.settings import DatabaseSettings
 from broker.usage_queries import usage_report
 from schemas import UsageEvent

@@ -12,11 +12,11 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from broker.fetch_pacing import FetchPacing
 from broker.kafka import ensure_topics, new_consumer, new_producer
+from broker.kafka.fetch_pacing import FetchPacing
 from broker.settings import KafkaSettings
 
-# Fetch pacing is a workaround for the embedded broker only (broker/fetch_pacing.py).
+# Fetch pacing is a workaround for the embedded broker only (broker/kafka/fetch_pacing.py).
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("tansu")]
 
 # Listing this many batches takes Tansu ~8 ms on the project machine: far past a 1 ms wait,

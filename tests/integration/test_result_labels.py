@@ -7,7 +7,6 @@ import asyncio
 import pytest
 from aiokafka import TopicPartition
 
-from broker.fetch_pacing import FetchPacing
 from broker.kafka import (
     decode,
     ensure_topics,
@@ -17,6 +16,7 @@ from broker.kafka import (
     read_present,
     topics_for,
 )
+from broker.kafka.fetch_pacing import FetchPacing
 from broker.settings import KafkaSettings
 from schemas import InferenceResult
 from tests.integration.stack import running_stack

@@ -6,8 +6,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from broker.fetch_pacing import FetchPacing, pacing_for
 from broker.kafka import DEFAULT_MESSAGE_MAX_BYTES, fits, message_limit, new_producer
+from broker.kafka.fetch_pacing import FetchPacing, pacing_for
 from broker.settings import KafkaSettings, WorkerSettings
 from tests.integration.stack import demo_config
 from workers.inference import InferencePool

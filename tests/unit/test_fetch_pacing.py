@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 from aiokafka.errors import IllegalStateError
 
-from broker.fetch_pacing import STARVED_CEILING_MS, FetchPacing, is_starved
+from broker.kafka.fetch_pacing import STARVED_CEILING_MS, FetchPacing, is_starved
 from workers.inference.breakers import FakeClock
 
 
@@ -106,7 +106,7 @@ def test_starved_polls_in_a_row_double_the_floor_up_to_the_ceiling(
     consumer = _consumer(3)
     pacing = FetchPacing(consumer, quiet_ms=3, busy_ms=20)
     floors = []
-    with caplog.at_level(logging.WARNING, logger="broker.fetch_pacing"):
+    with caplog.at_level(logging.WARNING, logger="broker.kafka.fetch_pacing"):
         for _ in range(16):
             pacing.observe(0, starved=True)
             floors.append(pacing.floor_ms)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from broker.offsets import OffsetTracker
+from broker.kafka.offsets import OffsetTracker
 
 TP = TopicPartition("t", 0)
 OTHER = TopicPartition("t", 1)

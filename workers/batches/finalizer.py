@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import Row, exists, func, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -26,7 +25,11 @@ from broker.batches.settings import BatchSettings
 from broker.batches.store import line_counts
 from broker.batches.tables import batch_requests, batches
 from broker.database import database_errors
-from broker.kafka import encode, wait_all
+from broker.kafka import (
+    Producer,
+    encode,
+    wait_all,
+)
 from schemas import Topics
 from schemas.messages import CancelRequested
 from workers.batches.budget import release_batch
@@ -39,7 +42,7 @@ _LINE = batch_requests.c
 class Finalizer:
     """One pass over running batches per call of `tick`."""
 
-    def __init__(self, engine: AsyncEngine, files: FileStore, producer: AIOKafkaProducer,
+    def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
                  topics: Topics, settings: BatchSettings):
         self._engine = engine
         self._files = files

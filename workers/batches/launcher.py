@@ -13,7 +13,6 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
 from sqlalchemy import Row, case, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -22,7 +21,14 @@ from broker.batches.files import FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope, parse_line, split_lines
 from broker.batches.tables import batch_requests, batches
 from broker.database import database_errors
-from broker.kafka import encode, fits, message_limit, topics_for, wait_all
+from broker.kafka import (
+    Producer,
+    encode,
+    fits,
+    message_limit,
+    topics_for,
+    wait_all,
+)
 from broker.prices import PriceBook, list_prices
 from broker.settings import KafkaSettings
 from schemas import InferenceRequest, Lane
@@ -43,7 +49,7 @@ def request_id(batch_id: str, line: int) -> str:
 class Launcher:
     """Validates and publishes `validating` batches."""
 
-    def __init__(self, engine: AsyncEngine, files: FileStore, producer: AIOKafkaProducer,
+    def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
                  kafka: KafkaSettings):
         self._engine = engine
         self._files = files

@@ -10,8 +10,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from sqlalchemy import bindparam, update
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -20,7 +18,11 @@ from broker.batches.lines import answer_of
 from broker.batches.tables import batch_requests
 from broker.database import database_errors
 from broker.errors import PoisonMessage, SluiceError
-from broker.kafka import decode
+from broker.kafka import (
+    Consumer,
+    KafkaError,
+    decode,
+)
 from schemas import InferenceResult
 from workers.ledger.rows import Record, commit_positions
 from workers.ledger.service import rewind
@@ -57,7 +59,7 @@ def line_updates(records: list[Record]) -> list[dict[str, Any]]:
     return list(updates.values())
 
 
-async def record_results(engine: AsyncEngine, consumer: AIOKafkaConsumer,
+async def record_results(engine: AsyncEngine, consumer: Consumer,
                          records: list[Record]) -> bool:
     """Write one poll's batch-line answers, then commit; False (and rewound) on failure."""
     updates = line_updates(records)

@@ -10,15 +10,20 @@ import asyncio
 import contextlib
 import logging
 
-from aiokafka import AIOKafkaConsumer
-from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
 from broker.errors import SluiceError
-from broker.kafka import ensure_topics, new_consumer, new_producer, topics_for
+from broker.kafka import (
+    Consumer,
+    KafkaError,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
@@ -67,7 +72,7 @@ class BatchTracker:
                 with contextlib.suppress(KafkaError, OSError):
                     await client.stop()
 
-    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
         while not stop.is_set():
             fetched = await consumer.getmany(timeout_ms=200, max_records=2000)
             records = flatten(fetched)

@@ -19,8 +19,6 @@ import random
 import time
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -28,6 +26,9 @@ from broker.errors import BrokerUnavailable, PoisonMessage, SluiceError
 from broker.kafka import (
     RESULT_TENANT_HEADER,
     RESULT_WEBHOOK_HEADER,
+    Consumer,
+    KafkaError,
+    TopicPartition,
     decode,
     ensure_topics,
     header,
@@ -122,7 +123,7 @@ class Deliverer:
                 await consumer.stop()
 
     async def _handle(
-        self, consumer: AIOKafkaConsumer, records: list[Record], stop: asyncio.Event
+        self, consumer: Consumer, records: list[Record], stop: asyncio.Event
     ) -> None:
         try:
             results = self._decoded(await self._worth_decoding(records))
@@ -169,7 +170,7 @@ class Deliverer:
                 or header(record, RESULT_WEBHOOK_HEADER) is not None]
 
     async def _back_off(
-        self, consumer: AIOKafkaConsumer, records: list[Record], stop: asyncio.Event
+        self, consumer: Consumer, records: list[Record], stop: asyncio.Event
     ) -> None:
         _rewind(consumer, records)
         deadline = time.monotonic() + self._backoff_s
@@ -250,7 +251,7 @@ class Deliverer:
         return await self._sender.send(claimed.url, headers, body)
 
 
-def _rewind(consumer: AIOKafkaConsumer, records: list[Record]) -> None:
+def _rewind(consumer: Consumer, records: list[Record]) -> None:
     assigned: set[TopicPartition] = consumer.assignment()
     for tp, offset in first_offsets(records).items():
         if tp in assigned:

@@ -13,10 +13,12 @@ import contextlib
 import logging
 from collections import OrderedDict
 
-from aiokafka.errors import KafkaError
-
 from broker.errors import PoisonMessage
-from broker.kafka import decode, new_consumer
+from broker.kafka import (
+    KafkaError,
+    decode,
+    new_consumer,
+)
 from broker.settings import KafkaSettings
 from schemas import Topics
 from schemas.messages import CancelRequested

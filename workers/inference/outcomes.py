@@ -11,10 +11,14 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord
-from aiokafka.errors import UnknownTopicOrPartitionError
-
-from broker.kafka import encode, result_headers, send_to_dead_letter
+from broker.kafka import (
+    ConsumerRecord,
+    Producer,
+    UnknownTopicOrPartitionError,
+    encode,
+    result_headers,
+    send_to_dead_letter,
+)
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, Topics
 from workers.inference.processor import Outcome
 from workers.inference.retries import schedule_retry
@@ -51,7 +55,7 @@ def too_large_to_publish(outcome: Outcome, request: InferenceRequest, limit: int
 
 
 async def publish_outcome(
-    producer: AIOKafkaProducer,
+    producer: Producer,
     topics: Topics,
     outcome: Outcome,
     record: ConsumerRecord[bytes, bytes],

@@ -3,7 +3,7 @@
 Each polled message becomes a task; a process-wide bound caps how many run at once. When
 the bound is reached the pool pauses its partitions and keeps polling (so the group does
 not evict it) instead of nacking or spinning. Offsets are committed only up to the oldest
-unfinished message of each partition (`broker.offsets.OffsetTracker`), after its result and
+unfinished message of each partition (`broker.kafka.offsets.OffsetTracker`), after its result and
 usage were acknowledged by Kafka: a crash redelivers unfinished work, never skips it.
 
 Priority lanes: each model has an interactive and a batch topic, each consumed by its own
@@ -23,15 +23,16 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-
 from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
 from broker.errors import PoisonMessage
-from broker.fetch_pacing import pacing_for
 from broker.kafka import (
+    Consumer,
+    ConsumerRecord,
+    KafkaError,
+    Producer,
+    RebalanceListener,
+    TopicPartition,
     decode,
     ensure_topics,
     header,
@@ -42,7 +43,8 @@ from broker.kafka import (
     send_to_dead_letter,
     topics_for,
 )
-from broker.offsets import OffsetTracker
+from broker.kafka.fetch_pacing import pacing_for
+from broker.kafka.offsets import OffsetTracker
 from broker.settings import KafkaSettings, WorkerSettings
 from broker.tokens import encoding_for_model
 from schemas import InferenceRequest, Lane
@@ -91,7 +93,7 @@ class _Slots:
         self.freed.set()
 
 
-class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+class _CommitOnRevoke(RebalanceListener):  # type: ignore[misc]
     def __init__(self, lane: _ModelConsumer):
         self._lane = lane
 
@@ -110,7 +112,7 @@ class _CommitOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 class _ModelConsumer:
     """Consumes one model's request topic of one lane in its own consumer group."""
 
-    def __init__(self, pool: InferencePool, model: str, consumer: AIOKafkaConsumer,
+    def __init__(self, pool: InferencePool, model: str, consumer: Consumer,
                  lane: Lane = Lane.INTERACTIVE):
         self.pool = pool
         self.model = model
@@ -277,7 +279,7 @@ class InferencePool:
         self.final_results = final_results
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
-        self.producer: AIOKafkaProducer = new_producer(
+        self.producer: Producer = new_producer(
             kafka, client_id="sluice-worker", linger_ms=0
         )
         # Only the embedded broker needs replies grouped by time slot (see the module);

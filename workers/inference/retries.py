@@ -22,13 +22,19 @@ import time
 from collections.abc import Callable, Iterable
 from typing import TypeAlias
 
-from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
-
 from broker.errors import PoisonMessage
-from broker.kafka import decode, encode, header, new_consumer
-from broker.offsets import OffsetTracker
+from broker.kafka import (
+    ConsumerRecord,
+    KafkaError,
+    Producer,
+    RebalanceListener,
+    TopicPartition,
+    decode,
+    encode,
+    header,
+    new_consumer,
+)
+from broker.kafka.offsets import OffsetTracker
 from broker.settings import KafkaSettings
 from schemas import InferenceRequest, Topics
 from workers.inference.processor import Retry
@@ -44,7 +50,7 @@ Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 async def schedule_retry(
-    producer: AIOKafkaProducer, topics: Topics, record: Record, retry: Retry
+    producer: Producer, topics: Topics, record: Record, retry: Retry
 ) -> None:
     """Publish `retry` to its model's retry topic, keeping the original's headers."""
     ours = (NOT_BEFORE, RETRY_TOPIC)
@@ -68,7 +74,7 @@ def due_at(record: Record) -> float:
         return 0.0
 
 
-class _Forget(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Forget(RebalanceListener):  # type: ignore[misc]
     def __init__(self, scheduler: RetryScheduler) -> None:
         self._scheduler = scheduler
 
@@ -86,7 +92,7 @@ class RetryScheduler:
     def __init__(
         self,
         kafka: KafkaSettings,
-        producer: AIOKafkaProducer,
+        producer: Producer,
         topics: Topics,
         models: Iterable[str],
         *,

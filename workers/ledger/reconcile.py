@@ -20,14 +20,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.database import database_errors
 from broker.errors import BrokerUnavailable
-from broker.kafka import new_consumer, partition_ids, read_present, topics_for
+from broker.kafka import (
+    Consumer,
+    KafkaError,
+    TopicPartition,
+    new_consumer,
+    partition_ids,
+    read_present,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from broker.tables import usage_events
 from schemas import UsageEvent
@@ -54,7 +60,7 @@ class Reconciliation:
 
 
 async def _read(
-    kafka: KafkaSettings, consumer: AIOKafkaConsumer, topic: str, since: datetime | None
+    kafka: KafkaSettings, consumer: Consumer, topic: str, since: datetime | None
 ) -> list[bytes]:
     partitions = await partition_ids(kafka, topic, missing_ok=True)
     tps = [TopicPartition(topic, partition) for partition in partitions]

@@ -9,10 +9,12 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, TypeAlias
 
-from aiokafka import ConsumerRecord, TopicPartition
-
 from broker.errors import PoisonMessage
-from broker.kafka import decode
+from broker.kafka import (
+    ConsumerRecord,
+    TopicPartition,
+    decode,
+)
 from schemas import (
     FINAL_STATUSES,
     ChatMessage,

@@ -17,13 +17,20 @@ import logging
 import time
 from collections.abc import Iterable
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.errors import BrokerUnavailable, SluiceError
-from broker.kafka import ensure_topics, new_consumer, new_producer, send_to_dead_letter, topics_for
+from broker.kafka import (
+    Consumer,
+    KafkaError,
+    Producer,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+    send_to_dead_letter,
+    topics_for,
+)
 from broker.settings import KafkaSettings, LedgerSettings
 from workers.ledger.content import PromptStore
 from workers.ledger.rows import (
@@ -117,8 +124,8 @@ class Ledger:
 
     async def _handle(
         self,
-        consumer: AIOKafkaConsumer,
-        producer: AIOKafkaProducer,
+        consumer: Consumer,
+        producer: Producer,
         records: list[Record],
         stop: asyncio.Event,
     ) -> None:
@@ -167,7 +174,7 @@ class Ledger:
             # batch and the idempotent writes make that a no-op.
             logger.info("ledger: offset commit failed (%s); batch will be re-read", exc)
 
-    async def _back_off(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+    async def _back_off(self, consumer: Consumer, stop: asyncio.Event) -> None:
         deadline = time.monotonic() + self._backoff_s
         self._backoff_s = min(self._backoff_s * 2, self._max_backoff_s)
         try:
@@ -189,7 +196,7 @@ def reason(exc: BaseException, limit: int = 300) -> str:
     return first if len(first) <= limit else first[: limit - 1] + "…"
 
 
-def rewind(consumer: AIOKafkaConsumer, records: Iterable[Record]) -> None:
+def rewind(consumer: Consumer, records: Iterable[Record]) -> None:
     """Seek back to the first of `records` in every partition still assigned to us."""
     assigned = consumer.assignment()
     for tp, offset in first_offsets(records).items():
@@ -197,7 +204,7 @@ def rewind(consumer: AIOKafkaConsumer, records: Iterable[Record]) -> None:
             consumer.seek(tp, offset)
 
 
-async def _stop_quietly(consumer: AIOKafkaConsumer, producer: AIOKafkaProducer) -> None:
+async def _stop_quietly(consumer: Consumer, producer: Producer) -> None:
     for client in (consumer, producer):
         with contextlib.suppress(KafkaError, OSError):
             await client.stop()

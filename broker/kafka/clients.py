@@ -1,4 +1,4 @@
-"""Kafka plumbing shared by every process: clients, topics, codecs and dead letters.
+"""Kafka clients, topics, codecs and dead letters: the one place that drives aiokafka.
 
 We drive aiokafka directly on the hot paths instead of FastStream's subscribers, because of
 three verified pitfalls (DESIGN.md): `ack()` commits every assigned partition's position
@@ -30,6 +30,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from pydantic import BaseModel, ValidationError
 
 from broker.errors import BrokerUnavailable, PoisonMessage
+from broker.kafka.memory import MemoryConsumer, MemoryProducer, is_memory, memory_broker
 from broker.settings import KafkaSettings
 from schemas import Topics
 
@@ -74,6 +75,9 @@ def new_producer(
     messages make a duplicate harmless). Records over the brokers' `message.max.bytes` are
     refused here, before they are sent (`is_too_large`).
     """
+    if is_memory(settings.kafka_bootstrap):
+        return MemoryProducer(settings.kafka_bootstrap,
+                              max_request_size=message_limit(settings))
     return AIOKafkaProducer(
         bootstrap_servers=settings.kafka_bootstrap,
         client_id=client_id,
@@ -128,6 +132,8 @@ def new_consumer(
         "heartbeat_interval_ms": settings.heartbeat_interval_ms,
     }
     options.update(overrides)
+    if is_memory(settings.kafka_bootstrap):
+        return MemoryConsumer(**options)
     return AIOKafkaConsumer(**options)
 
 
@@ -179,6 +185,8 @@ async def _broker_facts(admin: AIOKafkaAdminClient) -> BrokerFacts:
 
 async def describe_brokers(settings: KafkaSettings) -> BrokerFacts:
     """How many brokers there are, and their default replication and message size limit."""
+    if is_memory(settings.kafka_bootstrap):
+        return BrokerFacts(1, DEFAULT_REPLICATION_FACTOR, DEFAULT_MESSAGE_MAX_BYTES)
     admin = await _admin(settings)
     try:
         return await _broker_facts(admin)
@@ -215,6 +223,11 @@ async def ensure_topics(
     """
     wanted = sorted(set(names))
     if not wanted:
+        return
+    if is_memory(settings.kafka_bootstrap):
+        for name in wanted:
+            memory_broker(settings.kafka_bootstrap).create_topic(
+                name, partitions or settings.topic_partitions)
         return
     admin = await _admin(settings)
     try:
@@ -267,6 +280,13 @@ async def partition_ids(
     a moment ago may still be electing leaders: ask the cluster, and wait for them. With
     `missing_ok`, a topic that does not exist has no partitions.
     """
+    if is_memory(settings.kafka_bootstrap):
+        topics = memory_broker(settings.kafka_bootstrap).topics
+        if topic not in topics and missing_ok:
+            return []
+        if topic not in topics:
+            raise BrokerUnavailable(f"topic {topic} does not exist")
+        return list(range(len(topics[topic])))
     admin = await _admin(settings)
     try:
         deadline = asyncio.get_running_loop().time() + timeout_s
@@ -288,6 +308,10 @@ async def partition_ids(
 
 async def delete_topics(settings: KafkaSettings, names: Iterable[str]) -> None:
     """Delete topics (those that do not exist are ignored)."""
+    if is_memory(settings.kafka_bootstrap):
+        for name in names:
+            memory_broker(settings.kafka_bootstrap).delete_topic(name)
+        return
     admin = await _admin(settings)
     try:
         await admin.delete_topics(list(names))
