@@ -165,19 +165,21 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     import tempfile
 
     from broker.database import upgrade_database
-    from broker.embedded import EmbeddedKafka, EmbeddedPostgres
+    from broker.embedded import EmbeddedPostgres
+    from sluice.embedded_kafka import embedded_kafka
 
     rpm, tpm = _pair(args.budget)
     provider_rpm, provider_tpm = _pair(args.provider_limit) if args.provider_limit else (rpm, tpm)
     run = BudgetRun(rpm=rpm, tpm=tpm, provider_rpm=provider_rpm, provider_tpm=provider_tpm,
                     window_s=args.window_s, workers=args.workers, windows=args.windows,
                     warmup_windows=args.warmup_windows)
-    with EmbeddedKafka() as kafka, EmbeddedPostgres() as postgres, \
+    with embedded_kafka(args.kafka) as (bootstrap, engine), EmbeddedPostgres() as postgres, \
             tempfile.TemporaryDirectory() as workdir:
         url = postgres.url("sluice_bench")
         asyncio.run(upgrade_database(url))
-        settings = KafkaSettings(kafka_bootstrap=kafka.bootstrap, topic_partitions=4,
-                                 session_timeout_ms=6000, heartbeat_interval_ms=1000)
+        settings = KafkaSettings(kafka_bootstrap=bootstrap, kafka_engine=engine,
+                                 topic_partitions=4, session_timeout_ms=6000,
+                                 heartbeat_interval_ms=1000)
         figures = asyncio.run(measure_budget(run, settings, url, Path(workdir)))
     figures["machine"] = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     print(f"utilisation (served / limit): {figures['utilisation']:.1%}, "

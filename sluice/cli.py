@@ -114,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-windows", type=float, default=1.0,
                        help="budget mode: windows served before measuring (steady state)")
     bench.add_argument("--workers", type=int, default=3)
+    bench.add_argument("--kafka", choices=["apache", "tansu"], default="apache",
+                       help="budget and lanes modes: the broker they start (default: Apache "
+                            "Kafka; Tansu where Java is missing)")
     bench.add_argument("--chaos", action="store_true",
                        help="chaos mode: a healthy run, then one with the simulator failing "
                             "--error-rate of calls; reports success, added latency, duplicates")

@@ -24,13 +24,14 @@ import httpx
 import yaml
 
 from broker.database import upgrade_database
-from broker.embedded import EmbeddedKafka, EmbeddedPostgres, free_port, wait_for_port
+from broker.embedded import EmbeddedPostgres, free_port, wait_for_port
 from broker.kafka import encode, ensure_topics, new_producer, topics_for
 from broker.settings import KafkaSettings
 from ingress.publisher import RequestPublisher
 from ingress.replies import ReplyListener
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Lane
 from sluice.budget_bench import MODEL, _spawn, _worker_env
+from sluice.embedded_kafka import embedded_kafka
 from sluice.loadgen import percentile
 
 
@@ -130,11 +131,12 @@ async def measure_lanes(kafka: KafkaSettings, database_url: str, workdir: Path, 
 
 def run_lanes_bench(args: argparse.Namespace) -> int:
     """Print the figures and a JSON line for docs/BENCHMARKS.md."""
-    with EmbeddedKafka() as kafka, EmbeddedPostgres() as postgres, \
+    with embedded_kafka(args.kafka) as (bootstrap, engine), EmbeddedPostgres() as postgres, \
             tempfile.TemporaryDirectory() as workdir:
         url = postgres.url("sluice_bench")
         asyncio.run(upgrade_database(url))
-        settings = KafkaSettings(kafka_bootstrap=kafka.bootstrap, topic_partitions=4,
+        settings = KafkaSettings(kafka_bootstrap=bootstrap, kafka_engine=engine,
+                                 topic_partitions=4,
                                  session_timeout_ms=6000, heartbeat_interval_ms=1000,
                                  fetch_max_wait_ms=5)
         figures = asyncio.run(measure_lanes(
