@@ -1,4 +1,4 @@
-"""`sluice bench --async`: how fast the stack accepts queued prompts, and answers them all.
+"""`sluice bench async`: how fast the stack accepts queued prompts, and answers them all.
 
 Two figures, one run: the accept rate (`POST /v1/requests` answered 202, which means Kafka
 has the request), and prompts per second end to end, from the first submission until the

@@ -1,4 +1,4 @@
-"""`sluice bench`: drive a running stack over HTTP and report throughput, latency and memory.
+"""`sluice bench sync`: drive a running stack over HTTP; throughput, latency and memory.
 
 By default it targets the stack `sluice dev` started (read from `.sluice/endpoints.json`),
 whose simulated provider answers with zero latency, so the figures measure sluicegate itself.
@@ -124,27 +124,7 @@ async def _drive(
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    """Run the benchmark and print a table (and a JSON line for the record)."""
-    if getattr(args, "mode", None) == "ledger":
-        from sluice.ledger_bench import run_ledger_bench
-
-        return run_ledger_bench(args)
-    if getattr(args, "budget", None):
-        from sluice.budget_bench import run_budget_bench
-
-        return run_budget_bench(args)
-    if getattr(args, "lanes", False):
-        from sluice.lanes_bench import run_lanes_bench
-
-        return run_lanes_bench(args)
-    if getattr(args, "async_mode", False):
-        from sluice.async_bench import run_async_bench
-
-        return run_async_bench(args)
-    if getattr(args, "chaos", False):
-        from sluice.chaos_bench import run_chaos_bench
-
-        return run_chaos_bench(args)
+    """`sluice bench sync`: run it and print a table (and a JSON line for the record)."""
     url, key, pids = _endpoints(args)
     model = args.model
     if model is None:

@@ -1,4 +1,4 @@
-"""`sluice bench --budget`: three worker processes against a rate-limited simulator.
+"""`sluice bench budget`: three worker processes against a rate-limited simulator.
 
 Starts a simulated provider enforcing `provider_rpm`/`provider_tpm` over a sliding window
 and `workers` separate `sluice worker` processes sharing one PostgreSQL budget of
@@ -159,7 +159,7 @@ def _pair(text: str) -> tuple[int, int]:
 
 
 def run_budget_bench(args: argparse.Namespace) -> int:
-    """`sluice bench --budget RPM:TPM`: embedded Kafka and PostgreSQL, print the figures."""
+    """`sluice bench budget RPM:TPM`: embedded Kafka and PostgreSQL, print the figures."""
     import json
     import platform
     import tempfile

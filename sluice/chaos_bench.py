@@ -1,4 +1,4 @@
-"""`sluice bench --chaos`: the same load on a healthy and on a failing provider.
+"""`sluice bench chaos`: the same load on a healthy and on a failing provider.
 
 Drives the stack `sluice dev` started: one healthy run, then the simulator is told
 (`PUT /faults`) to fail a share of calls with 429/5xx, the same load runs again, and the
@@ -109,7 +109,7 @@ def run_chaos_bench(args: argparse.Namespace) -> int:
     with console.status(f"healthy run, then {args.error_rate:.0%} failures "
                         f"({args.requests} requests each)…"):
         summary = asyncio.run(_run(args, endpoints))
-    table = Table(title=f"sluice bench --chaos — {summary['model']}")
+    table = Table(title=f"sluice bench chaos — {summary['model']}")
     table.add_column("metric")
     table.add_column("value", justify="right")
     for name in ("success_rate", "added_p50_ms", "added_p95_ms", "calls_per_request",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from broker.errors import SluiceError
 from sluice.batch_cli import add_batch_commands
+from sluice.bench_cli import add_bench_commands
 from sluice.ledger_commands import add_ledger_commands
 
 Handler = Callable[[argparse.Namespace], int]
@@ -94,57 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     mock.add_argument("--window-s", type=float, default=60.0, help="sliding window (seconds)")
     mock.set_defaults(handler=_handler("sluice.processes", "run_mock_provider"))
 
-    bench = commands.add_parser("bench", help="drive a running stack and report speed")
-    bench.add_argument("mode", nargs="?", choices=["ledger"], default=None,
-                       help="ledger: write throughput and usage query latency in PostgreSQL")
-    bench.add_argument("--state-dir", type=Path, default=Path(".sluice"))
-    bench.add_argument("--url", default=None, help="ingress URL (default: from sluice dev)")
-    bench.add_argument("--api-key", default=None)
-    bench.add_argument("--model", default=None)
-    bench.add_argument("--concurrency", type=int, default=64)
-    bench.add_argument("--requests", type=int, default=5000)
-    bench.add_argument("--warmup", type=int, default=200)
-    bench.add_argument("--budget", default=None, metavar="RPM:TPM",
-                       help="budget mode: worker processes share this budget per window "
-                            "against a rate-limited simulator (embedded Kafka and Postgres)")
-    bench.add_argument("--provider-limit", default=None, metavar="RPM:TPM",
-                       help="the simulator's real limit (default: the budget)")
-    bench.add_argument("--window-s", type=float, default=10.0)
-    bench.add_argument("--windows", type=float, default=3.0)
-    bench.add_argument("--warmup-windows", type=float, default=1.0,
-                       help="budget mode: windows served before measuring (steady state)")
-    bench.add_argument("--workers", type=int, default=3)
-    bench.add_argument("--kafka", choices=["apache", "tansu"], default="apache",
-                       help="budget and lanes modes: the broker they start (default: Apache "
-                            "Kafka; Tansu where Java is missing)")
-    bench.add_argument("--chaos", action="store_true",
-                       help="chaos mode: a healthy run, then one with the simulator failing "
-                            "--error-rate of calls; reports success, added latency, duplicates")
-    bench.add_argument("--error-rate", type=float, default=0.2)
-    bench.add_argument("--async", dest="async_mode", action="store_true",
-                       help="async mode: POST /v1/requests (202) as fast as accepted, then "
-                            "wait until the ledger recorded every answer (sluice dev stack)")
-    bench.add_argument("--drain-timeout-s", type=float, default=600.0,
-                       help="async mode: how long to wait for the ledger")
-    bench.add_argument("--lanes", action="store_true",
-                       help="lanes mode: interactive latency idle, then while --batch-lines "
-                            "batch lines saturate a --lanes-rpm budget (embedded stack)")
-    bench.add_argument("--lanes-rpm", type=int, default=150, help="budget per --window-s")
-    bench.add_argument("--batch-lines", type=int, default=5000)
-    bench.add_argument("--interactive-rate", type=float, default=5.0, help="requests per second")
-    bench.add_argument("--database-url", default=None,
-                       help="ledger mode: a server to create a throwaway database on "
-                            "(default: $SLUICE_DATABASE_URL, else an embedded PostgreSQL)")
-    bench.add_argument("--rows", type=int, default=10_000_000, help="ledger mode: usage rows")
-    bench.add_argument("--days", type=float, default=90.0, help="ledger mode: rows span this")
-    bench.add_argument("--events", type=int, default=200_000,
-                       help="ledger mode: events written through the ledger")
-    bench.add_argument("--batch-size", type=int, default=2000,
-                       help="ledger mode: events per write_batch")
-    bench.add_argument("--writers", type=int, default=2,
-                       help="ledger mode: ledger instances writing at once (each owns a "
-                            "share of the tenants, as of the usage partitions)")
-    bench.set_defaults(handler=_handler("sluice.bench", "run_bench"))
+    add_bench_commands(commands, _handler)  # sluice bench sync|async|budget|chaos|lanes|ledger
 
     dead = commands.add_parser("dead-letters", help="inspect and replay the dead-letter topic")
     dead_commands = dead.add_subparsers(dest="dead_letters_command", required=True)

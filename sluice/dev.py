@@ -284,7 +284,7 @@ def _print_usage(endpoints: Mapping[str, object], state_dir: Path) -> None:
 
   OpenAI SDK:  OpenAI(base_url="{url}/v1", api_key="{key}")
   Ledger:      psql '{endpoints['postgres_dsn']}' -c 'select * from usage_events limit 5'
-  Benchmark:   sluice bench --concurrency 64 --requests 5000
+  Benchmark:   sluice bench sync --concurrency 64 --requests 5000
   Batches:     sluice batch submit prompts.jsonl --wait --output results.jsonl
 
 Press Ctrl-C to stop everything.""")

@@ -1,6 +1,6 @@
 """The embedded broker a self-contained command starts: Apache Kafka, or Tansu.
 
-`sluice bench --budget` and `--lanes` bring their own broker. Apache Kafka is the engine
+`sluice bench budget` and `lanes` bring their own broker. Apache Kafka is the engine
 whose figures count (production runs it); Tansu is there for machines without Java.
 """
 

@@ -1,4 +1,4 @@
-"""`sluice bench --lanes`: does a saturating batch make interactive callers wait?
+"""`sluice bench lanes`: does a saturating batch make interactive callers wait?
 
 Embedded Kafka and PostgreSQL, the simulator, one worker and a small budget. Interactive
 requests go out at a steady pace on the idle stack, then again while 5,000 batch lines

@@ -61,14 +61,14 @@ async def _partition_counts(bootstrap: str) -> dict[str, int]:
         await consumer.stop()
 
 
-def _bench(state_dir: Path, env: dict[str, str], *options: str) -> dict[str, Any]:
+def _bench(state_dir: Path, env: dict[str, str], kind: str, *options: str) -> dict[str, Any]:
     bench = subprocess.run(
-        [sys.executable, "-m", "sluice", "bench", "--state-dir", str(state_dir),
+        [sys.executable, "-m", "sluice", "bench", kind, "--state-dir", str(state_dir),
          "--concurrency", "4", "--requests", "40", *options],
         env=env, capture_output=True, text=True, timeout=120,
     )
     assert bench.returncode == 0, bench.stdout + bench.stderr
-    if "--async" not in options:
+    if kind == "sync":
         assert "40 requests, resident MB: " in bench.stdout  # each tenth as it happens
     summary: dict[str, Any] = json.loads(
         next(line for line in bench.stdout.splitlines() if line.startswith("{")))
@@ -114,11 +114,11 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path, engin
 
         assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
 
-        summary = _bench(tmp_path / "state", env, "--warmup", "0")
+        summary = _bench(tmp_path / "state", env, "sync", "--warmup", "0")
         assert summary["ok"] == 40
         assert {"bench", "kafka", "ingress", "worker-1", "ledger"} <= set(
             summary["cpu_ms_per_request"])
-        queued = _bench(tmp_path / "state", env, "--async")
+        queued = _bench(tmp_path / "state", env, "async")
         assert queued["accepted"] == queued["recorded"] == 40, queued
         assert queued["end_to_end_prompts_per_s"] > 0
         # One worker process on the embedded Tansu broker: one partition per topic (see

@@ -11,24 +11,35 @@ from sluice.ledger_bench import usage_rows
 from workers.ledger.store import usage_arrays, usage_statement
 
 
-def test_bench_ledger_parses_and_leaves_the_http_bench_alone() -> None:
+def test_each_benchmark_is_a_subcommand_with_its_own_options() -> None:
     parser = build_parser()
     args = parser.parse_args(["bench", "ledger", "--rows", "1000", "--events", "200",
                               "--batch-size", "50", "--database-url", "postgresql://x/y"])
-    assert (args.mode, args.rows, args.events, args.batch_size, args.days) == (
+    assert (args.bench_command, args.rows, args.events, args.batch_size, args.days) == (
         "ledger", 1000, 200, 50, 90.0)
     assert args.database_url == "postgresql://x/y"
     defaults = parser.parse_args(["bench", "ledger"])
     assert (defaults.rows, defaults.events, defaults.batch_size) == (10_000_000, 200_000, 2000)
-    http = parser.parse_args(["bench", "--concurrency", "8", "--requests", "10"])
-    assert (http.mode, http.concurrency, http.requests) == (None, 8, 10)
-    assert parser.parse_args(["bench", "--chaos"]).chaos
+    sync = parser.parse_args(["bench", "sync", "--concurrency", "8", "--requests", "10"])
+    assert (sync.bench_command, sync.concurrency, sync.requests) == ("sync", 8, 10)
+    assert parser.parse_args(["bench", "chaos", "--error-rate", "0.3"]).error_rate == 0.3
+    budget = parser.parse_args(["bench", "budget", "600:60000", "--kafka", "tansu"])
+    assert (budget.budget, budget.kafka) == ("600:60000", "tansu")
+    assert parser.parse_args(["bench", "async"]).drain_timeout_s == 600.0
+    assert parser.parse_args(["bench", "lanes"]).kafka == "apache"
+    handlers = {kind: parser.parse_args(["bench", kind, *extra]).handler
+                for kind, extra in [("sync", []), ("async", []), ("budget", ["1:1"]),
+                                    ("chaos", []), ("lanes", []), ("ledger", [])]}
+    assert all(callable(run) for run in handlers.values())
 
 
-def test_bench_refuses_an_unknown_mode(capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("argv", [["bench", "ledgers"], ["bench"], ["bench", "sync", "--chaos"]])
+def test_bench_refuses_unknown_kinds_and_options(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
-        build_parser().parse_args(["bench", "ledgers"])
-    assert "invalid choice" in capsys.readouterr().err
+        build_parser().parse_args(argv)
+    assert "error" in capsys.readouterr().err
 
 
 def test_usage_arrays_follow_the_row_keys_in_table_order() -> None:
