@@ -19,7 +19,6 @@ from starlette.responses import Response
 
 from broker.batches import store
 from broker.batches.files import FileStore
-from broker.batches.settings import BatchSettings
 from broker.errors import InvalidRequest, NotFound
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
@@ -50,14 +49,13 @@ def _limit(raw: str | None) -> int:
     return int(raw)
 
 
-def register_batch_routes(app: FastAPI, services: IngressServices,
-                          settings: BatchSettings | None = None) -> None:
+def register_batch_routes(app: FastAPI, services: IngressServices) -> None:
     """Add `/v1/files` and `/v1/batches` (only when the edge has a database)."""
     if services.ledger is None:
         return
     engine: AsyncEngine = services.ledger.engine
     keys = services.api_keys
-    files = FileStore(engine, settings or BatchSettings())
+    files = FileStore(engine, services.batches)
     register_file_routes(app, keys, files)
 
     async def owned(request: Request, batch_id: str) -> tuple[str, dict[str, object]]:

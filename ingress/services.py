@@ -15,8 +15,10 @@ from datetime import datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Protocol
 
+from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig
 from broker.settings import IngressSettings, KafkaSettings
+from broker.webhooks.settings import WebhookSettings
 from schemas import InferenceRequest
 
 if TYPE_CHECKING:
@@ -146,6 +148,10 @@ class IngressServices:
     config: SluiceConfig
     api_keys: ApiKeyFinder
     requests: RequestFinder
+    # Read at the edge like every setting: the SSRF allowlist of X-Webhook-URL and the
+    # Batch API's file storage and limits.
+    webhooks: WebhookSettings
+    batches: BatchSettings
     # Admin keys API and usage queries (ingress/admin.py); None leaves those routes out.
     ledger: LedgerAccess | None = None
     # Key rate limits and monthly budgets (ingress/admission.py); None admits everything.

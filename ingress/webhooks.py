@@ -30,7 +30,6 @@ from starlette.responses import Response
 from broker.errors import InvalidRequest, NotFound, WebhookUrlRefused
 from broker.webhooks import store
 from broker.webhooks.addresses import parse_webhook_url, resolve_pinned
-from broker.webhooks.settings import WebhookSettings
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
@@ -71,14 +70,13 @@ class WebhookIntake:
     """Checks `X-Webhook-URL` and serves the tenant's webhook API.
 
     Args:
-        services: the edge's services; webhooks need its ledger database.
-        settings: the SSRF allowlist (read from the environment when not given).
+        services: the edge's services; webhooks need its ledger database, and its
+            `webhooks` settings hold the SSRF allowlist.
     """
 
-    def __init__(self, services: IngressServices, settings: WebhookSettings | None = None):
+    def __init__(self, services: IngressServices):
         self._services = services
-        self._settings = settings or WebhookSettings()
-        self._policy = self._settings.address_policy()
+        self._policy = services.webhooks.address_policy()
 
     def _engine(self) -> AsyncEngine:
         if self._services.ledger is None:

@@ -38,7 +38,9 @@ def run_ingress(args: argparse.Namespace) -> int:
     """`sluice ingress`: serve the HTTP API with uvicorn."""
     import uvicorn
 
+    from broker.batches.settings import BatchSettings
     from broker.database import create_engine
+    from broker.webhooks.settings import WebhookSettings
     from ingress.admin import LedgerAccess
     from ingress.app import create_app
     from ingress.hot_routes import serve
@@ -55,6 +57,8 @@ def run_ingress(args: argparse.Namespace) -> int:
         config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
+        webhooks=WebhookSettings(),
+        batches=BatchSettings(),
         ledger=LedgerAccess(engine),
         admission=postgres_admission(engine, config),
     )

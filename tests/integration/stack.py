@@ -18,6 +18,7 @@ import httpx
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
 from broker.database import create_engine
 from broker.keys import create_api_key
@@ -29,6 +30,7 @@ from broker.settings import (
     WorkerSettings,
 )
 from broker.simulator import SimulatorSettings, create_simulator_app
+from broker.webhooks.settings import WebhookSettings
 from ingress.admin import LedgerAccess
 from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve
@@ -122,6 +124,9 @@ async def running_stack(
         config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
+        # Read here, at the test's edge, so a test's monkeypatched SLUICE_* reach them.
+        webhooks=WebhookSettings(),
+        batches=BatchSettings(),
         ledger=LedgerAccess(engine),
         admission=postgres_admission(engine, config),
     ))

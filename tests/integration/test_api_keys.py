@@ -12,9 +12,11 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.batches.settings import BatchSettings
 from broker.keys import KeyLimits, create_api_key, find_api_key, list_api_keys
 from broker.settings import IngressSettings, KafkaSettings
 from broker.tables import api_keys
+from broker.webhooks.settings import WebhookSettings
 from ingress.admin import LedgerAccess
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests
@@ -40,6 +42,8 @@ async def client(engine: AsyncEngine) -> AsyncIterator[httpx.AsyncClient]:
         config=config,
         api_keys=PostgresApiKeys(engine),
         requests=PostgresRequests(engine),
+        webhooks=WebhookSettings(),
+        batches=BatchSettings(),
         ledger=LedgerAccess(engine),
     ))
     transport = httpx.ASGITransport(app=app)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import httpx
 
+from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
 from broker.kafka import TopicPartition, decode, new_consumer, partition_ids, read_present
 from broker.settings import IngressSettings, KafkaSettings, WorkerSettings
+from broker.webhooks.settings import WebhookSettings
 from ingress.app import create_app
 from ingress.hot_routes import serve
 from ingress.services import IngressServices, Principal, StoredRequest
@@ -63,7 +65,8 @@ async def _stack() -> AsyncIterator[_Stack]:
                          NoResultsOfRecord())
     worker = asyncio.create_task(pool.run(stop))
     app = create_app(IngressServices(settings=IngressSettings(sync_timeout_s=10), kafka=kafka,
-                                     config=config, api_keys=_OneKey(), requests=_NoLedger()))
+                                     config=config, api_keys=_OneKey(), requests=_NoLedger(),
+                                     webhooks=WebhookSettings(), batches=BatchSettings()))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=serve(app)), base_url="http://ingress",
