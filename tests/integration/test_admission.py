@@ -22,9 +22,12 @@ from broker.admission import (
     month_of,
     window_wait,
 )
+from broker.batches.settings import BatchSettings
+from broker.clock import FakeClock
 from broker.keys import KeyLimits, create_api_key
 from broker.settings import IngressSettings, KafkaSettings
 from broker.tenants import set_tenant
+from broker.webhooks.settings import WebhookSettings
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices
@@ -38,14 +41,6 @@ BODY = {"model": "gpt-4o-mini", "max_tokens": 50,
         "messages": [{"role": "user", "content": "Count the locks of the sluice."}]}
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 6000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 async def test_window_wait_sql_matches_python(engine: AsyncEngine) -> None:
     cases = [(p, c, k, 10.0, e, 60.0) for p, c, k, e in itertools.product(
         (0.0, 4.0, 12.0), (0.0, 3.0, 9.0), (1.0, 5.0, 11.0), (0.0, 15.0, 59.0))]
@@ -57,7 +52,7 @@ async def test_window_wait_sql_matches_python(engine: AsyncEngine) -> None:
             assert sql == pytest.approx(window_wait(*case)), case
 
 
-async def _scenario(store: AdmissionStore, clock: Clock) -> list[tuple[bool, str | None]]:
+async def _scenario(store: AdmissionStore, clock: FakeClock) -> list[tuple[bool, str | None]]:
     """The same sequence of admissions, releases and minutes passing, for either store."""
     limits = Limits("key:k", rpm=5, tpm=800, budgets=(
         Budget("key:k", usd=Decimal("1.00")), Budget("tenant:t", tokens=1400)))
@@ -73,7 +68,7 @@ async def _scenario(store: AdmissionStore, clock: Clock) -> list[tuple[bool, str
 
 
 async def test_postgres_store_decides_like_the_fake(engine: AsyncEngine) -> None:
-    memory_clock, postgres_clock = Clock(), Clock()
+    memory_clock, postgres_clock = FakeClock(6000.0), FakeClock(6000.0)
     expected = await _scenario(MemoryAdmissionStore(memory_clock), memory_clock)
     got = await _scenario(PostgresAdmissionStore(engine, postgres_clock), postgres_clock)
     assert got == expected
@@ -120,6 +115,7 @@ async def test_key_rpm_holds_across_two_ingress_instances(
         second = create_app(IngressServices(
             settings=IngressSettings(), kafka=kafka_settings, config=config,
             api_keys=PostgresApiKeys(stack.engine), requests=PostgresRequests(stack.engine),
+            webhooks=WebhookSettings(), batches=BatchSettings(),
             admission=postgres_admission(stack.engine, config),
         ))
         auth = {"Authorization": f"Bearer {secret}"}

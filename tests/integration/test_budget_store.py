@@ -15,6 +15,7 @@ from broker.budgets import (
     MemoryBudgetStore,
     PostgresBudgetStore,
 )
+from broker.clock import FakeClock
 from broker.database import create_engine
 from broker.settings import DatabaseSettings
 
@@ -25,21 +26,19 @@ SHAPE = BucketShape(limits=(60, 6000, 0, 0), window_s=10, burst=0.05, guard_s=0.
 COST = (1.0, 100.0, 60.0, 40.0)
 
 
-class Clock:
-    now = 5000.0
-
-
 @pytest.fixture(params=["memory", "postgres"])
 async def store(request: pytest.FixtureRequest, database_url: str
-                ) -> AsyncIterator[tuple[BudgetStore, Clock]]:
-    clock = Clock()
+                ) -> AsyncIterator[tuple[BudgetStore, FakeClock]]:
     if request.param == "memory":
-        yield MemoryBudgetStore(lambda: clock.now), clock
+        clock = FakeClock(5000.0)
+        yield MemoryBudgetStore(clock), clock
         return
     engine = create_engine(DatabaseSettings(database_url=database_url))
     postgres = PostgresBudgetStore(engine)
 
-    class Tied(Clock):
+    class Tied(FakeClock):
+        """The fake clock of the PostgreSQL store: its time is the store's `now`."""
+
         @property
         def now(self) -> float:
             return postgres.now or 0.0
@@ -48,13 +47,11 @@ async def store(request: pytest.FixtureRequest, database_url: str
         def now(self, value: float) -> None:
             postgres.now = value
 
-    tied = Tied()
-    tied.now = 5000.0
-    yield postgres, tied
+    yield postgres, Tied(5000.0)
     await engine.dispose()
 
 
-async def test_the_same_story_in_both_stores(store: tuple[BudgetStore, Clock]) -> None:
+async def test_the_same_story_in_both_stores(store: tuple[BudgetStore, FakeClock]) -> None:
     budgets, clock = store
     first = await budgets.reserve("d", SHAPE, COST)
     assert not first.granted  # empty at first

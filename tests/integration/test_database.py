@@ -16,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from broker.batches import tables as _batch_tables  # noqa: F401  (registers its tables)
 from broker.budgets import table as _budget_table  # noqa: F401  (registers its table)
+from broker.clock import FakeClock
 from broker.database import (
     create_engine,
     json_text,
@@ -42,15 +43,6 @@ pytestmark = pytest.mark.integration
 
 # The newest revision file, whichever it is: adding a migration needs no edit here.
 HEAD = max(p.name[:4] for p in (Path(__file__).parents[2] / "migrations/versions").glob("0*.py"))
-
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.mark.parametrize(

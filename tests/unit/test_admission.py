@@ -16,6 +16,7 @@ from broker.admission import (
     next_month,
     window_wait,
 )
+from broker.clock import FakeClock
 from broker.config import SluiceConfig, parse_config
 from broker.errors import LimitExceeded
 from broker.prices import Price, PriceBook
@@ -26,6 +27,7 @@ from ingress.services import Principal
 from schemas import ChatCompletionRequest, InferenceRequest
 
 AT = datetime(2026, 11, 28, 12, tzinfo=UTC)
+START = 6000.0  # the start of a fixed minute, in the fake clock's seconds
 
 
 def demo_config() -> SluiceConfig:
@@ -33,14 +35,6 @@ def demo_config() -> SluiceConfig:
         "models": {"gpt-4o-mini": {"deployments": ["sim"]}},
         "deployments": {"sim": {"provider": "simulated", "model": "gpt-4o-mini"}},
     })
-
-
-class Clock:
-    def __init__(self, now: float = 6000.0) -> None:  # the start of a fixed minute
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def charge(request_id: str, tokens: int = 10, usd: str = "0") -> Charge:
@@ -56,7 +50,7 @@ def test_window_wait_cases() -> None:
 
 
 async def test_rpm_allows_a_burst_up_to_the_limit_then_says_when() -> None:
-    clock = Clock()
+    clock = FakeClock(START)
     store = MemoryAdmissionStore(clock)
     limits = Limits("key:k", rpm=3)
     decisions = [await store.admit(limits, charge(f"r{i}")) for i in range(4)]
@@ -68,7 +62,7 @@ async def test_rpm_allows_a_burst_up_to_the_limit_then_says_when() -> None:
 
 
 async def test_tpm_counts_estimated_tokens_and_refuses_an_impossible_request() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     limits = Limits("key:k", tpm=100)
     assert (await store.admit(limits, charge("a", tokens=60))).admitted
     refused = await store.admit(limits, charge("b", tokens=60))
@@ -79,7 +73,7 @@ async def test_tpm_counts_estimated_tokens_and_refuses_an_impossible_request() -
 
 
 async def test_budget_holds_estimates_and_release_returns_them() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     limits = Limits("key:k", budgets=(Budget("tenant:t", usd=Decimal("1.00")),))
     admitted = [(await store.admit(limits, charge(f"r{i}", usd="0.30"))).admitted
                 for i in range(4)]
@@ -92,7 +86,7 @@ async def test_budget_holds_estimates_and_release_returns_them() -> None:
 
 
 async def test_a_used_up_budget_refuses_even_free_requests() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     limits = Limits("key:k", budgets=(Budget("key:k", usd=Decimal("0.50")),))
     store.spend("key:k", month_of(AT), Decimal("0.50"), 0)
     decision = await store.admit(limits, charge("free", usd="0"))
@@ -100,7 +94,7 @@ async def test_a_used_up_budget_refuses_even_free_requests() -> None:
 
 
 async def test_token_budget() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     limits = Limits("key:k", budgets=(Budget("key:k", tokens=100),))
     assert (await store.admit(limits, charge("a", tokens=70))).admitted
     assert (await store.admit(limits, charge("b", tokens=70))).refused_by == (
@@ -108,7 +102,7 @@ async def test_token_budget() -> None:
 
 
 async def test_a_refused_request_counts_nothing() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     limits = Limits("key:k", rpm=1, budgets=(Budget("tenant:t", usd=Decimal("1")),))
     assert (await store.admit(limits, charge("a", usd="0.1"))).admitted
     assert not (await store.admit(limits, charge("b", usd="0.1"))).admitted  # rpm
@@ -177,7 +171,7 @@ async def test_unlimited_callers_are_not_counted() -> None:
 
 
 async def test_refusals_name_the_limit_and_map_to_429() -> None:
-    store = MemoryAdmissionStore(Clock())
+    store = MemoryAdmissionStore(FakeClock(START))
     tenants = Tenants(TenantSettings("t", monthly_budget_usd=Decimal("200")))
     control = AdmissionControl(store, tenants, Prices(price("gpt-4o-mini", "1000000", "1000000")),
                                demo_config())
@@ -191,7 +185,7 @@ async def test_refusals_name_the_limit_and_map_to_429() -> None:
     assert b'"code":"insufficient_quota"' in bytes(response.body)
     assert int(response.headers["retry-after"]) > 0
 
-    rate_store = MemoryAdmissionStore(Clock())
+    rate_store = MemoryAdmissionStore(FakeClock(START))
     rate = AdmissionControl(rate_store, Tenants(), Prices(), demo_config())
     limited = Principal("t", "key_2", rpm=1)
     await rate.admit(limited, request("c"))

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from broker.clock import FakeClock
 from broker.config import BreakerConfig
-from workers.inference.breakers import BreakerBoard, BreakerState, CircuitBreaker, FakeClock
+from workers.inference.breakers import BreakerBoard, BreakerState, CircuitBreaker
 
 CONFIG = BreakerConfig(consecutive_failures=3, error_rate=0.5, window_s=10, min_calls=6,
                        cooldown_s=5)

@@ -8,21 +8,14 @@ import pytest
 
 from broker.budgets import Backoff, BucketShape, MemoryBudgetStore
 from broker.budgets.algorithm import Vector
+from broker.clock import FakeClock
 
 L, W = 60.0, 10.0
 SHAPE = BucketShape(limits=(L, 0, 0, 0), window_s=W, burst=0.05, guard_s=0.0)
 ONE: Vector = (1.0, 0.0, 0.0, 0.0)
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-async def _greedy(store: MemoryBudgetStore, clock: Clock, seconds: float,
+async def _greedy(store: MemoryBudgetStore, clock: FakeClock, seconds: float,
                   step: float = 0.01) -> list[float]:
     """Reserve whenever allowed for `seconds`; the times of the grants."""
     granted = []
@@ -34,7 +27,7 @@ async def _greedy(store: MemoryBudgetStore, clock: Clock, seconds: float,
     return granted
 
 
-async def _fill(store: MemoryBudgetStore, clock: Clock, shape: BucketShape = SHAPE) -> None:
+async def _fill(store: MemoryBudgetStore, clock: FakeClock, shape: BucketShape = SHAPE) -> None:
     """Create the (empty) bucket, then wait until it is full."""
     grant = await store.reserve("d", shape, (0, 0, 0, 0))
     await store.settle("d", shape, (0, 0, 0, 0), (0, 0, 0, 0), grant.lease)
@@ -51,7 +44,7 @@ def _max_in_any_window(times: list[float], window: float) -> int:
 
 
 async def test_no_window_sees_more_than_the_limit_and_steady_state_uses_it() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     granted = await _greedy(store, clock, 5 * W)
     assert _max_in_any_window(granted, W) <= L
@@ -61,7 +54,7 @@ async def test_no_window_sees_more_than_the_limit_and_steady_state_uses_it() -> 
 
 
 async def test_a_bucket_starts_empty_and_a_full_one_holds_only_the_burst() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     first = await store.reserve("d", SHAPE, ONE)
     assert not first.granted and first.wait_s == pytest.approx(1 / (0.95 * L / W))
@@ -73,7 +66,7 @@ async def test_a_bucket_starts_empty_and_a_full_one_holds_only_the_burst() -> No
 
 
 async def test_settle_refunds_unused_tokens_and_charges_overuse() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     shape = BucketShape(limits=(0, 1000, 0, 0), window_s=W, burst=0.5, guard_s=0.0)
     await _fill(store, clock, shape)  # 500 tokens
@@ -88,7 +81,7 @@ async def test_settle_refunds_unused_tokens_and_charges_overuse() -> None:
 
 
 async def test_a_failed_call_releases_everything() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     await _fill(store, clock)
     grant = await store.reserve("d", SHAPE, ONE)
@@ -99,7 +92,7 @@ async def test_a_failed_call_releases_everything() -> None:
 
 
 async def test_concurrency_is_a_lease_that_expires() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     shape = BucketShape(limits=(0, 0, 0, 0), window_s=W, max_concurrency=2, lease_s=30)
     a = await store.reserve("d", shape, ONE)
@@ -113,7 +106,7 @@ async def test_concurrency_is_a_lease_that_expires() -> None:
 
 
 async def test_a_429_blocks_until_the_reset_and_aimd_shrinks_then_recovers() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     await _fill(store, clock)
     assert (await store.reserve("d", SHAPE, ONE)).granted
@@ -130,7 +123,7 @@ async def test_a_429_blocks_until_the_reset_and_aimd_shrinks_then_recovers() -> 
 
 
 async def test_learned_limits_cap_a_configured_budget_that_is_too_high() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     await store.learn("d", (L / 2, 0, 0, 0))
     granted = await _greedy(store, clock, 4 * W)
@@ -138,7 +131,7 @@ async def test_learned_limits_cap_a_configured_budget_that_is_too_high() -> None
 
 
 async def test_batch_margin_lets_interactive_go_first() -> None:
-    clock = Clock()
+    clock = FakeClock()
     store = MemoryBudgetStore(clock)
     shape = BucketShape(limits=(L, 0, 0, 0), window_s=W, burst=0.1, guard_s=0.0)
     await _fill(store, clock, shape)  # 6 requests
@@ -149,4 +142,4 @@ async def test_batch_margin_lets_interactive_go_first() -> None:
 
 
 def test_fake_clock_is_deterministic() -> None:
-    assert asyncio.run(_greedy(MemoryBudgetStore(Clock()), Clock(), 0.0)) == []
+    assert asyncio.run(_greedy(MemoryBudgetStore(FakeClock()), FakeClock(), 0.0)) == []

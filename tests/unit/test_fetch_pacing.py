@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 from aiokafka.errors import IllegalStateError
 
+from broker.clock import FakeClock
 from broker.kafka.fetch_pacing import STARVED_CEILING_MS, FetchPacing, is_starved
-from workers.inference.breakers import FakeClock
 
 
 def _consumer(wait_ms: int) -> SimpleNamespace:

@@ -14,10 +14,11 @@ from typing import Any
 import httpx
 import pytest
 
+from broker.clock import FakeClock
 from broker.config import SluiceConfig, parse_config
 from broker.simulator import Faults, SimulatorSettings, create_simulator_app
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, RequestStatus
-from workers.inference.breakers import BreakerBoard, FakeClock
+from workers.inference.breakers import BreakerBoard
 from workers.inference.processor import RequestProcessor
 from workers.providers import build_provider
 

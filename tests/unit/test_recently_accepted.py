@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
+from broker.clock import FakeClock
 from ingress.services import RecentlyAccepted
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_entries_expire_and_are_dropped_as_new_ones_arrive() -> None:
-    clock = _Clock()
+    clock = FakeClock(0.0)
     accepted = RecentlyAccepted(ttl_s=30, clock=clock)
     accepted.remember("old", "acme", "m")
     clock.now = 10
@@ -27,7 +20,7 @@ def test_entries_expire_and_are_dropped_as_new_ones_arrive() -> None:
 
 
 def test_size_is_bounded_even_within_the_ttl() -> None:
-    accepted = RecentlyAccepted(max_entries=100, ttl_s=30, clock=_Clock())
+    accepted = RecentlyAccepted(max_entries=100, ttl_s=30, clock=FakeClock(0.0))
     for index in range(500):
         accepted.remember(f"r{index}", "acme", "m")
     assert len(accepted._entries) == 100

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from workers.inference.breakers import FakeClock
+from broker.clock import FakeClock
 from workers.inference.reply_partitions import StickyReplyPartitions
 
 

@@ -8,20 +8,13 @@ import random
 import httpx
 import pytest
 
+from broker.clock import FakeClock
 from broker.simulator import Faults, FaultWindow, SimulatorSettings, create_simulator_app
 from broker.simulator.faults import choose_fault
 
 
-class _Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _client(settings: SimulatorSettings, clock: _Clock | None = None) -> httpx.AsyncClient:
-    app = create_simulator_app(settings, clock=clock or _Clock())
+def _client(settings: SimulatorSettings, clock: FakeClock | None = None) -> httpx.AsyncClient:
+    app = create_simulator_app(settings, clock=clock or FakeClock(100.0))
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sim")
 
 
@@ -42,7 +35,7 @@ def test_error_rate_is_honoured_and_reproducible() -> None:
 
 
 async def test_outage_window_and_429_burst_follow_the_clock() -> None:
-    clock = _Clock()
+    clock = FakeClock(100.0)
     settings = SimulatorSettings(faults=Faults(windows=(
         FaultWindow(start_s=10, end_s=20),
         FaultWindow(start_s=30, end_s=31, status=429, retry_after_s=2),

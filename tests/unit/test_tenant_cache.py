@@ -8,15 +8,9 @@ from typing import Any
 import pytest
 
 import broker.tenants as tenants_module
+from broker.clock import FakeClock
 from broker.errors import DatabaseUnavailable
 from broker.tenants import TenantCache, TenantSettings
-
-
-class Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 async def test_stale_settings_are_served_while_the_database_is_down(
@@ -32,7 +26,7 @@ async def test_stale_settings_are_served_while_the_database_is_down(
         return [TenantSettings("acme", monthly_budget_usd=Decimal(5))]
 
     monkeypatch.setattr(tenants_module, "list_tenants", list_tenants)
-    clock = Clock()
+    clock = FakeClock(100.0)
     cache = TenantCache(object(), ttl_s=30, clock=clock)  # type: ignore[arg-type]
     assert (await cache.get("acme")).monthly_budget_usd == Decimal(5)
     assert (await cache.get("other")) == TenantSettings("other")

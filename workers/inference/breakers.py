@@ -14,28 +14,13 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from broker.clock import MonotonicClock
 from broker.config import BreakerConfig
-
-MonotonicClock = Callable[[], float]
-
-
-class FakeClock:
-    """A monotonic clock that moves only when told to, for tests."""
-
-    def __init__(self, now: float = 1000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        """Move time forward."""
-        self.now += seconds
 
 
 class BreakerState(StrEnum):
