@@ -15,7 +15,6 @@ path of chat completions never does.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Annotated, Any
@@ -41,14 +40,6 @@ from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.services import IngressServices
-
-
-@dataclass(frozen=True)
-class LedgerAccess:
-    """What the admin and usage routes need: the ledger database."""
-
-    engine: AsyncEngine
-
 
 Usd = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
 

@@ -13,7 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
+
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig
@@ -21,8 +23,12 @@ from broker.settings import IngressSettings, KafkaSettings
 from broker.webhooks.settings import WebhookSettings
 from schemas import InferenceRequest
 
-if TYPE_CHECKING:
-    from ingress.admin import LedgerAccess
+
+@dataclass(frozen=True)
+class LedgerAccess:
+    """What the admin, usage, webhook and batch routes need: the ledger database."""
+
+    engine: AsyncEngine
 
 
 @dataclass(frozen=True, slots=True)

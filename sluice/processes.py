@@ -41,11 +41,10 @@ def run_ingress(args: argparse.Namespace) -> int:
     from broker.batches.settings import BatchSettings
     from broker.database import create_engine
     from broker.webhooks.settings import WebhookSettings
-    from ingress.admin import LedgerAccess
     from ingress.app import create_app
     from ingress.hot_routes import serve
     from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
-    from ingress.services import IngressServices
+    from ingress.services import IngressServices, LedgerAccess
 
     configure_logging()
     settings = IngressSettings()

@@ -31,11 +31,10 @@ from broker.settings import (
 )
 from broker.simulator import SimulatorSettings, create_simulator_app
 from broker.webhooks.settings import WebhookSettings
-from ingress.admin import LedgerAccess
 from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
-from ingress.services import IngressServices
+from ingress.services import IngressServices, LedgerAccess
 from workers.inference import InferencePool
 from workers.inference.results import PostgresFinalResults
 from workers.ledger import Ledger

@@ -17,10 +17,9 @@ from broker.keys import KeyLimits, create_api_key, find_api_key, list_api_keys
 from broker.settings import IngressSettings, KafkaSettings
 from broker.tables import api_keys
 from broker.webhooks.settings import WebhookSettings
-from ingress.admin import LedgerAccess
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests
-from ingress.services import IngressServices
+from ingress.services import IngressServices, LedgerAccess
 from sluice.cli import main
 from tests.integration.stack import demo_config
 

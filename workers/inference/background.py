@@ -12,38 +12,59 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from workers.inference.cancels import CancelListener
+from broker.kafka import Producer
+from broker.settings import KafkaSettings, WorkerSettings
+from schemas import Topics
+from workers.inference.cancels import CancelledIds, CancelListener
 from workers.inference.retries import RetryScheduler
 from workers.inference.status import StatusServer
-
-if TYPE_CHECKING:
-    from workers.inference.pool import InferencePool
 
 log = logging.getLogger("sluice.worker")
 
 
 class Background:
-    """Starts and stops the pool's helpers."""
+    """Starts and stops the pool's helpers.
 
-    def __init__(self, pool: InferencePool, stop: asyncio.Event) -> None:
-        self._pool = pool
+    Args:
+        kafka, producer, topics, models: what the retry scheduler and cancel listener use.
+        cancelled: the processor's set of cancelled ids, kept current by the listener.
+        worker: the status endpoint's address (none without a port).
+        pool_state: the pool's own part of `GET /status`.
+        ready: whether the pool owns its partitions (`GET /ready`).
+        stop: set when the pool stops; the helpers end with it.
+    """
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        producer: Producer,
+        topics: Topics,
+        models: Sequence[str],
+        cancelled: CancelledIds,
+        worker: WorkerSettings,
+        *,
+        pool_state: Callable[[], dict[str, Any]],
+        ready: Callable[[], bool],
+        stop: asyncio.Event,
+    ) -> None:
         self._stop = stop
-        self.retries = RetryScheduler(pool.kafka, pool.producer, pool.topics, pool.models)
-        self.cancels = CancelListener(pool.kafka, pool.topics, pool.processor.cancelled)
-        port = pool.worker_settings.status_port
-        self.status = (
-            StatusServer(self.snapshot, pool.worker_settings.status_host, port,
-                         ready=pool.ready)
-            if port is not None else None
-        )
+        self._pool_state = pool_state
+        self._topics = [*(topics.retry(m) for m in models), topics.cancels]
+        self._status_address = f"http://{worker.status_host}:{{}}/status"
+        self.retries = RetryScheduler(kafka, producer, topics, list(models))
+        self.cancels = CancelListener(kafka, topics, cancelled)
+        port = worker.status_port
+        self.status = (StatusServer(self.snapshot, worker.status_host, port, ready=ready)
+                       if port is not None else None)
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
     def topics(self) -> list[str]:
         """Topics the helpers read, to be created up front."""
-        return [*(self._pool.topics.retry(m) for m in self._pool.models), self._pool.topics.cancels]
+        return list(self._topics)
 
     async def start(self) -> None:
         """Start every helper (call after the pool's producer started)."""
@@ -53,8 +74,7 @@ class Background:
         ]
         if self.status is not None:
             await self.status.start()
-            log.info("worker status on http://%s:%d/status",
-                     self._pool.worker_settings.status_host, self.status.port)
+            log.info("worker status on %s", self._status_address.format(self.status.port))
 
     async def stop(self, timeout_s: float = 10.0) -> None:
         """Wait for the helpers to notice `stop`; cancel stragglers."""
@@ -72,13 +92,9 @@ class Background:
                 log.error("worker helper failed", exc_info=task.exception())
 
     def snapshot(self) -> dict[str, Any]:
-        """What `GET /status` answers."""
+        """What `GET /status` answers: the pool's state and the helpers'."""
         return {
-            "models": self._pool.models,
-            "breakers": self._pool.processor.breakers.snapshot(),
+            **self._pool_state(),
             "retries": {"held": self.retries.held, "republished": self.retries.republished},
-            "cancelled_known": len(self._pool.processor.cancelled),
-            "in_flight": self._pool.slots.used,
-            "ready": self._pool.ready(),
-            "budgets": self._pool.budgets.last_snapshot,
+            "cancelled_known": len(self.cancels.cancelled),
         }

@@ -293,6 +293,16 @@ class InferencePool:
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
 
+    def state(self) -> dict[str, Any]:
+        """The pool's part of the worker's `GET /status`."""
+        return {
+            "models": self.models,
+            "breakers": self.processor.breakers.snapshot(),
+            "in_flight": self.slots.used,
+            "ready": self.ready(),
+            "budgets": self.budgets.last_snapshot,
+        }
+
     def ready(self) -> bool:
         """Whether every interactive consumer has joined its group and owns its partitions."""
         interactive = [lane for lane in self._lanes if lane.lane is Lane.INTERACTIVE]
@@ -351,7 +361,9 @@ class InferencePool:
         """Consume until `stop` is set; then finish in-flight requests and commit."""
         topic_names = [self.topics.requests(model, lane)
                        for model in self.models for lane in Lane]
-        background = Background(self, stop)  # retries, cancels, status endpoint
+        background = Background(  # retries, cancels, status endpoint
+            self.kafka, self.producer, self.topics, self.models, self.processor.cancelled,
+            self.worker_settings, pool_state=self.state, ready=self.ready, stop=stop)
         await ensure_topics(
             self.kafka,
             [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter,
