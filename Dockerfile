@@ -4,6 +4,7 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY schemas schemas
 COPY broker broker
+COPY simulator simulator
 COPY workers workers
 COPY ingress ingress
 COPY sluice sluice

@@ -27,7 +27,7 @@ dev: setup
 
 check: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy schemas broker workers ingress sluice
+	$(BIN)/mypy schemas broker simulator workers ingress sluice
 	$(BIN)/lint-imports
 
 test: check kafka

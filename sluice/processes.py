@@ -179,7 +179,7 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def run_mock_provider(args: argparse.Namespace) -> int:
     """`sluice mock-provider`: the simulated OpenAI-compatible provider."""
-    from broker.simulator import SimulatorSettings, serve_simulator
+    from simulator import SimulatorSettings, serve_simulator
 
     settings = SimulatorSettings(
         latency_ms=args.latency_ms, jitter_ms=args.jitter_ms, output_tokens=args.output_tokens,

@@ -29,12 +29,12 @@ from broker.settings import (
     LedgerSettings,
     WorkerSettings,
 )
-from broker.simulator import SimulatorSettings, create_simulator_app
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices, LedgerAccess
+from simulator import SimulatorSettings, create_simulator_app
 from workers.inference import InferencePool
 from workers.inference.results import PostgresFinalResults
 from workers.ledger import Ledger

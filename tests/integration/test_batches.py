@@ -25,10 +25,10 @@ from broker.batches.settings import BatchSettings
 from broker.errors import DatabaseUnavailable
 from broker.keys import create_api_key
 from broker.settings import KafkaSettings
-from broker.simulation import simulate_completion
-from broker.simulator import SimulatorSettings
 from broker.tenants import set_tenant
 from schemas import ChatCompletionRequest
+from simulator import SimulatorSettings
+from simulator.answers import simulate_completion
 from tests.integration.stack import Stack, eventually, running_stack
 from workers.batches import BatchTracker
 from workers.batches.budget import release_batch

@@ -24,7 +24,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from broker.apache_kafka import ApacheKafka, missing_tools
 from broker.kafka import ensure_topics, topics_for
 from broker.settings import IngressSettings, KafkaSettings
-from broker.simulator import SimulatorSettings
+from simulator import SimulatorSettings
 from tests.integration.stack import Stack, eventually, running_stack
 from workers.ledger.reconcile import reconcile
 

@@ -11,8 +11,8 @@ import pytest
 from broker.config import SluiceConfig, parse_config
 from broker.kafka import DLQ_REASON, new_consumer
 from broker.settings import KafkaSettings
-from broker.simulator import Faults, SimulatorSettings
 from schemas import Topics
+from simulator import Faults, SimulatorSettings
 from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
 
 pytestmark = pytest.mark.integration

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from broker.settings import KafkaSettings
-from broker.simulator import SimulatorSettings
 from ingress.polling import UNKNOWN_GRACE_S
+from simulator import SimulatorSettings
 from tests.integration.stack import running_stack
 
 pytestmark = pytest.mark.integration

@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from broker.kafka import partition_ids, topics_for
 from broker.settings import KafkaSettings
-from broker.simulator import SimulatorSettings
+from simulator import SimulatorSettings
 from tests.integration.stack import Stack, eventually, running_stack
 from tests.integration.test_batches import (
     FINAL,

@@ -7,9 +7,9 @@ import pytest
 from openai import AsyncOpenAI
 
 from broker.settings import IngressSettings, KafkaSettings
-from broker.simulator import SimulatorSettings
 from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatMessage
+from simulator import SimulatorSettings
 from tests.integration.stack import Stack, eventually, running_stack
 
 pytestmark = pytest.mark.integration

@@ -15,8 +15,8 @@ from broker.embedded import free_port
 from broker.kafka import encode, new_producer
 from broker.keys import create_api_key
 from broker.settings import KafkaSettings, WorkerSettings
-from broker.simulator import Faults, SimulatorSettings, create_simulator_app
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Topics
+from simulator import Faults, SimulatorSettings, create_simulator_app
 from tests.integration.stack import eventually, running_stack
 from tests.integration.test_failover import DOWN, submit, two_deployments
 from workers.inference import InferencePool, NoResultsOfRecord

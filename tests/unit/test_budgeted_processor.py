@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 from broker.budgets import MemoryBudgetStore
 from broker.config import parse_config
 from broker.errors import ProviderRetriable
-from broker.simulation import simulate_completion
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest
+from simulator.answers import simulate_completion
 from workers.inference.lanes import BudgetGates
 from workers.inference.processor import RequestProcessor
 from workers.providers import ProviderResponse

@@ -14,8 +14,6 @@ from pydantic import ValidationError
 
 from broker.config import parse_config
 from broker.prices import Price, PriceBook
-from broker.simulation import simulate_completion
-from broker.simulator import SimulatorSettings, create_simulator_app
 from schemas import (
     ChatCompletion,
     ChatCompletionRequest,
@@ -25,6 +23,8 @@ from schemas import (
     UsageEvent,
 )
 from schemas.export import json_schemas
+from simulator import SimulatorSettings, create_simulator_app
+from simulator.answers import simulate_completion
 from workers.inference.processor import RequestProcessor
 from workers.ledger.pricing import charge
 from workers.ledger.rows import Kind, LedgerRow, usage_row

@@ -15,8 +15,8 @@ import pytest
 import uvicorn
 
 from broker.config import DeploymentConfig
-from broker.simulator import SimulatorSettings, create_simulator_app
 from schemas import ChatCompletionRequest
+from simulator import SimulatorSettings, create_simulator_app
 from workers.providers import KeepAliveTransport, OpenAICompatibleProvider
 
 # What a scripted server does with one request on one connection; returning False closes

@@ -16,8 +16,8 @@ import pytest
 
 from broker.clock import FakeClock
 from broker.config import SluiceConfig, parse_config
-from broker.simulator import Faults, SimulatorSettings, create_simulator_app
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, RequestStatus
+from simulator import Faults, SimulatorSettings, create_simulator_app
 from workers.inference.breakers import BreakerBoard
 from workers.inference.processor import RequestProcessor
 from workers.providers import build_provider

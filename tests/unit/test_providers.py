@@ -12,10 +12,10 @@ import pytest
 
 from broker.config import DeploymentConfig
 from broker.errors import ProviderRejected, ProviderRetriable
-from broker.simulation import simulate_completion
-from broker.simulator import SimulatorSettings, create_simulator_app
 from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatCompletionRequest
+from simulator import SimulatorSettings, create_simulator_app
+from simulator.answers import simulate_completion
 from workers.providers import (
     OpenAICompatibleProvider,
     Provider,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from broker.budgets import parse_duration, parse_rate_limit_headers
-from broker.simulator.limits import SlidingWindowLimits
+from simulator.limits import SlidingWindowLimits
 
 
 @pytest.mark.parametrize(("text", "seconds"), [

@@ -6,9 +6,9 @@ import time
 
 import pytest
 
-from broker.simulation import simulate_completion
 from broker.tokens import count_chat_prompt_tokens, encoding_for_model
 from schemas import ChatCompletionRequest
+from simulator.answers import simulate_completion
 
 
 def _request(content: str = "Tell me about queues.", /, **fields: object) -> ChatCompletionRequest:

@@ -8,9 +8,9 @@ from typing import Any
 import httpx
 import pytest
 
-from broker.simulator import SimulatorApp, SimulatorSettings, create_simulator_app
 from broker.tokens import count_chat_prompt_tokens, encoding_for_model
 from schemas import ChatMessage
+from simulator import SimulatorApp, SimulatorSettings, create_simulator_app
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},

@@ -9,8 +9,8 @@ import httpx
 import pytest
 
 from broker.clock import FakeClock
-from broker.simulator import Faults, FaultWindow, SimulatorSettings, create_simulator_app
-from broker.simulator.faults import choose_fault
+from simulator import Faults, FaultWindow, SimulatorSettings, create_simulator_app
+from simulator.faults import choose_fault
 
 
 def _client(settings: SimulatorSettings, clock: FakeClock | None = None) -> httpx.AsyncClient:

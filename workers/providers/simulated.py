@@ -7,8 +7,8 @@ import time
 
 from broker.config import DeploymentConfig
 from broker.errors import ProviderRetriable
-from broker.simulation import simulate_completion
 from schemas import ChatCompletionRequest
+from simulator.answers import simulate_completion
 from workers.providers.base import ProviderResponse
 
 

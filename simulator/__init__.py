@@ -4,10 +4,10 @@ Deterministic answers with token-accurate usage, configurable latency, and count
 `GET /stats`, for load tests and development without a real (paid) provider.
 """
 
-from broker.simulator.app import SimulatorApp, create_simulator_app
-from broker.simulator.server import serve_simulator
-from broker.simulator.settings import Faults, FaultWindow, SimulatorSettings
-from broker.simulator.state import SimulatorState
+from simulator.app import SimulatorApp, create_simulator_app
+from simulator.server import serve_simulator
+from simulator.settings import Faults, FaultWindow, SimulatorSettings
+from simulator.state import SimulatorState
 
 __all__ = [
     "FaultWindow",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 
-from broker.simulator.settings import Faults
+from simulator.settings import Faults
 
 _MESSAGES = {
     429: "Rate limit reached (simulated); retry after a moment.",

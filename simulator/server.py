@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import uvicorn
 
-from broker.simulator.app import create_simulator_app
-from broker.simulator.settings import SimulatorSettings
 from broker.tokens import encoding_for_model
+from simulator.app import create_simulator_app
+from simulator.settings import SimulatorSettings
 
 
 def serve_simulator(settings: SimulatorSettings, host: str = "127.0.0.1", port: int = 8000) -> None:

@@ -1,7 +1,7 @@
 """The simulated OpenAI-compatible provider as a bare ASGI app.
 
 Endpoints: `POST /v1/chat/completions`, `GET /v1/models`, `GET /health`, `GET /stats`.
-Answers come from `broker.simulation`, so they are deterministic per prompt and their
+Answers come from `simulator.answers`, so they are deterministic per prompt and their
 usage is token-accurate; the same brain serves the in-process simulated deployment.
 """
 
@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 import orjson
 from pydantic import ValidationError
 
-from broker.simulation import simulate_completion
-from broker.simulator.asgi import (
+from schemas import ChatCompletionRequest
+from simulator.answers import simulate_completion
+from simulator.asgi import (
     Receive,
     Scope,
     Send,
@@ -25,11 +26,10 @@ from broker.simulator.asgi import (
     read_body,
     send_json,
 )
-from broker.simulator.faults import choose_fault
-from broker.simulator.limits import SlidingWindowLimits
-from broker.simulator.settings import Faults, SimulatorSettings
-from broker.simulator.state import SimulatorState
-from schemas import ChatCompletionRequest
+from simulator.faults import choose_fault
+from simulator.limits import SlidingWindowLimits
+from simulator.settings import Faults, SimulatorSettings
+from simulator.state import SimulatorState
 
 _Handler = Callable[["SimulatorApp", Receive, Send], Awaitable[None]]
 
