@@ -25,9 +25,9 @@ from broker.admission import (
 )
 from broker.config import SluiceConfig
 from broker.errors import LimitExceeded
+from broker.estimates import Estimator
 from broker.prices import PriceBook
 from broker.tenants import TenantSettings
-from broker.tokens import count_chat_prompt_tokens
 from ingress.services import Principal
 from schemas import InferenceRequest
 
@@ -70,7 +70,7 @@ class AdmissionControl:
         self._store = store
         self._tenants = tenants
         self._prices = prices
-        self._config = config
+        self._estimator = Estimator(config)
         self._unpriced_warned: set[str] = set()
 
     async def admit(self, principal: Principal, request: InferenceRequest) -> bool:
@@ -90,30 +90,18 @@ class AdmissionControl:
         await self._store.release([request_id])
 
     async def estimate(self, request: InferenceRequest) -> tuple[int, Decimal]:
-        """Tokens (prompt counted with the model's encoding, plus `max_tokens` or the
-        deployment's expected output) and the cost of the dearest deployment that may
-        serve it — an upper bound, so a budget is not overspent through failover."""
-        model = self._config.models[request.model]
-        chain = self._config.deployment_chain(request.model)
-        primary = chain[0][1]
-        prompt = count_chat_prompt_tokens(request.body.messages, primary.model, model.encoding)
-        output = request.body.output_limit() or primary.expected_output_tokens
-        book = await self._prices.book()
-        costs = []
-        for name, deployment in chain:
-            price = book.find(request.model, name, request.created_at)
-            cost = (price.cost(prompt, output) if price is not None
-                    else deployment.cost_usd(prompt, output))
-            if cost is not None:
-                costs.append(cost)
-        if not costs and request.model not in self._unpriced_warned:
+        """Tokens and the cost of the dearest deployment that may serve the request
+        (`broker.estimates`): an upper bound, so failover cannot overspend a budget."""
+        estimate = self._estimator.for_request(request.body, request.model,
+                                               await self._prices.book(), request.created_at)
+        if estimate.usd is None and request.model not in self._unpriced_warned:
             self._unpriced_warned.add(request.model)
             logger.warning(
                 "admission: no price for model %r; USD budgets cannot count its calls "
                 "(add one with `sluice prices set %s --input … --output …`)",
                 request.model, request.model,
             )
-        return prompt + output, max(costs, default=Decimal(0))
+        return estimate.tokens, estimate.usd or Decimal(0)
 
     def _refusal(self, decision: Decision, limits: Limits, charge: Charge) -> LimitExceeded:
         scope, _, limit = (decision.refused_by or "").rpartition(" ")

@@ -129,6 +129,9 @@ def run_ledger(args: argparse.Namespace) -> int:
 
     configure_logging()
     settings = LedgerSettings()
+    # Optional here: with it, batch holds are estimated exactly as admission estimates.
+    path = AppSettings().config
+    config = load_config(path) if path is not None else None
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
@@ -138,7 +141,7 @@ def run_ledger(args: argparse.Namespace) -> int:
                 Ledger(kafka, settings, engine).run(stop),
                 # Privacy: completion text past its retention (`workers.ledger.retention`).
                 ContentRetention(engine, settings).run(stop),
-                BatchTracker(kafka, BatchSettings(), engine).run(stop))
+                BatchTracker(kafka, BatchSettings(), engine, config).run(stop))
         finally:
             await engine.dispose()
 

@@ -29,7 +29,7 @@ from broker.tenants import set_tenant
 from schemas import ChatCompletionRequest
 from simulator import SimulatorSettings
 from simulator.answers import simulate_completion
-from tests.integration.stack import Stack, eventually, running_stack
+from tests.integration.stack import Stack, demo_config, eventually, running_stack
 from workers.batches import BatchTracker
 from workers.batches.budget import release_batch
 
@@ -63,7 +63,7 @@ async def batch_stack(kafka: KafkaSettings, database_url: str,
         stop = asyncio.Event()
         tracker = asyncio.create_task(BatchTracker(
             kafka, BatchSettings(batch_poll_interval_s=0.05, batch_cancel_grace_s=10),
-            stack.engine).run(stop))
+            stack.engine, options.get("config") or demo_config()).run(stop))
         try:
             yield stack
         finally:

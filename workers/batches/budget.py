@@ -28,32 +28,28 @@ from broker.admission import (
     monthly_budget,
     next_month,
 )
+from broker.estimates import Estimator
 from broker.keys import find_key_limits
 from broker.prices import PriceBook
 from broker.tenants import get_tenant
-from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatCompletionRequest
-
-# The ledger process has no model config; DeploymentConfig.expected_output_tokens' default.
-EXPECTED_OUTPUT_TOKENS = 256
 
 
 class BatchEstimate:
-    """The running total of a batch's estimated tokens and cost."""
+    """The running total of a batch's estimated tokens and cost (`broker.estimates`)."""
 
-    def __init__(self, book: PriceBook, at: datetime | None = None):
+    def __init__(self, book: PriceBook, estimator: Estimator, at: datetime | None = None):
         self._book = book
+        self._estimator = estimator
         self.at = at or datetime.now(UTC)
         self.tokens = 0
         self.usd = Decimal(0)
 
     def add(self, body: ChatCompletionRequest) -> None:
-        """Count one line (the model's own name picks the token encoding)."""
-        prompt = count_chat_prompt_tokens(body.messages, body.model)
-        output = body.output_limit() or EXPECTED_OUTPUT_TOKENS
-        self.tokens += prompt + output
-        prices = self._book.in_force(body.model, self.at)
-        self.usd += max((price.cost(prompt, output) for price in prices), default=Decimal(0))
+        """Count one line as admission would count the same request."""
+        line = self._estimator.for_request(body, body.model, self._book, self.at)
+        self.tokens += line.tokens
+        self.usd += line.usd or Decimal(0)
 
 
 async def batch_limits(engine: AsyncEngine, tenant: str, api_key_id: str | None) -> Limits:

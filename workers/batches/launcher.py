@@ -21,6 +21,7 @@ from broker.batches.files import FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope, parse_line, split_lines
 from broker.batches.tables import batch_requests, batches
 from broker.database import database_errors
+from broker.estimates import Estimator
 from broker.kafka import (
     Producer,
     encode,
@@ -50,8 +51,9 @@ class Launcher:
     """Validates and publishes `validating` batches."""
 
     def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
-                 kafka: KafkaSettings):
+                 kafka: KafkaSettings, estimator: Estimator):
         self._engine = engine
+        self._estimator = estimator
         self._files = files
         self._producer = producer
         self._kafka = kafka
@@ -71,7 +73,7 @@ class Launcher:
         fatal: list[LineError] = []
         invalid: list[LineError] = []
         seen: set[str] = set()
-        estimate = BatchEstimate(await self._prices())
+        estimate = BatchEstimate(await self._prices(), self._estimator)
         total = valid = 0
         fatal_seen = False
         async for number, raw in split_lines(self._files.read(record)):

@@ -15,7 +15,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
+from broker.config import SluiceConfig
 from broker.errors import SluiceError
+from broker.estimates import Estimator
 from broker.kafka import (
     Consumer,
     KafkaError,
@@ -44,10 +46,15 @@ class BatchTracker:
         kafka: where to publish lines and cancellations and read results.
         settings: file storage, limits and the maintenance interval.
         engine: the ledger database (migrated).
+        config: the models and deployments, so a batch's hold is estimated as admission
+            estimates a request (`broker.estimates`); None falls back to the price
+            catalog and default output allowance.
     """
 
-    def __init__(self, kafka: KafkaSettings, settings: BatchSettings, engine: AsyncEngine):
+    def __init__(self, kafka: KafkaSettings, settings: BatchSettings, engine: AsyncEngine,
+                 config: SluiceConfig | None = None):
         self._kafka = kafka
+        self._estimator = Estimator(config)
         self._settings = settings
         self._engine = engine
         self._topics = topics_for(kafka)
@@ -63,7 +70,7 @@ class BatchTracker:
         try:
             await consumer.start()
             files = FileStore(self._engine, self._settings)
-            launcher = Launcher(self._engine, files, producer, self._kafka)
+            launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator)
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
             await asyncio.gather(self._consume(consumer, stop),
                                  self._maintain(launcher, finalizer, stop))

@@ -26,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from broker.budgets import Vector, parse_rate_limit_headers
 from broker.config import SluiceConfig
 from broker.errors import ProviderRejected, ProviderRetriable
-from broker.tokens import count_chat_prompt_tokens
+from broker.estimates import Estimator
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, UsageEvent
 from workers.inference.breakers import BreakerBoard
 from workers.inference.cancels import CancelledIds
@@ -83,6 +83,7 @@ class RequestProcessor:
         budgets: BudgetGates | None = None,
     ):
         self._config = config
+        self._estimator = Estimator(config)
         self._providers = providers
         self._clock = clock
         self.breakers = breakers or BreakerBoard(config.circuit_breaker, config.deployments)
@@ -177,11 +178,8 @@ class RequestProcessor:
 
     def estimate(self, request: InferenceRequest, deployment: str) -> Vector:
         """What a call reserves: one request, the counted prompt and the output cap."""
-        config = self._config.deployments[deployment]
-        prompt = count_chat_prompt_tokens(request.body.messages, config.model,
-                                          self._config.models[request.model].encoding)
-        output = request.body.output_limit() or config.expected_output_tokens
-        return (1.0, float(prompt + output), float(prompt), float(output))
+        call = self._estimator.for_call(request.body, request.model, deployment)
+        return (1.0, float(call.tokens), float(call.prompt_tokens), float(call.output_tokens))
 
     def _retry_or_fail(
         self,

@@ -1,0 +1,81 @@
+"""One estimator: the tokens and cost of a chat request before anything is known of its answer.
+
+Admission (a key's TPM and monthly budgets at ingress), the worker's budget reservation
+for one provider call, and the batch launcher's hold for a whole batch all ask the same
+questions, so they ask them here and cannot drift apart:
+
+- prompt tokens: counted with the encoding of the deployment's upstream model (or the
+  logical model's configured `encoding`), exactly as the provider will count them;
+- output tokens: the request's `max_tokens` / `max_completion_tokens`, else the
+  deployment's `expected_output_tokens` (256 unless configured);
+- cost: the price in force in the catalog (`prices`, per deployment before model-wide),
+  else the deployment's price in the config file; for a request not yet routed, the
+  dearest deployment that may serve it, so failover can never overspend a budget.
+
+Without a config (a process given none) or for a model it does not name, the logical model
+name picks the encoding and the catalog alone prices it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+
+from broker.config import DeploymentConfig, SluiceConfig
+from broker.prices import PriceBook
+from broker.tokens import count_chat_prompt_tokens
+from schemas import ChatCompletionRequest
+
+DEFAULT_EXPECTED_OUTPUT_TOKENS = DeploymentConfig.model_fields["expected_output_tokens"].default
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A request's estimated tokens and, when priced, its cost in USD."""
+
+    prompt_tokens: int
+    output_tokens: int
+    usd: Decimal | None = None
+
+    @property
+    def tokens(self) -> int:
+        """Prompt plus output tokens."""
+        return self.prompt_tokens + self.output_tokens
+
+
+class Estimator:
+    """Estimates requests against one configuration (None: the catalog and defaults only)."""
+
+    def __init__(self, config: SluiceConfig | None) -> None:
+        self._config = config
+
+    def for_call(self, body: ChatCompletionRequest, model: str, deployment: str) -> Estimate:
+        """Tokens one call to `deployment` will use at most (no cost: budgets count tokens)."""
+        assert self._config is not None, "calls are estimated by workers, which have a config"
+        config = self._config.deployments[deployment]
+        prompt = count_chat_prompt_tokens(body.messages, config.model,
+                                          self._config.models[model].encoding)
+        return Estimate(prompt, body.output_limit() or config.expected_output_tokens)
+
+    def for_request(self, body: ChatCompletionRequest, model: str, book: PriceBook,
+                    at: datetime) -> Estimate:
+        """Tokens on the primary deployment, and the dearest cost over every deployment."""
+        if self._config is None or model not in self._config.models:
+            prompt = count_chat_prompt_tokens(body.messages, model)
+            output = body.output_limit() or DEFAULT_EXPECTED_OUTPUT_TOKENS
+            costs = [price.cost(prompt, output) for price in book.in_force(model, at)]
+            return Estimate(prompt, output, max(costs) if costs else None)
+        chain = self._config.deployment_chain(model)
+        primary = chain[0][1]
+        prompt = count_chat_prompt_tokens(body.messages, primary.model,
+                                          self._config.models[model].encoding)
+        output = body.output_limit() or primary.expected_output_tokens
+        priced = []
+        for name, deployment in chain:
+            price = book.find(model, name, at)
+            cost = (price.cost(prompt, output) if price is not None
+                    else deployment.cost_usd(prompt, output))
+            if cost is not None:
+                priced.append(cost)
+        return Estimate(prompt, output, max(priced) if priced else None)
