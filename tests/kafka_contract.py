@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from broker.kafka import (
+    ApplyLoop,
     Consumer,
     ConsumerRecord,
     RebalanceListener,
@@ -211,6 +212,47 @@ async def deleted_topics_are_gone(settings: KafkaSettings) -> None:
         await consumer.stop()
 
 
+async def the_apply_loop_commits_only_what_was_applied(settings: KafkaSettings) -> None:
+    """Guarantee 3's loop: a failing batch is redone after a backoff, never skipped, and
+    offsets are committed only once `apply` returned."""
+    topic = _topic(settings, "apply")
+    await ensure_topics(settings, [topic], partitions=2)
+    producer = new_producer(settings, client_id="contract")
+    await producer.start()
+    for index in range(10):
+        await producer.send_and_wait(topic, b"%d" % index, key=b"k%d" % (index % 3))
+    await producer.stop()
+    group = f"{topic}.g"
+    applied: list[bytes] = []
+    attempts = 0
+    stop = asyncio.Event()
+
+    async def apply(records: list[ConsumerRecord[bytes, bytes]]) -> None:
+        nonlocal attempts
+        attempts += 1
+        if attempts <= 2:  # the database is away for the first two tries
+            raise ConnectionRefusedError("database down (test)")
+        applied.extend(record.value or b"" for record in records)
+        if len(applied) >= 10:
+            stop.set()
+
+    loop = ApplyLoop(settings, name="contract", group_id=group, apply=apply,
+                     transient=(ConnectionRefusedError,), topics=[topic],
+                     min_backoff_s=0.05, max_backoff_s=0.2)
+    await asyncio.wait_for(loop.run(stop), 60)
+    assert sorted(applied, key=int) == [b"%d" % i for i in range(10)], applied
+    assert len(applied) == 10, "a batch was applied twice"
+    assert attempts >= 3
+    reader = new_consumer(settings, client_id="contract", group_id=group)
+    await reader.start()
+    try:
+        tps = [TopicPartition(topic, p) for p in await partition_ids(settings, topic)]
+        ends = await reader.end_offsets(tps)
+        assert {tp: await reader.committed(tp) or 0 for tp in tps} == ends
+    finally:
+        await reader.stop()
+
+
 CONTRACT: list[Check] = [
     keyed_records_keep_their_order_and_partition,
     a_group_resumes_from_its_committed_offset,
@@ -218,4 +260,5 @@ CONTRACT: list[Check] = [
     paused_partitions_are_not_fetched,
     records_over_the_limit_are_refused_at_once,
     deleted_topics_are_gone,
+    the_apply_loop_commits_only_what_was_applied,
 ]

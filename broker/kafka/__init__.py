@@ -20,6 +20,15 @@ from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener as RebalanceListener
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
+from broker.kafka.apply_loop import (
+    ApplyLoop,
+    Record,
+    commit_positions,
+    first_offsets,
+    flatten,
+    rewind,
+    short_reason,
+)
 from broker.kafka.clients import (
     DEFAULT_MESSAGE_MAX_BYTES,
     DLQ_AT,
@@ -60,6 +69,7 @@ __all__ = [
     "DLQ_TOPIC",
     "RESULT_TENANT_HEADER",
     "RESULT_WEBHOOK_HEADER",
+    "ApplyLoop",
     "BrokerFacts",
     "Consumer",
     "ConsumerRecord",
@@ -67,14 +77,18 @@ __all__ = [
     "KafkaError",
     "Producer",
     "RebalanceListener",
+    "Record",
     "TopicPartition",
     "UnknownTopicOrPartitionError",
+    "commit_positions",
     "decode",
     "delete_topics",
     "describe_brokers",
     "encode",
     "ensure_topics",
+    "first_offsets",
     "fits",
+    "flatten",
     "header",
     "is_too_large",
     "message_limit",
@@ -83,7 +97,9 @@ __all__ = [
     "partition_ids",
     "read_present",
     "result_headers",
+    "rewind",
     "send_to_dead_letter",
+    "short_reason",
     "topics_for",
     "wait_all",
     "with_broker_limits",

@@ -25,8 +25,10 @@ from broker.database import create_engine
 from broker.kafka import (
     DLQ_REASON,
     DLQ_TOPIC,
+    commit_positions,
     encode,
     ensure_topics,
+    first_offsets,
     header,
     new_consumer,
     new_producer,
@@ -50,8 +52,6 @@ from tests.integration.stack import eventually
 from workers.ledger import (
     Kind,
     Ledger,
-    commit_positions,
-    first_offsets,
     plan_batch,
     subscription_pattern,
 )

@@ -2,7 +2,8 @@
 
 Only results whose request id is a batch line's are looked at. The update applies to a line
 still `queued`, so a redelivered or duplicate result changes nothing, and offsets are
-committed only after the database commit (at-least-once delivery, one effect).
+committed only after the database commit (`broker.kafka.ApplyLoop`: at-least-once
+delivery, one effect).
 """
 
 from __future__ import annotations
@@ -11,21 +12,14 @@ import logging
 from typing import Any
 
 from sqlalchemy import bindparam, update
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.lines import answer_of
 from broker.batches.tables import batch_requests
 from broker.database import database_errors
-from broker.errors import PoisonMessage, SluiceError
-from broker.kafka import (
-    Consumer,
-    KafkaError,
-    decode,
-)
+from broker.errors import PoisonMessage
+from broker.kafka import Record, decode
 from schemas import InferenceResult
-from workers.ledger.rows import Record, commit_positions
-from workers.ledger.service import rewind
 
 log = logging.getLogger("sluice.batches")
 
@@ -59,24 +53,14 @@ def line_updates(records: list[Record]) -> list[dict[str, Any]]:
     return list(updates.values())
 
 
-async def record_results(engine: AsyncEngine, consumer: Consumer,
-                         records: list[Record]) -> bool:
-    """Write one poll's batch-line answers, then commit; False (and rewound) on failure."""
+async def record_results(engine: AsyncEngine, records: list[Record]) -> None:
+    """Write one poll's batch-line answers in one transaction (`ApplyLoop` commits after).
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL could not take them; the loop reads them again.
+    """
     updates = line_updates(records)
-    try:
-        if updates:
-            with database_errors(engine):
-                async with engine.begin() as connection:
-                    await connection.execute(_RECORD, updates)
-    except (SluiceError, SQLAlchemyError, OSError) as exc:  # re-read the poll later
-        log.warning("batches: recording %d results failed (%s); will retry", len(updates), exc)
-        rewind(consumer, records)
-        return False
-    assigned = consumer.assignment()
-    positions = {tp: at for tp, at in commit_positions(records).items() if tp in assigned}
-    if positions:
-        try:
-            await consumer.commit(positions)
-        except KafkaError as exc:  # a rebalance; the new owner re-reads with no effect
-            log.info("batches: offset commit failed (%s)", exc)
-    return True
+    if updates:
+        with database_errors(engine):
+            async with engine.begin() as connection:
+                await connection.execute(_RECORD, updates)

@@ -18,20 +18,12 @@ from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig
 from broker.errors import SluiceError
 from broker.estimates import Estimator
-from broker.kafka import (
-    Consumer,
-    KafkaError,
-    ensure_topics,
-    new_consumer,
-    new_producer,
-    topics_for,
-)
+from broker.kafka import ApplyLoop, KafkaError, Record, ensure_topics, new_producer, topics_for
 from broker.settings import KafkaSettings
 from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
 from workers.batches.launcher import Launcher
 from workers.batches.results import record_results
-from workers.ledger.rows import flatten
 
 log = logging.getLogger("sluice.batches")
 
@@ -63,28 +55,23 @@ class BatchTracker:
         """Consume results and tick the maintenance loop until `stop` is set."""
         await ensure_topics(self._kafka, [self._topics.results, self._topics.cancels])
         producer = new_producer(self._kafka, client_id="sluice-batches", linger_ms=5)
-        consumer = new_consumer(self._kafka, client_id="sluice-batches", background=True,
-                                group_id=f"{self._kafka.topic_prefix}batches")
-        consumer.subscribe([self._topics.results])
+        # Each batch line's answer, from the results: written, then committed.
+        answers = ApplyLoop(self._kafka, name="batches", apply=self._apply,
+                            group_id=f"{self._kafka.topic_prefix}batches",
+                            topics=[self._topics.results], transient=_TRANSIENT,
+                            batch_size=2000)
         await producer.start()
         try:
-            await consumer.start()
             files = FileStore(self._engine, self._settings)
             launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator)
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
-            await asyncio.gather(self._consume(consumer, stop),
-                                 self._maintain(launcher, finalizer, stop))
+            await asyncio.gather(answers.run(stop), self._maintain(launcher, finalizer, stop))
         finally:
-            for client in (consumer, producer):
-                with contextlib.suppress(KafkaError, OSError):
-                    await client.stop()
+            with contextlib.suppress(KafkaError, OSError):
+                await producer.stop()
 
-    async def _consume(self, consumer: Consumer, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            fetched = await consumer.getmany(timeout_ms=200, max_records=2000)
-            records = flatten(fetched)
-            if records and not await record_results(self._engine, consumer, records):
-                await asyncio.sleep(0.5)
+    async def _apply(self, records: list[Record]) -> None:
+        await record_results(self._engine, records)
 
     async def _maintain(self, launcher: Launcher, finalizer: Finalizer,
                         stop: asyncio.Event) -> None:

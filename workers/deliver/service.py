@@ -1,9 +1,9 @@
 """The deliverer: final results (Kafka) → deliveries (PostgreSQL) → signed HTTP attempts.
 
 Three loops share one event loop:
-- consume: per poll, decode results and insert their deliveries in one transaction, then
-  commit the Kafka offsets (a crash before the commit re-reads the results; the
-  deterministic delivery ids make that a no-op);
+- consume (`broker.kafka.ApplyLoop`): per poll, decode results and insert their
+  deliveries in one transaction, then commit the offsets (a crash before the commit
+  re-reads the results; the deterministic delivery ids make that a no-op);
 - dispatch: run due attempts, at most `deliver_concurrency` at once, so a slow or failing
   receiver delays only its own deliveries;
 - sweep: load due deliveries from PostgreSQL (after a restart, when the in-memory schedule
@@ -22,17 +22,16 @@ from datetime import UTC, datetime
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.errors import BrokerUnavailable, PoisonMessage, SluiceError
+from broker.errors import PoisonMessage, SluiceError
 from broker.kafka import (
     RESULT_TENANT_HEADER,
     RESULT_WEBHOOK_HEADER,
-    Consumer,
+    ApplyLoop,
     KafkaError,
-    TopicPartition,
+    Record,
     decode,
     ensure_topics,
     header,
-    new_consumer,
     topics_for,
 )
 from broker.settings import KafkaSettings
@@ -43,7 +42,6 @@ from workers.deliver.policy import AttemptOutcome, Verdict, retry_delay_s, verdi
 from workers.deliver.schedule import Schedule
 from workers.deliver.sender import WebhookSender
 from workers.deliver.store import Claimed, DeliveryStore
-from workers.ledger.rows import Record, commit_positions, first_offsets, flatten
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +78,6 @@ class Deliverer:
                                    lease_s=settings.deliver_lease_s)
         self.schedule = Schedule(settings.deliver_max_scheduled)
         self._in_flight: set[asyncio.Task[None]] = set()
-        self._backoff_s = 0.1
 
     @property
     def group_id(self) -> str:
@@ -95,22 +92,13 @@ class Deliverer:
         """
         results_topic = topics_for(self._kafka).results
         await ensure_topics(self._kafka, [results_topic])
-        consumer = new_consumer(
-            self._kafka, client_id=self._client_id, group_id=self.group_id, background=True
-        )
-        try:
-            await consumer.start()
-        except KafkaError as exc:
-            with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
-            raise BrokerUnavailable(f"cannot reach Kafka at {self._kafka.kafka_bootstrap}") from exc
+        # Each final result worth a delivery becomes a row, then its offset is committed.
+        intake = ApplyLoop(self._kafka, name="deliver", group_id=self.group_id,
+                           apply=self._apply, transient=_TRANSIENT, topics=[results_topic],
+                           client_id=self._client_id)
         loops = [asyncio.create_task(self._dispatch(stop)), asyncio.create_task(self._sweep(stop))]
         try:
-            consumer.subscribe([results_topic])
-            while not stop.is_set():
-                fetched = await consumer.getmany(timeout_ms=200, max_records=500)
-                if fetched:
-                    await self._handle(consumer, flatten(fetched), stop)
+            await intake.run(stop)
         finally:
             for task in loops:
                 task.cancel()
@@ -119,30 +107,12 @@ class Deliverer:
                 await asyncio.wait(self._in_flight, timeout=self._settings.webhook_timeout_s)
             for task in self._in_flight:
                 task.cancel()  # its lease expires; another run retries it
-            with contextlib.suppress(KafkaError, OSError):
-                await consumer.stop()
 
-    async def _handle(
-        self, consumer: Consumer, records: list[Record], stop: asyncio.Event
-    ) -> None:
-        try:
-            results = self._decoded(await self._worth_decoding(records))
-            created = await self.store.add_results(results) if results else []
-        except _TRANSIENT as exc:
-            logger.warning("deliver: %d results not recorded (%s); retrying in %.1fs",
-                           len(records), exc, self._backoff_s)
-            await self._back_off(consumer, records, stop)
-            return
-        self._backoff_s = 0.1
+    async def _apply(self, records: list[Record]) -> None:
+        results = self._decoded(await self._worth_decoding(records))
+        created = await self.store.add_results(results) if results else []
         for delivery in created:
             self.schedule.add(delivery)  # a full schedule leaves it to the sweep
-        assigned = consumer.assignment()
-        positions = {tp: at for tp, at in commit_positions(records).items() if tp in assigned}
-        if positions:
-            try:
-                await consumer.commit(positions)
-            except KafkaError as exc:  # a rebalance: the new owner re-reads, to no effect
-                logger.info("deliver: offset commit failed (%s); results will be re-read", exc)
 
     @staticmethod
     def _decoded(records: list[Record]) -> list[InferenceResult]:
@@ -168,21 +138,6 @@ class Deliverer:
         return [record for record, tenant in labelled
                 if tenant is None or tenant in interested
                 or header(record, RESULT_WEBHOOK_HEADER) is not None]
-
-    async def _back_off(
-        self, consumer: Consumer, records: list[Record], stop: asyncio.Event
-    ) -> None:
-        _rewind(consumer, records)
-        deadline = time.monotonic() + self._backoff_s
-        self._backoff_s = min(self._backoff_s * 2, 10.0)
-        try:
-            while not stop.is_set() and (remaining := deadline - time.monotonic()) > 0:
-                # Polling paused partitions keeps us in the group (max_poll_interval_ms).
-                consumer.pause(*consumer.assignment())
-                stray = await consumer.getmany(timeout_ms=max(1, int(min(remaining, 0.2) * 1000)))
-                _rewind(consumer, flatten(stray))
-        finally:
-            consumer.resume(*consumer.assignment())
 
     async def _dispatch(self, stop: asyncio.Event) -> None:
         wake = self.schedule.changed
@@ -249,10 +204,3 @@ class Deliverer:
         body = claimed.payload.encode()
         headers = webhook_headers(claimed.secrets, claimed.id, int(time.time()), body)
         return await self._sender.send(claimed.url, headers, body)
-
-
-def _rewind(consumer: Consumer, records: list[Record]) -> None:
-    assigned: set[TopicPartition] = consumer.assignment()
-    for tp, offset in first_offsets(records).items():
-        if tp in assigned:
-            consumer.seek(tp, offset)

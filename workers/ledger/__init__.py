@@ -1,7 +1,7 @@
 """The ledger: records usage, requests and final results from Kafka in PostgreSQL, once each.
 
-`Ledger` is the service; `rows` holds its pure helpers (decoding, deduplication, commit
-positions) and `store` its idempotent SQL. Privacy: `content` stores prompts only for
+`Ledger` is the service (on `broker.kafka.ApplyLoop`); `rows` holds its pure helpers
+(decoding, deduplication) and `store` its idempotent SQL. Privacy: `content` stores prompts only for
 tenants with `store_content`, and `ContentRetention` (run beside the ledger) removes other
 tenants' completion text once it is past retention.
 """
@@ -13,12 +13,10 @@ from workers.ledger.rows import (
     LedgerRow,
     Poison,
     classify,
-    commit_positions,
-    first_offsets,
     plan_batch,
     subscription_pattern,
 )
-from workers.ledger.service import Ledger, rewind
+from workers.ledger.service import Ledger
 from workers.ledger.store import write_batch
 
 __all__ = [
@@ -29,10 +27,7 @@ __all__ = [
     "LedgerRow",
     "Poison",
     "classify",
-    "commit_positions",
-    "first_offsets",
     "plan_batch",
-    "rewind",
     "subscription_pattern",
     "write_batch",
 ]

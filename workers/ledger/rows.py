@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -12,7 +12,6 @@ from typing import Any, TypeAlias
 from broker.errors import PoisonMessage
 from broker.kafka import (
     ConsumerRecord,
-    TopicPartition,
     decode,
 )
 from schemas import (
@@ -201,27 +200,3 @@ def plan_batch(topics: Topics, records: Iterable[Record]) -> LedgerBatch:
             seen.add((kind, row.key))
             batch.rows[kind].append(row)
     return batch
-
-
-def flatten(fetched: Mapping[TopicPartition, Sequence[Record]]) -> list[Record]:
-    """The records of one `getmany`, partition by partition, each in offset order."""
-    return [record for records in fetched.values() for record in records]
-
-
-def commit_positions(records: Iterable[Record]) -> dict[TopicPartition, int]:
-    """Per partition, the position after the last record: what to commit once recorded."""
-    positions: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        positions[tp] = max(positions.get(tp, 0), record.offset + 1)
-    return positions
-
-
-def first_offsets(records: Iterable[Record]) -> dict[TopicPartition, int]:
-    """Per partition, the first offset: where to seek back to when a batch must be redone."""
-    offsets: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        offsets[tp] = min(offsets.get(tp, record.offset), record.offset)
-    return offsets
-
