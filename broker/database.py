@@ -19,12 +19,23 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError, DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import (
+    ArgumentError,
+    DBAPIError,
+    InterfaceError,
+    OperationalError,
+    SQLAlchemyError,
+)
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from broker.errors import ConfigError, DatabaseUnavailable
+from broker.errors import ConfigError, DatabaseUnavailable, SluiceError
 from broker.settings import DatabaseSettings
+
+# Failures of database work that may heal by themselves (PostgreSQL restarting, a network
+# blip): a loop logs them and tries again later. Anything else is a bug and surfaces.
+TRANSIENT_DB_ERRORS: tuple[type[BaseException], ...] = (
+    SluiceError, SQLAlchemyError, OSError, TimeoutError)
 
 DRIVER = "postgresql+asyncpg"
 _SCHEMES = {"postgres", "postgresql", DRIVER}

@@ -21,6 +21,7 @@ from aiokafka.abc import ConsumerRebalanceListener as RebalanceListener
 from aiokafka.errors import KafkaError, UnknownTopicOrPartitionError
 
 from broker.kafka.apply_loop import (
+    TRANSIENT_ERRORS,
     ApplyLoop,
     Record,
     commit_positions,
@@ -69,6 +70,7 @@ __all__ = [
     "DLQ_TOPIC",
     "RESULT_TENANT_HEADER",
     "RESULT_WEBHOOK_HEADER",
+    "TRANSIENT_ERRORS",
     "ApplyLoop",
     "BrokerFacts",
     "Consumer",

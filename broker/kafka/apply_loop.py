@@ -21,11 +21,16 @@ from typing import Any, TypeAlias
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
+from broker.database import TRANSIENT_DB_ERRORS
 from broker.errors import BrokerUnavailable
 from broker.kafka.clients import new_consumer
 from broker.settings import KafkaSettings
 
 log = logging.getLogger("sluice.kafka")
+
+# What may heal by itself in a service that writes records to the database: the database's
+# failures, and Kafka's (dead letters, commits).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (*TRANSIENT_DB_ERRORS, KafkaError)
 
 Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 Apply: TypeAlias = Callable[[list[Record]], Awaitable[None]]
@@ -73,6 +78,7 @@ class ApplyLoop:
             found within `metadata_max_age_ms`).
         apply: applies one batch durably; raises one of `transient` to have it redone.
         transient: errors that may heal by themselves; anything else stops the loop.
+            By default `TRANSIENT_ERRORS`: the database's and Kafka's.
         batch_size: records per batch at most.
         poll_ms: how long one poll waits for records.
         min_backoff_s, max_backoff_s: the wait after a failed batch, doubling.
@@ -86,7 +92,7 @@ class ApplyLoop:
         name: str,
         group_id: str,
         apply: Apply,
-        transient: tuple[type[BaseException], ...],
+        transient: tuple[type[BaseException], ...] = TRANSIENT_ERRORS,
         topics: Sequence[str] = (),
         pattern: str | None = None,
         batch_size: int = 500,

@@ -10,15 +10,21 @@ import asyncio
 import contextlib
 import logging
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig
-from broker.errors import SluiceError
 from broker.estimates import Estimator
-from broker.kafka import ApplyLoop, KafkaError, Record, ensure_topics, new_producer, topics_for
+from broker.kafka import (
+    TRANSIENT_ERRORS,
+    ApplyLoop,
+    KafkaError,
+    Record,
+    ensure_topics,
+    new_producer,
+    topics_for,
+)
 from broker.settings import KafkaSettings
 from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
@@ -27,8 +33,6 @@ from workers.batches.results import record_results
 
 log = logging.getLogger("sluice.batches")
 
-# Failures that may heal by themselves; the loop logs them and tries again next tick.
-_TRANSIENT = (SluiceError, SQLAlchemyError, KafkaError, OSError, TimeoutError)
 
 
 class BatchTracker:
@@ -58,7 +62,7 @@ class BatchTracker:
         # Each batch line's answer, from the results: written, then committed.
         answers = ApplyLoop(self._kafka, name="batches", apply=self._apply,
                             group_id=f"{self._kafka.topic_prefix}batches",
-                            topics=[self._topics.results], transient=_TRANSIENT,
+                            topics=[self._topics.results],
                             batch_size=2000)
         await producer.start()
         try:
@@ -82,7 +86,7 @@ class BatchTracker:
                     if claimed is not None:
                         await launcher.launch(claimed)
                 await finalizer.tick()
-            except _TRANSIENT as exc:
+            except TRANSIENT_ERRORS as exc:
                 log.warning("batches: maintenance failed (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.batch_poll_interval_s)

@@ -19,15 +19,14 @@ import random
 import time
 from datetime import UTC, datetime
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.errors import PoisonMessage, SluiceError
+from broker.errors import PoisonMessage
 from broker.kafka import (
     RESULT_TENANT_HEADER,
     RESULT_WEBHOOK_HEADER,
+    TRANSIENT_ERRORS,
     ApplyLoop,
-    KafkaError,
     Record,
     decode,
     ensure_topics,
@@ -45,7 +44,6 @@ from workers.deliver.store import Claimed, DeliveryStore
 
 logger = logging.getLogger(__name__)
 
-_TRANSIENT = (SluiceError, SQLAlchemyError, KafkaError, OSError, TimeoutError)
 
 
 class Deliverer:
@@ -94,7 +92,7 @@ class Deliverer:
         await ensure_topics(self._kafka, [results_topic])
         # Each final result worth a delivery becomes a row, then its offset is committed.
         intake = ApplyLoop(self._kafka, name="deliver", group_id=self.group_id,
-                           apply=self._apply, transient=_TRANSIENT, topics=[results_topic],
+                           apply=self._apply, topics=[results_topic],
                            client_id=self._client_id)
         loops = [asyncio.create_task(self._dispatch(stop)), asyncio.create_task(self._sweep(stop))]
         try:
@@ -163,7 +161,7 @@ class Deliverer:
                 try:
                     for delivery, wait_s in await self.store.due(self.schedule.room, interval):
                         self.schedule.add(delivery, wait_s)
-                except _TRANSIENT as exc:
+                except TRANSIENT_ERRORS as exc:
                     logger.warning("deliver: sweep failed (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), interval)
@@ -172,7 +170,7 @@ class Deliverer:
         """Claim `delivery`, send one attempt, record it and schedule the next if any."""
         try:
             claimed = await self.store.claim(delivery)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             logger.warning("deliver: cannot claim %s (%s); the sweep retries", delivery, exc)
             return
         if claimed is None:
@@ -185,7 +183,7 @@ class Deliverer:
             delay = retry_delay_s(outcome, claimed.attempt, self._settings, self._rng)
         try:
             await self.store.finish(claimed, outcome, decided, delay, started)
-        except _TRANSIENT as exc:
+        except TRANSIENT_ERRORS as exc:
             # The lease runs out and the attempt is made again: at least once, and the
             # receiver deduplicates on `webhook-id`.
             logger.warning("deliver: attempt %d of %s not recorded (%s)",

@@ -24,11 +24,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import text
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
-from broker.errors import SluiceError
+from broker.database import TRANSIENT_DB_ERRORS, database_errors
 from broker.settings import LedgerSettings
 from broker.tables import REQUEST_HAS_TEXT
 
@@ -72,8 +70,6 @@ RETURNING due.updated_at
 """
 )
 
-# Failures that may heal by themselves: the next sweep tries again.
-_TRANSIENT = (SluiceError, SQLAlchemyError, OSError, TimeoutError)
 
 
 class ContentRetention:
@@ -103,7 +99,7 @@ class ContentRetention:
                 if purged:
                     logger.info("ledger: removed stored text of %d requests past retention",
                                 purged)
-            except _TRANSIENT as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 logger.warning("ledger: removing stored text failed (%s); retrying in %.0fs",
                                exc, self._interval_s)
             with contextlib.suppress(TimeoutError):

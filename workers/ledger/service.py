@@ -13,10 +13,9 @@ import asyncio
 import contextlib
 import logging
 
-from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.errors import BrokerUnavailable, SluiceError
+from broker.errors import BrokerUnavailable
 from broker.kafka import (
     ApplyLoop,
     KafkaError,
@@ -33,8 +32,6 @@ from workers.ledger.store import write_batch
 
 logger = logging.getLogger(__name__)
 
-# Failures that may heal by themselves; anything else is a bug and stops the ledger.
-_TRANSIENT = (SluiceError, SQLAlchemyError, KafkaError, OSError, TimeoutError)
 
 
 class Ledger:
@@ -91,7 +88,7 @@ class Ledger:
         self._producer = producer
         loop = ApplyLoop(
             self._kafka, name="ledger", group_id=self.group_id, apply=self._apply,
-            transient=_TRANSIENT, pattern=subscription_pattern(self._kafka.topic_prefix),
+            pattern=subscription_pattern(self._kafka.topic_prefix),
             batch_size=self._settings.ledger_batch_size,
             poll_ms=max(1, int(self._settings.ledger_flush_interval_s * 1000)),
             min_backoff_s=self._min_backoff_s, max_backoff_s=self._max_backoff_s,
