@@ -1,1 +1,2 @@
-"""The shared core: settings, Kafka plumbing, tokens, database tables, errors, fakes."""
+"""The shared core: settings, the Kafka port (`kafka/`), budgets, tokens and prices, the
+PostgreSQL stores, the error tree, and the embedded services for `sluice dev` and tests."""
