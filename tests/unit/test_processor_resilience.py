@@ -75,6 +75,18 @@ async def test_retriable_failure_fails_over_and_usage_carries_the_attempt(make: 
     assert sim.requests_by_model == {"up-a": 1, "up-b": 1}
 
 
+async def test_a_deployment_refusing_our_credentials_fails_over_and_trips_its_breaker(
+    make: Any,
+) -> None:
+    processor, sim = make(_config(), {"up-a": Faults(error_rate=1.0, error_statuses=(401,))})
+    for index in range(3):
+        outcome = await processor.process(_request(id=f"req_{index}"))
+        assert outcome.result is not None and outcome.result.status is RequestStatus.SUCCEEDED
+        assert outcome.result.deployment == "b"
+    # Two 401s in a row open a's breaker (consecutive_failures: 2): the third skips it.
+    assert sim.requests_by_model == {"up-a": 2, "up-b": 3}
+
+
 async def test_rejection_ends_the_request_without_failover(make: Any) -> None:
     processor, sim = make(_config(), {"up-a": Faults(error_rate=1.0, error_statuses=(400,))})
     outcome = await processor.process(_request())

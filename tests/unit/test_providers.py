@@ -208,10 +208,8 @@ async def test_transient_statuses_are_retriable(status: int) -> None:
     ("status", "body", "message"),
     [
         (400, {"error": {"message": "max_tokens is too large", "type": "x"}}, "max_tokens is too"),
-        (401, {"error": {"message": "Incorrect API key provided"}}, "Incorrect API key"),
-        (404, {"error": "model 'llama9' not found"}, "model 'llama9' not found"),  # Ollama
         (422, b"unprocessable", "unprocessable"),
-        (403, b"", "Forbidden"),
+        (413, b"", "Request Entity Too Large"),
     ],
 )
 async def test_request_errors_are_rejected_with_the_providers_message(
@@ -222,6 +220,30 @@ async def test_request_errors_are_rejected_with_the_providers_message(
     assert caught.value.status_code == status
     assert message in str(caught.value)
     assert not caught.value.retriable
+
+
+@pytest.mark.parametrize(
+    ("status", "body"),
+    [
+        (401, {"error": {"message": "Incorrect API key provided: sk-abc*****wxyz"}}),
+        (403, {"error": {"message": "You have no access to model gpt-9 (org-secret)"}}),
+        (404, {"error": "model 'llama9' not found"}),  # Ollama
+    ],
+)
+async def test_a_deployment_that_refuses_our_key_or_model_is_failed_over_quietly(
+    status: int, body: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Our key, access or model name is wrong at this deployment: another may answer, and
+    the provider's words (part of our key, an org id) reach the logs, never a tenant."""
+    with pytest.raises(ProviderRetriable) as caught:
+        await _adapter(_answer(status, body)).complete(_body(), timeout_s=5)
+    assert caught.value.status_code == status
+    assert "sk-abc" not in str(caught.value) and "org-secret" not in str(caught.value)
+    assert "llama9" not in str(caught.value)
+    assert "API key" in str(caught.value)
+    logged = " ".join(record.getMessage() for record in caplog.records)
+    assert str(body["error"] if isinstance(body["error"], str)
+               else body["error"]["message"]) in logged
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ in `complete`. Nothing here retries or fails over; the worker decides.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -24,7 +25,13 @@ from workers.providers.base import ProviderResponse
 
 _RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
 # 408 (request timeout) and 409 (conflict, e.g. OpenAI's "busy, try again") are transient.
+log = logging.getLogger("sluice.providers")
+
 _RETRIABLE_CLIENT_STATUSES = frozenset({408, 409, 429})
+# The deployment itself is wrong (our key expired or lacks access, the upstream model or URL
+# does not exist): another deployment may well answer, and the provider's words (which can
+# quote part of our key) are for operators, not for the tenant whose request it was.
+_DEPLOYMENT_FAULT_STATUSES = frozenset({401, 403, 404})
 _MAX_MESSAGE_CHARS = 500
 USER_AGENT = "sluicegate"
 _TIMEOUT_PHASES = ("connect", "read", "write", "pool")
@@ -130,6 +137,13 @@ class OpenAICompatibleProvider:
 
     def _translate_status(self, response: httpx.Response) -> NoReturn:
         status = response.status_code
+        if status in _DEPLOYMENT_FAULT_STATUSES:
+            log.warning("deployment %r answered %d: %s; check its API key, upstream model and "
+                        "base_url", self.deployment, status, _error_message(response))
+            raise ProviderRetriable(
+                f"deployment '{self.deployment}' refused sluicegate's call ({status}); "
+                "an operator must check its API key, upstream model and base_url",
+                status_code=status, deployment=self.deployment)
         message = f"deployment '{self.deployment}' answered {status}: {_error_message(response)}"
         if status in _RETRIABLE_CLIENT_STATUSES or not 400 <= status < 500:
             # Not a 4xx: 5xx is the provider's trouble; a redirect is this deployment's
