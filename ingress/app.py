@@ -186,10 +186,12 @@ class Ingress:
         return self._asyncapi
 
     async def models(self, request: Request) -> Response:
-        await authenticate(request, self.services.api_keys)
+        principal = await authenticate(request, self.services.api_keys)
+        # A key limited to some models sees only those: the others answer 404 as if they
+        # did not exist, so listing them would leak what the key may not use.
         data = [
             {"id": name, "object": "model", "created": self.started, "owned_by": "sluicegate"}
-            for name in self.services.config.models
+            for name in self.services.config.models if principal.may_use(name)
         ]
         return json_response({"object": "list", "data": data})
 
