@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -235,8 +236,17 @@ async def test_a_deployment_that_refuses_our_key_or_model_is_failed_over_quietly
 ) -> None:
     """Our key, access or model name is wrong at this deployment: another may answer, and
     the provider's words (part of our key, an org id) reach the logs, never a tenant."""
-    with pytest.raises(ProviderRetriable) as caught:
-        await _adapter(_answer(status, body)).complete(_body(), timeout_s=5)
+    # Heard directly: a logging configuration applied earlier in the run can disable
+    # loggers that existed before it, this module-level one included.
+    logger = logging.getLogger("sluice.providers")
+    was_disabled, logger.disabled = logger.disabled, False
+    logger.addHandler(caplog.handler)
+    try:
+        with pytest.raises(ProviderRetriable) as caught:
+            await _adapter(_answer(status, body)).complete(_body(), timeout_s=5)
+    finally:
+        logger.removeHandler(caplog.handler)
+        logger.disabled = was_disabled
     assert caught.value.status_code == status
     assert "sk-abc" not in str(caught.value) and "org-secret" not in str(caught.value)
     assert "llama9" not in str(caught.value)
