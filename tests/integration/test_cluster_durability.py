@@ -10,6 +10,7 @@ billed twice, and the usage topic reconciles with the ledger. The test prints it
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import time
@@ -66,6 +67,10 @@ async def _leader_counts(kafka: KafkaSettings, topic: str) -> Counter[int]:
     return Counter(p["leader"] for p in await _partitions(kafka, topic))
 
 
+async def _has_partitions(kafka: KafkaSettings, topic: str) -> bool:
+    return bool(await _partitions(kafka, topic))
+
+
 async def _replicas(kafka: KafkaSettings, topic: str) -> set[int]:
     return {len(p["replicas"]) for p in await _partitions(kafka, topic)}
 
@@ -86,6 +91,8 @@ async def test_a_broker_killed_mid_run_loses_no_request_and_bills_none_twice(
                              ingress=IngressSettings(sync_timeout_s=60)) as stack:
         topic = topics_for(kafka).requests(MODEL)
         for name in (topic, topics_for(kafka).results, topics_for(kafka).usage):
+            # The worker creates its topics as it starts, beside ingress: wait for them.
+            await eventually(functools.partial(_has_partitions, kafka, name))
             assert await _replicas(kafka, name) == {3}, name
         started = time.monotonic()
         done = 0
@@ -136,6 +143,14 @@ async def test_a_broker_killed_mid_run_loses_no_request_and_bills_none_twice(
 
         await eventually(all_final, timeout_s=180)
         finished_s = time.monotonic() - started
+
+        async def all_billed() -> bool:  # usage travels on its own topic, maybe a fetch later
+            billed = await stack.scalar(
+                "select count(distinct request_id) from usage_events "
+                "where request_id = any(:ids)", ids=list(accepted))
+            return bool(billed == len(accepted))
+
+        await eventually(all_billed, timeout_s=60)
         succeeded = await stack.scalar(
             "select count(*) from requests where id = any(:ids) and status = 'succeeded'",
             ids=list(accepted))
