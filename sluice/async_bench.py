@@ -27,7 +27,9 @@ from sluice.loadgen import percentile, run_load
 
 console = Console()
 
-_FINAL = "select count(*) from requests where status <> 'queued'"
+# This run's answers only: a run right after another must not count the earlier run's
+# answers the ledger records meanwhile (created_at is when ingress accepted the request).
+_FINAL = "select count(*) from requests where status <> 'queued' and created_at >= $1"
 
 
 def _stack(args: argparse.Namespace) -> tuple[str, str, str]:
@@ -54,7 +56,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, object]:
     model = args.model or "gpt-4o-mini"
     connection = await asyncpg.connect(dsn)
     try:
-        final_before = int(await connection.fetchval(_FINAL))
+        since = datetime.now(UTC)
         started = time.perf_counter()
         with console.status(f"submitting {args.requests:,} prompts, c={args.concurrency}…"):
             load = await run_load(f"{url}/v1/requests", key, _body(model),
@@ -64,7 +66,7 @@ async def _measure(args: argparse.Namespace) -> dict[str, object]:
         with console.status("waiting for the ledger to record every answer…") as status:
             deadline = time.perf_counter() + args.drain_timeout_s
             while final < accepted and time.perf_counter() < deadline:
-                final = int(await connection.fetchval(_FINAL)) - final_before
+                final = int(await connection.fetchval(_FINAL, since))
                 status.update(f"ledger has {final:,} of {accepted:,} answers…")
                 await asyncio.sleep(0.05)
         finished = time.perf_counter() - started
