@@ -46,11 +46,29 @@ class DeploymentConfig(BaseModel):
     """Output tokens reserved for a request without `max_tokens` (settled afterwards)."""
     burst: Annotated[float, Field(gt=0, lt=1)] = 0.02
     """Share of each limit that may go at once; the rest is paced over the window."""
+    # How the bytes travel (HTTP adapters; see workers/providers/http.py).
+    proxy: str | None = None
+    """Proxy URL for this deployment's calls. None: the worker's `HTTPS_PROXY` /
+    `HTTP_PROXY` / `NO_PROXY`; `direct`: no proxy whatever the environment says."""
+    ca_bundle: Path | None = None
+    """PEM file of the certificate authorities to trust for this upstream (a private CA)
+    instead of the public ones."""
+    client_cert: Path | None = None
+    """PEM certificate (chain) sluicegate presents to an upstream that wants mutual TLS."""
+    client_key: Path | None = None
+    """Its private key, when not in `client_cert`'s file."""
+    verify_tls: bool = True
+    """False accepts any certificate: a test upstream only, never a real provider."""
+    http2: bool = False
+    """Offer HTTP/2 on HTTPS; the upstream picks it or HTTP/1.1 (ALPN). Off by default:
+    HTTP/2 goes through httpx's pure-Python stack, HTTP/1.1 through aiohttp's cheaper one."""
 
     @model_validator(mode="after")
     def _http_needs_url(self) -> DeploymentConfig:
         if self.provider == "openai" and not self.base_url:
             raise ValueError("base_url is required for provider 'openai'")
+        if self.client_key is not None and self.client_cert is None:
+            raise ValueError("client_key needs client_cert")
         return self
 
     def api_key(self) -> str | None:

@@ -9,6 +9,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 from pathlib import Path
 
 from broker.config import SluiceConfig, load_config
@@ -83,7 +84,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from broker.database import create_engine
     from workers.inference import InferencePool
     from workers.inference.results import PostgresFinalResults
-    from workers.providers import KeepAliveTransport, build_provider
+    from workers.providers import ProviderTransports, ProxyEnvironment, build_provider
 
     configure_logging()
     config = _config(args)
@@ -99,14 +100,13 @@ def run_worker(args: argparse.Namespace) -> int:
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
-        # Adapters speak httpx; a keep-alive transport of our own moves the bytes, at
-        # half the CPU per call of aiohttp's (workers/providers/keepalive.py).
-        async with KeepAliveTransport(
+        # One pooled transport per route (proxy, TLS, HTTP/2): workers/providers/http.py.
+        transports = ProviderTransports(
             max_connections=worker_settings.worker_concurrency,
-            max_idle_per_origin=worker_settings.worker_concurrency,
-        ) as transport:
+            proxies=ProxyEnvironment.from_environ(os.environ))
+        async with transports:
             providers = {
-                name: build_provider(name, deployment, transport)
+                name: build_provider(name, deployment, transports.for_deployment(name, deployment))
                 for name, deployment in config.deployments.items()
             }
             kafka = await with_broker_limits(KafkaSettings())
@@ -220,3 +220,4 @@ def run_config_check(args: argparse.Namespace) -> int:
         print(f"{model}: {' -> '.join(spec.deployments)}")
     print(f"{args.file}: OK ({len(config.models)} models, {len(config.deployments)} deployments)")
     return 0
+

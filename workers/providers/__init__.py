@@ -2,15 +2,16 @@
 
 from workers.providers.base import Provider, ProviderResponse
 from workers.providers.factory import build_provider
-from workers.providers.keepalive import KeepAliveTransport
+from workers.providers.http import ProviderTransports, ProxyEnvironment
 from workers.providers.openai_compatible import OpenAICompatibleProvider
 from workers.providers.simulated import SimulatedProvider
 
 __all__ = [
-    "KeepAliveTransport",
     "OpenAICompatibleProvider",
     "Provider",
     "ProviderResponse",
+    "ProviderTransports",
+    "ProxyEnvironment",
     "SimulatedProvider",
     "build_provider",
 ]
