@@ -6,7 +6,6 @@ One YAML file (`--config`, env `SLUICE_CONFIG`). Errors name the bad key, e.g.
 
 from __future__ import annotations
 
-import os
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -70,10 +69,6 @@ class DeploymentConfig(BaseModel):
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs client_cert")
         return self
-
-    def api_key(self) -> str | None:
-        """The secret, read from the named environment variable at call-site setup."""
-        return os.environ.get(self.api_key_env) if self.api_key_env else None
 
     def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal | None:
         """What the call cost, or None when no price is configured (never a silent zero)."""

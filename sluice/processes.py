@@ -98,6 +98,8 @@ def run_worker(args: argparse.Namespace) -> int:
     if args.status_port is not None:
         worker_settings = worker_settings.model_copy(update={"status_port": args.status_port})
 
+    api_keys = _api_keys(config)
+
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
         # One pooled transport per route (proxy, TLS, HTTP/2): workers/providers/http.py.
@@ -106,7 +108,8 @@ def run_worker(args: argparse.Namespace) -> int:
             proxies=ProxyEnvironment.from_environ(os.environ))
         async with transports:
             providers = {
-                name: build_provider(name, deployment, transports.for_deployment(name, deployment))
+                name: build_provider(name, deployment, transports.for_deployment(name, deployment),
+                                     api_keys.get(name))
                 for name, deployment in config.deployments.items()
             }
             kafka = await with_broker_limits(KafkaSettings())
@@ -221,3 +224,19 @@ def run_config_check(args: argparse.Namespace) -> int:
     print(f"{args.file}: OK ({len(config.models)} models, {len(config.deployments)} deployments)")
     return 0
 
+
+
+def _api_keys(config: SluiceConfig) -> dict[str, str]:
+    """Each deployment's secret from the variable its `api_key_env` names, read once here."""
+    keys = {}
+    for name, deployment in config.deployments.items():
+        if deployment.api_key_env is None:
+            continue
+        secret = os.environ.get(deployment.api_key_env)
+        if secret:
+            keys[name] = secret
+        else:
+            log.error("deployments.%s: %s is not set; its calls go without a key, will be "
+                      "refused and failed over. Set it in the worker's environment.",
+                      name, deployment.api_key_env)
+    return keys

@@ -108,21 +108,21 @@ def test_names_itself(provider: Provider) -> None:
 # --- the OpenAI-compatible adapter ------------------------------------------------------
 
 
-def _adapter(handler: Handler, **config: Any) -> OpenAICompatibleProvider:
-    return OpenAICompatibleProvider(httpx.MockTransport(handler), "dep-1", _http_config(**config))
+def _adapter(
+    handler: Handler, api_key: str | None = None, **config: Any,
+) -> OpenAICompatibleProvider:
+    return OpenAICompatibleProvider(
+        httpx.MockTransport(handler), "dep-1", _http_config(**config), api_key)
 
 
-async def test_sends_upstream_model_auth_and_no_null_fields(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setenv("SLUICE_TEST_KEY", "sk-test")
+async def test_sends_upstream_model_auth_and_no_null_fields() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return _simulating_upstream(request)
 
-    adapter = _adapter(handler, api_key_env="SLUICE_TEST_KEY", base_url="http://h:8000/v1/")
+    adapter = _adapter(handler, api_key="sk-test", base_url="http://h:8000/v1/")
     response = await adapter.complete(_body(temperature=0), timeout_s=5)
     (request,) = seen
     assert str(request.url) == "http://h:8000/v1/chat/completions"

@@ -13,7 +13,10 @@ from workers.providers.simulated import SimulatedProvider
 
 
 def build_provider(
-    deployment: str, config: DeploymentConfig, transport: httpx.AsyncBaseTransport
+    deployment: str,
+    config: DeploymentConfig,
+    transport: httpx.AsyncBaseTransport,
+    api_key: str | None = None,
 ) -> Provider:
     """The provider adapter for one deployment.
 
@@ -22,10 +25,11 @@ def build_provider(
         config: Its configuration; `config.provider` picks the adapter.
         transport: The shared HTTP transport (HTTP adapters only; connection pooling lives
             there).
+        api_key: The deployment's secret, read from its `api_key_env` by the caller.
     """
     match config.provider:
         case "openai":
-            return OpenAICompatibleProvider(transport, deployment, config)
+            return OpenAICompatibleProvider(transport, deployment, config, api_key)
         case "simulated":
             return SimulatedProvider(deployment, config)
         case _:  # a new provider kind in the config must get an adapter here

@@ -44,6 +44,7 @@ class OpenAICompatibleProvider:
         transport: The shared HTTP transport (its connection pool serves every deployment).
         deployment: The deployment's name in the configuration.
         config: Its configuration; `base_url` looks like `http://host:8000/v1`.
+        api_key: The secret sent as a bearer token (read from `api_key_env` at the edge).
 
     It sends through the transport, not an `httpx.AsyncClient`: a client's per-call
     redirect, auth, cookie and hook machinery cost a third of each call's CPU here, and
@@ -54,7 +55,11 @@ class OpenAICompatibleProvider:
     name = "openai"
 
     def __init__(
-        self, transport: httpx.AsyncBaseTransport, deployment: str, config: DeploymentConfig
+        self,
+        transport: httpx.AsyncBaseTransport,
+        deployment: str,
+        config: DeploymentConfig,
+        api_key: str | None = None,
     ):
         if not config.base_url:
             raise ConfigError(f"deployments.{deployment}.base_url: required for 'openai'")
@@ -72,7 +77,6 @@ class OpenAICompatibleProvider:
             (b"content-type", b"application/json"),
             (b"user-agent", USER_AGENT.encode()),
         ]
-        api_key = config.api_key()
         if api_key:
             headers.append((b"authorization", f"Bearer {api_key}".encode()))
         self._headers = headers
