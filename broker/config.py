@@ -29,6 +29,9 @@ class DeploymentConfig(BaseModel):
     base_url: str | None = None
     api_key_env: str | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
+    # This deployment's price, imported into the price catalog (the one price source, see
+    # broker/prices.py) by workers and ingress at start. Leave both out to manage the
+    # price with `sluice prices set` alone.
     input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     latency_ms: Annotated[float, Field(ge=0)] = 0.0
@@ -70,14 +73,6 @@ class DeploymentConfig(BaseModel):
             raise ValueError("client_key needs client_cert")
         return self
 
-    def cost_usd(self, input_tokens: int, output_tokens: int) -> Decimal | None:
-        """What the call cost, or None when no price is configured (never a silent zero)."""
-        if self.input_usd_per_mtok is None or self.output_usd_per_mtok is None:
-            return None
-        million = Decimal(1_000_000)
-        return (
-            self.input_usd_per_mtok * input_tokens + self.output_usd_per_mtok * output_tokens
-        ) / million
 
 
 class RetryPolicy(BaseModel):

@@ -9,8 +9,9 @@ questions, so they ask them here and cannot drift apart:
 - output tokens: the request's `max_tokens` / `max_completion_tokens`, else the
   deployment's `expected_output_tokens` (256 unless configured);
 - cost: the price in force in the catalog (`prices`, per deployment before model-wide),
-  else the deployment's price in the config file; for a request not yet routed, the
-  dearest deployment that may serve it, so failover can never overspend a budget.
+  the one price source (the config file's prices are imported into it, broker/prices.py);
+  for a request not yet routed, the dearest deployment that may serve it, so failover can
+  never overspend a budget.
 
 Without a config (a process given none) or for a model it does not name, the logical model
 name picks the encoding and the catalog alone prices it.
@@ -71,11 +72,7 @@ class Estimator:
         prompt = count_chat_prompt_tokens(body.messages, primary.model,
                                           self._config.models[model].encoding)
         output = body.output_limit() or primary.expected_output_tokens
-        priced = []
-        for name, deployment in chain:
-            price = book.find(model, name, at)
-            cost = (price.cost(prompt, output) if price is not None
-                    else deployment.cost_usd(prompt, output))
-            if cost is not None:
-                priced.append(cost)
+        priced = [price.cost(prompt, output)
+                  for price in (book.find(model, name, at) for name, _ in chain)
+                  if price is not None]
         return Estimate(prompt, output, max(priced) if priced else None)

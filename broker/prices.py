@@ -1,14 +1,21 @@
 """The price catalog: USD per million tokens, per model and deployment, with history.
 
-Prices live in the `prices` table, seeded from the shipped `prices.yaml` by migration 0002
-and edited with `sluice prices set`. A price is never updated in place for a new period:
-a row with a later `effective_from` takes over from that moment, so usage recorded late
-(a ledger catching up after an outage) is still charged the price of its own time.
+The catalog is sluicegate's one price source: the ledger charges from it, and admission,
+worker reservations and batch holds estimate from it. Prices live in the `prices` table,
+seeded from the shipped `prices.yaml` by migration 0002, edited with `sluice prices set`,
+and fed from the configuration file: a deployment's `input_usd_per_mtok` /
+`output_usd_per_mtok` are imported by every worker and ingress at start
+(`import_config_prices`) as that deployment's price for each model it serves, effective
+from then on, whenever the catalog's price in force differs.
+
+A price is never updated in place for a new period: a row with a later `effective_from`
+takes over from that moment, so usage recorded late (a ledger catching up after an
+outage) is still charged the price of its own time.
 
 Which price applies to a call that finished at `t` on deployment `d` of model `m`: the
 latest row of (`m`, `d`) effective at `t`; failing that, the latest model-wide row
-(`m`, NULL) effective at `t`; failing that, none (the ledger falls back to the config
-file's price and otherwise records cost NULL — never a silent zero).
+(`m`, NULL) effective at `t`; failing that, none (the ledger records cost NULL and warns,
+never a silent zero).
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from broker.config import SluiceConfig
 from broker.database import database_errors
 from broker.errors import ConfigError
 from broker.reloading import Reloading
@@ -185,6 +193,47 @@ async def price_book(connection: AsyncConnection, models: Iterable[str]) -> Pric
         return PriceBook([])
     rows = (await connection.execute(select(prices).where(prices.c.model.in_(wanted)))).all()
     return PriceBook(_price(row) for row in rows)
+
+
+def config_price_specs(config: SluiceConfig, book: PriceBook, now: datetime) -> list[PriceSpec]:
+    """The configuration's deployment prices the catalog does not have in force at `now`."""
+    specs = []
+    for model, settings in config.models.items():
+        for name in settings.deployments:
+            deployment = config.deployments[name]
+            if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
+                continue
+            current = book.find(model, name, now)
+            if (current is not None and current.deployment == name
+                    and current.input_usd_per_mtok == deployment.input_usd_per_mtok
+                    and current.output_usd_per_mtok == deployment.output_usd_per_mtok):
+                continue
+            specs.append(PriceSpec(
+                model=model, deployment=name,
+                input_usd_per_mtok=deployment.input_usd_per_mtok,
+                output_usd_per_mtok=deployment.output_usd_per_mtok,
+                # The config has no cached-input rate; keep the catalog's, if it had one.
+                cached_input_usd_per_mtok=(current.cached_input_usd_per_mtok
+                                           if current is not None else None),
+                effective_from=now,
+            ))
+    return specs
+
+
+async def import_config_prices(engine: AsyncEngine, config: SluiceConfig,
+                               now: datetime) -> list[Price]:
+    """Store the configuration's prices the catalog lacks (see `config_price_specs`).
+
+    Idempotent, and safe when several processes start at once: the same price again is
+    skipped, and the same model, deployment and moment again replaces, not duplicates.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            book = await price_book(connection, config.models)
+    return await set_prices(engine, config_price_specs(config, book, now))
 
 
 class PriceCache:

@@ -10,6 +10,7 @@ import asyncio
 import json
 import logging
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 from broker.config import SluiceConfig, load_config
@@ -49,8 +50,9 @@ def run_ingress(args: argparse.Namespace) -> int:
 
     configure_logging()
     settings = IngressSettings()
-    engine = create_engine(DatabaseSettings())
     config = _config(args)
+    asyncio.run(_import_config_prices(config))
+    engine = create_engine(DatabaseSettings())
     services = IngressServices(
         settings=settings,
         kafka=asyncio.run(with_broker_limits(KafkaSettings())),
@@ -101,6 +103,7 @@ def run_worker(args: argparse.Namespace) -> int:
     api_keys = _api_keys(config)
 
     async def main(stop: asyncio.Event) -> None:
+        await _import_config_prices(config)
         engine = create_engine(DatabaseSettings())
         # One pooled transport per route (proxy, TLS, HTTP/2): workers/providers/http.py.
         transports = ProviderTransports(
@@ -240,3 +243,24 @@ def _api_keys(config: SluiceConfig) -> dict[str, str]:
                       "refused and failed over. Set it in the worker's environment.",
                       name, deployment.api_key_env)
     return keys
+
+
+async def _import_config_prices(config: SluiceConfig) -> None:
+    """Put the config file's prices into the price catalog, the one price source."""
+    from broker.database import create_engine
+    from broker.errors import DatabaseUnavailable
+    from broker.prices import import_config_prices
+
+    engine = create_engine(DatabaseSettings())
+    try:
+        stored = await import_config_prices(engine, config, datetime.now(UTC))
+    except DatabaseUnavailable as exc:
+        log.warning("prices from the config file not imported (%s); calls are charged at the "
+                    "catalog's prices until a worker or ingress starts with PostgreSQL up", exc)
+        return
+    finally:
+        await engine.dispose()
+    for price in stored:
+        log.info("price catalog: %s on %s is now %s / %s USD per million tokens in / out, "
+                 "from the config file", price.model, price.deployment,
+                 price.input_usd_per_mtok, price.output_usd_per_mtok)

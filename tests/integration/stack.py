@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
@@ -22,6 +23,7 @@ from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
 from broker.database import create_engine
 from broker.keys import create_api_key
+from broker.prices import import_config_prices
 from broker.settings import (
     DatabaseSettings,
     IngressSettings,
@@ -103,6 +105,8 @@ async def running_stack(
     config = config or demo_config()
     engine = create_engine(DatabaseSettings(database_url=database_url))
     api_key, _ = await create_api_key(engine, tenant)
+    # What `sluice worker` and `sluice ingress` do at start: the catalog is the price source.
+    await import_config_prices(engine, config, datetime.now(UTC))
     sim_app = create_simulator_app(simulator or SimulatorSettings())
     sim_transport = httpx.ASGITransport(app=sim_app)
     sim_client = httpx.AsyncClient(transport=sim_transport, base_url=SIM_BASE)

@@ -9,12 +9,14 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.config import SluiceConfig, parse_config
 from broker.kafka import topics_for
 from broker.prices import (
     CATALOG,
     Price,
     PriceBook,
     PriceSpec,
+    import_config_prices,
     list_prices,
     load_catalog,
     set_prices,
@@ -95,7 +97,8 @@ async def test_price_change_takes_effect_at_its_date(
     tokens_in, tokens_out = 12, 34  # the `usage` helper's counts
     prices = {p.effective_from: p for p in await list_prices(engine, "m") if not p.deployment}
     assert rows["before"] == (None, None)  # unknown price: NULL, never zero
-    assert rows["fallback"] == (Decimal("0.5"), None)  # the config file's price stands
+    # An event of an earlier worker release carrying its own cost keeps it.
+    assert rows["fallback"] == (Decimal("0.5"), None)
     assert rows["first"] == (Decimal(tokens_in * 1 + tokens_out * 2) / 10**6, prices[T1].id)
     assert rows["second"] == (Decimal(tokens_in * 10 + tokens_out * 20) / 10**6, prices[T2].id)
     assert rows["deployment"][0] == Decimal((tokens_in + tokens_out) * 5) / 10**6
@@ -113,3 +116,28 @@ def test_prices_cli(
     assert main(["prices", "list", "--model", "my-model"]) == 0
     listing = capsys.readouterr().out
     assert "my-model" in listing and "0.3000000000" in listing and "gpt-4o" not in listing
+
+
+async def test_config_prices_are_imported_once_and_again_when_they_change(
+    engine: AsyncEngine,
+) -> None:
+    def config(output_price: str) -> SluiceConfig:
+        return parse_config({
+            "models": {"imp-a": {"deployments": ["d1", "free"]}, "imp-b": {"deployments": ["d1"]}},
+            "deployments": {
+                "d1": {"provider": "simulated", "model": "x", "input_usd_per_mtok": "1.5",
+                       "output_usd_per_mtok": output_price},
+                "free": {"provider": "simulated", "model": "x"},  # no price: none imported
+            },
+        })
+
+    first = await import_config_prices(engine, config("2"), T1)
+    assert {(p.model, p.deployment, p.output_usd_per_mtok) for p in first} == {
+        ("imp-a", "d1", Decimal("2")), ("imp-b", "d1", Decimal("2"))}
+    # Every worker and ingress imports at start: the same prices again store nothing.
+    assert await import_config_prices(engine, config("2"), T2) == []
+    changed = await import_config_prices(engine, config("3"), T2)
+    assert {(p.model, p.effective_from) for p in changed} == {("imp-a", T2), ("imp-b", T2)}
+    stored = await list_prices(engine, "imp-a")
+    history = [(p.effective_from, p.output_usd_per_mtok) for p in stored]
+    assert history == [(T1, Decimal("2")), (T2, Decimal("3"))]

@@ -28,8 +28,8 @@ VALID = {
 def test_valid_config_keeps_failover_order() -> None:
     config = parse_config(VALID)
     assert [name for name, _ in config.deployment_chain("gpt-4o-mini")] == ["a", "b"]
-    assert config.deployments["a"].cost_usd(1_000_000, 1_000_000) == Decimal("0.75")
-    assert config.deployments["b"].cost_usd(10, 10) is None
+    assert config.deployments["a"].input_usd_per_mtok == Decimal("0.15")
+    assert config.deployments["b"].output_usd_per_mtok is None
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from broker.config import parse_config
 from broker.estimates import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimator
-from broker.prices import Price, PriceBook
+from broker.prices import Price, PriceBook, PriceSpec, config_price_specs
 from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatCompletionRequest, InferenceRequest
 from workers.batches.budget import BatchEstimate
@@ -46,17 +46,30 @@ def test_admission_the_worker_and_a_batch_line_estimate_the_same_tokens() -> Non
     assert (batch.tokens, batch.usd) == (2 * admitted.tokens, 2 * (admitted.usd or 0))
 
 
-def test_the_dearest_deployment_prices_a_request_and_the_catalog_comes_first() -> None:
+def _stored(specs: list[PriceSpec]) -> PriceBook:
+    return PriceBook(Price(id=number, cached_input_usd_per_mtok=None, **spec.model_dump(
+        exclude={"cached_input_usd_per_mtok"})) for number, spec in enumerate(specs))
+
+
+def test_config_prices_reach_estimates_through_the_catalog_and_the_dearest_wins() -> None:
     estimator = Estimator(CONFIG)
-    from_config = estimator.for_request(BODY, "m", PriceBook([]), NOW)
-    prompt = from_config.prompt_tokens
-    assert from_config.usd == (Decimal(prompt) * Decimal("2.50")
-                               + Decimal(100) * Decimal("10.00")) / 1_000_000
+    # The catalog is the one price source: a config price not in it prices nothing.
+    assert estimator.for_request(BODY, "m", PriceBook([]), NOW).usd is None
+    imported = config_price_specs(CONFIG, PriceBook([]), NOW)
+    assert {(s.model, s.deployment, s.input_usd_per_mtok, s.output_usd_per_mtok)
+            for s in imported} == {("m", "cheap", Decimal("0.15"), Decimal("0.60")),
+                                   ("m", "dear", Decimal("2.50"), Decimal("10.00"))}
+    book = _stored(imported)
+    estimate = estimator.for_request(BODY, "m", book, NOW)
+    prompt = estimate.prompt_tokens
+    assert estimate.usd == (Decimal(prompt) * Decimal("2.50")
+                            + Decimal(100) * Decimal("10.00")) / 1_000_000
+    assert config_price_specs(CONFIG, book, NOW) == []  # in force already: nothing to import
     catalog = PriceBook([_price("m", "dear", "1.00", "1.00")])
     cheaper = estimator.for_request(BODY, "m", catalog, NOW)
-    assert cheaper.usd == max(Decimal(prompt + 100) / 1_000_000,
-                              (Decimal(prompt) * Decimal("0.15") + 100 * Decimal("0.60"))
-                              / 1_000_000)
+    assert cheaper.usd == Decimal(prompt + 100) / 1_000_000
+    # The config disagrees with the catalog's price in force: it is imported again.
+    assert [s.deployment for s in config_price_specs(CONFIG, catalog, NOW)] == ["cheap", "dear"]
 
 
 def test_without_a_config_the_model_name_and_the_catalog_decide() -> None:

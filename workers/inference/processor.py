@@ -281,7 +281,6 @@ class RequestProcessor:
         usage = response.completion.usage
         input_tokens = usage.prompt_tokens if usage else 0
         output_tokens = usage.completion_tokens if usage else 0
-        deployment = self._config.deployments[deployment_name]
         return UsageEvent(
             event_id=f"use_{uuid.uuid4().hex}",
             request_id=request.id,
@@ -294,8 +293,8 @@ class RequestProcessor:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_input_tokens=usage.cached_prompt_tokens() if usage else 0,
-            # An estimate at the full input price; the ledger re-prices cached tokens.
-            cost_usd=deployment.cost_usd(input_tokens, output_tokens),
+            # No cost here: the ledger charges every call from the price catalog, the one
+            # price source (broker/prices.py), at the price in force when it finished.
             latency_ms=response.latency_ms,
             status="succeeded",
             attempt=attempt,

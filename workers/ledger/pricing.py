@@ -1,11 +1,12 @@
 """Cost at record time: each usage row is charged the price in force when the call finished.
 
 The price comes from the `prices` table, read once per batch inside the batch's own
-transaction (so a price and the rows charged with it are consistent). Input tokens served
-from the provider's prompt cache are charged the price's cached-input rate. Without a
-catalog price the worker's estimate from the config file stands (it knows no cached rate);
-without either, cost stays NULL and a warning names the model and deployment, because a
-silent zero would under-bill.
+transaction (so a price and the rows charged with it are consistent). The catalog is the
+one price source: the config file's prices reach it through `import_config_prices`.
+Input tokens served from the provider's prompt cache are charged the price's cached-input
+rate. Without a price, cost stays NULL and a warning names the model and deployment,
+because a silent zero would under-bill (an event that already carries a cost, from a
+worker of an earlier release, keeps it).
 """
 
 from __future__ import annotations
