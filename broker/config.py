@@ -30,7 +30,7 @@ class DeploymentConfig(BaseModel):
     api_key_env: str | None = None
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # This deployment's price, imported into the price catalog (the one price source, see
-    # broker/prices.py) by workers and ingress at start. Leave both out to manage the
+    # broker/stores/prices.py) by workers and ingress at start. Leave both out to manage the
     # price with `sluice prices set` alone.
     input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None

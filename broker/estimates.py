@@ -9,7 +9,7 @@ questions, so they ask them here and cannot drift apart:
 - output tokens: the request's `max_tokens` / `max_completion_tokens`, else the
   deployment's `expected_output_tokens` (256 unless configured);
 - cost: the price in force in the catalog (`prices`, per deployment before model-wide),
-  the one price source (the config file's prices are imported into it, broker/prices.py);
+  the one price source (the config file's prices are imported into it, broker/stores/prices.py);
   for a request not yet routed, the dearest deployment that may serve it, so failover can
   never overspend a budget.
 
@@ -24,7 +24,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from broker.config import DeploymentConfig, SluiceConfig
-from broker.prices import PriceBook
+from broker.stores.prices import PriceBook
 from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatCompletionRequest
 

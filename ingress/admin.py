@@ -17,29 +17,37 @@ from __future__ import annotations
 import hmac
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.admission import month_of
 from broker.errors import AuthenticationFailed, InvalidRequest, NotFound
-from broker.keys import ApiKeyRecord, KeyLimits, create_api_key, list_api_keys, revoke_api_key
-from broker.tenants import (
+from broker.stores.admission import month_of
+from broker.stores.keys import (
+    ApiKeyRecord,
+    KeyLimits,
+    create_api_key,
+    list_api_keys,
+    revoke_api_key,
+)
+from broker.stores.tenants import (
     SpendAccount,
     TenantSettings,
     list_tenants,
     set_tenant,
     spend_accounts_of,
 )
-from broker.usage_queries import csv_text, json_rows, parse_group_by, parse_time, usage_report
+from broker.stores.usage import csv_text, json_rows, parse_group_by, parse_time, usage_report
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.services import IngressServices
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 Usd = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
 

@@ -14,7 +14,10 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Protocol
 
-from broker.admission import (
+from broker.config import SluiceConfig
+from broker.errors import LimitExceeded
+from broker.estimates import Estimator
+from broker.stores.admission import (
     AdmissionStore,
     Charge,
     Decision,
@@ -23,11 +26,8 @@ from broker.admission import (
     monthly_budget,
     next_month,
 )
-from broker.config import SluiceConfig
-from broker.errors import LimitExceeded
-from broker.estimates import Estimator
-from broker.prices import PriceBook
-from broker.tenants import TenantSettings
+from broker.stores.prices import PriceBook
+from broker.stores.tenants import TenantSettings
 from ingress.services import Principal
 from schemas import InferenceRequest
 
@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 
 class TenantLookup(Protocol):
-    """Tenant settings, cached (broker.tenants.TenantCache)."""
+    """Tenant settings, cached (broker.stores.tenants.TenantCache)."""
 
     async def get(self, name: str) -> TenantSettings:
         """The settings of tenant `name`."""
@@ -43,7 +43,7 @@ class TenantLookup(Protocol):
 
 
 class PriceLookup(Protocol):
-    """The price catalog, cached (broker.prices.PriceCache)."""
+    """The price catalog, cached (broker.stores.prices.PriceCache)."""
 
     async def book(self) -> PriceBook:
         """Every stored price."""

@@ -9,11 +9,10 @@ caller's tenant: another tenant's batch or file id answers 404.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +24,9 @@ from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.files import register_file_routes
 from ingress.services import IngressServices
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 ENDPOINTS = frozenset({"/v1/chat/completions"})
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.admission import PostgresAdmissionStore
 from broker.config import SluiceConfig
-from broker.keys import ApiKeyCache
-from broker.prices import PriceCache
-from broker.request_store import RequestRecord, get_request
-from broker.tenants import TenantCache
+from broker.stores.admission import PostgresAdmissionStore
+from broker.stores.keys import ApiKeyCache
+from broker.stores.prices import PriceCache
+from broker.stores.requests import RequestRecord, get_request
+from broker.stores.tenants import TenantCache
 from ingress.admission import AdmissionControl
 from ingress.services import Principal
 

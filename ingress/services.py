@@ -13,15 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, Protocol
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any, Protocol
 
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig
 from broker.settings import IngressSettings, KafkaSettings
 from broker.webhooks.settings import WebhookSettings
 from schemas import InferenceRequest
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 @dataclass(frozen=True)

@@ -19,11 +19,10 @@ Tenant API (the tenant's own API key; everything is scoped to its tenant):
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -34,6 +33,9 @@ from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.services import IngressServices
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 HEADER = "x-webhook-url"
 _ROTATION_GRACE_S = 24 * 3600.0

@@ -1,7 +1,7 @@
 """Alembic environment: migrations run on asyncpg, the only PostgreSQL driver we ship.
 
 Two ways in:
-- `broker.database.upgrade_database` passes an open connection in
+- `broker.stores.database.upgrade_database` passes an open connection in
   `config.attributes["connection"]` (already inside an async engine's `run_sync`), so the
   services need no `alembic.ini` and no second driver.
 - A developer running plain `alembic` gets an async engine built from
@@ -18,8 +18,8 @@ from alembic import context
 from sqlalchemy import Connection, pool
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from broker.database import normalize_url
-from broker.tables import metadata
+from broker.stores.database import normalize_url
+from broker.stores.tables import metadata
 
 config = context.config
 # Only the command line configures logging; the services stay quiet and keep their own.

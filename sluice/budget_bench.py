@@ -164,8 +164,8 @@ def run_budget_bench(args: argparse.Namespace) -> int:
     import platform
     import tempfile
 
-    from broker.database import upgrade_database
     from broker.embedded import EmbeddedPostgres
+    from broker.stores.database import upgrade_database
     from sluice.embedded_kafka import embedded_kafka
 
     rpm, tpm = _pair(args.budget)

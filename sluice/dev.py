@@ -31,11 +31,11 @@ import httpx
 from rich.console import Console
 
 from broker.apache_kafka import ApacheKafka
-from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedKafka, EmbeddedPostgres, free_port
 from broker.errors import ConfigError
-from broker.keys import create_api_key
 from broker.settings import DatabaseSettings
+from broker.stores.database import create_engine, upgrade_database
+from broker.stores.keys import create_api_key
 
 # soft_wrap: commands printed for copy-paste must never be broken across lines.
 console = Console(soft_wrap=True)

@@ -9,19 +9,21 @@ import sys
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from decimal import Decimal, InvalidOperation
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import ValidationError
 from rich.console import Console
 from rich.table import Table
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine
 from broker.errors import ConfigError, InvalidRequest
-from broker.keys import KeyLimits, create_api_key, list_api_keys, revoke_api_key
-from broker.prices import PriceSpec, list_prices, set_prices
 from broker.settings import DatabaseSettings
-from broker.usage_queries import parse_duration, parse_time
+from broker.stores.database import create_engine
+from broker.stores.keys import KeyLimits, create_api_key, list_api_keys, revoke_api_key
+from broker.stores.prices import PriceSpec, list_prices, set_prices
+from broker.stores.usage import parse_duration, parse_time
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 T = TypeVar("T")
 

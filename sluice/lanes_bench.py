@@ -23,10 +23,10 @@ from typing import Any
 import httpx
 import yaml
 
-from broker.database import upgrade_database
 from broker.embedded import EmbeddedPostgres, free_port, wait_for_port
 from broker.kafka import encode, ensure_topics, new_producer, topics_for
 from broker.settings import KafkaSettings
+from broker.stores.database import upgrade_database
 from ingress.publisher import RequestPublisher
 from ingress.replies import ReplyListener
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Lane

@@ -36,12 +36,12 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from broker.database import create_engine, normalize_url, upgrade_database
 from broker.kafka import (
     ConsumerRecord,
 )
 from broker.settings import DatabaseSettings
-from broker.usage_queries import usage_report
+from broker.stores.database import create_engine, normalize_url, upgrade_database
+from broker.stores.usage import usage_report
 from schemas import UsageEvent
 from workers.ledger import Kind, LedgerBatch, LedgerRow, write_batch
 from workers.ledger.rows import usage_row

@@ -41,7 +41,7 @@ def run_ingress(args: argparse.Namespace) -> int:
     import uvicorn
 
     from broker.batches.settings import BatchSettings
-    from broker.database import create_engine
+    from broker.stores.database import create_engine
     from broker.webhooks.settings import WebhookSettings
     from ingress.app import create_app
     from ingress.hot_routes import serve
@@ -83,7 +83,7 @@ def run_ingress(args: argparse.Namespace) -> int:
 def run_worker(args: argparse.Namespace) -> int:
     """`sluice worker`: consume request topics and call providers."""
     from broker.budgets import PostgresBudgetStore
-    from broker.database import create_engine
+    from broker.stores.database import create_engine
     from workers.inference import InferencePool
     from workers.inference.results import PostgresFinalResults
     from workers.providers import ProviderTransports, ProxyEnvironment, build_provider
@@ -129,7 +129,7 @@ def run_worker(args: argparse.Namespace) -> int:
 def run_ledger(args: argparse.Namespace) -> int:
     """`sluice ledger`: record usage and results in PostgreSQL."""
     from broker.batches.settings import BatchSettings
-    from broker.database import create_engine
+    from broker.stores.database import create_engine
     from workers.batches import BatchTracker
     from workers.ledger import ContentRetention, Ledger
 
@@ -156,7 +156,7 @@ def run_ledger(args: argparse.Namespace) -> int:
 
 def run_deliver(args: argparse.Namespace) -> int:
     """`sluice deliver`: POST signed webhooks (Standard Webhooks) for final results."""
-    from broker.database import create_engine
+    from broker.stores.database import create_engine
     from broker.webhooks.settings import WebhookSettings
     from workers.deliver import Deliverer
     from workers.deliver.sender import WebhookSender, new_client
@@ -178,7 +178,7 @@ def run_deliver(args: argparse.Namespace) -> int:
 
 def run_migrate(args: argparse.Namespace) -> int:
     """`sluice migrate`: bring the database schema to the latest version."""
-    from broker.database import upgrade_database
+    from broker.stores.database import upgrade_database
 
     url = DatabaseSettings().database_url
     asyncio.run(upgrade_database(url))
@@ -247,9 +247,9 @@ def _api_keys(config: SluiceConfig) -> dict[str, str]:
 
 async def _import_config_prices(config: SluiceConfig) -> None:
     """Put the config file's prices into the price catalog, the one price source."""
-    from broker.database import create_engine
     from broker.errors import DatabaseUnavailable
-    from broker.prices import import_config_prices
+    from broker.stores.database import create_engine
+    from broker.stores.prices import import_config_prices
 
     engine = create_engine(DatabaseSettings())
     try:

@@ -8,9 +8,9 @@ from typing import Any
 
 from rich.table import Table
 
-from broker.admission import month_of
 from broker.errors import ConfigError
-from broker.tenants import list_tenants, set_tenant, spend_accounts_of
+from broker.stores.admission import month_of
+from broker.stores.tenants import list_tenants, set_tenant, spend_accounts_of
 from sluice.keys_cli import _money, budget_text, console, with_engine
 
 _CLEAR = ("none", "off", "")

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 
 from rich.table import Table
 
-from broker.database import create_engine
 from broker.settings import DatabaseSettings, KafkaSettings
-from broker.usage_queries import (
+from broker.stores.database import create_engine
+from broker.stores.usage import (
     METRICS,
     csv_text,
     parse_group_by,

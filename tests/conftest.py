@@ -27,10 +27,10 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.apache_kafka import ApacheKafka, missing_tools
-from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedKafka, EmbeddedPostgres
 from broker.kafka import with_broker_limits
 from broker.settings import DatabaseSettings, KafkaEngine, KafkaSettings
+from broker.stores.database import create_engine, upgrade_database
 
 TEMPLATE_DB = "sluice_test_template"
 ENGINES: list[KafkaEngine] = [

@@ -19,8 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.settings import BatchSettings
 from broker.batches.tables import batch_file_chunks, batch_files
-from broker.database import database_errors
 from broker.errors import PayloadTooLarge
+from broker.stores.database import database_errors
 
 CHUNK_BYTES = 1024 * 1024
 

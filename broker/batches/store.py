@@ -15,7 +15,7 @@ from sqlalchemy import Row, and_, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.tables import batch_requests, batches
-from broker.database import database_errors
+from broker.stores.database import database_errors
 
 WINDOWS = {"24h": timedelta(hours=24)}
 _TIMES = ("created_at", "in_progress_at", "expires_at", "finalizing_at", "completed_at",

@@ -1,7 +1,7 @@
 """Batch tables: uploaded files (metadata and, when stored in PostgreSQL, content), batches,
 and one row per batch line.
 
-They share `broker.tables.metadata`, so `test_migrations_match_tables` compares them with
+They share `broker.stores.tables.metadata`, so `test_migrations_match_tables` compares them with
 migration 0005 like every other table.
 """
 
@@ -19,7 +19,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 
-from broker.tables import metadata, timestamp_column
+from broker.stores.tables import metadata, timestamp_column
 
 BATCH_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed", "expired",
                   "cancelling", "cancelled")

@@ -22,8 +22,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.budgets.algorithm import BucketShape, BucketState, Vector
 from broker.budgets.store import Backoff, Grant, describe
-from broker.database import database_errors
 from broker.errors import DatabaseUnavailable
+from broker.stores.database import database_errors
 
 _NOW = "coalesce(CAST(:now AS float8), extract(epoch FROM clock_timestamp()))"
 

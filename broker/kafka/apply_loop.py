@@ -21,10 +21,10 @@ from typing import Any, TypeAlias
 from aiokafka import ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError
 
-from broker.database import TRANSIENT_DB_ERRORS
 from broker.errors import BrokerUnavailable
 from broker.kafka.clients import new_consumer
 from broker.settings import KafkaSettings
+from broker.stores.database import TRANSIENT_DB_ERRORS
 
 log = logging.getLogger("sluice.kafka")
 

@@ -15,7 +15,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker.database import database_errors
+from broker.stores.database import database_errors
 from broker.webhooks.signing import generate_secret
 from broker.webhooks.tables import (
     webhook_attempts,

@@ -1,6 +1,6 @@
 """Webhook tables: tenant secrets, endpoints, deliveries and every attempt.
 
-They share `broker.tables.metadata`, so `test_migrations_match_tables` compares them with
+They share `broker.stores.tables.metadata`, so `test_migrations_match_tables` compares them with
 migration 0004 like every other table.
 """
 
@@ -20,7 +20,7 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 
-from broker.tables import metadata, timestamp_column
+from broker.stores.tables import metadata, timestamp_column
 
 DELIVERY_STATES = ("pending", "succeeded", "failed")
 

@@ -1,4 +1,4 @@
-"""Key limits, price catalog (seeded from broker/prices.yaml), tenants, usage views.
+"""Key limits, price catalog (seeded from broker/stores/prices.yaml), tenants, usage views.
 
 Revision ID: 0002
 Revises: 0001
@@ -96,7 +96,7 @@ def upgrade() -> None:
     op.execute(SPEND_BY_TENANT_MONTH)
 
     # Seed from the shipped catalog; imported here so the file is read at migration time.
-    from broker.prices import load_catalog
+    from broker.stores.prices import load_catalog
 
     op.bulk_insert(prices, [spec.model_dump() for spec in load_catalog()])
 

@@ -41,7 +41,7 @@ MONEY = sa.Numeric(20, 10)
 # the previous fixed window's count p (weighted by the share of it still inside the
 # sliding window) plus the current window's count c; e = seconds into the current window.
 # Returns -1 when k alone exceeds the limit (it can never go). Python twin:
-# broker.admission.window_wait (a contract test runs both).
+# broker.stores.admission.window_wait (a contract test runs both).
 WINDOW_WAIT = """
 CREATE FUNCTION sluice_window_wait(p float8, c float8, k float8, l float8, e float8, w float8)
 RETURNS float8 LANGUAGE sql IMMUTABLE AS $$

@@ -8,7 +8,7 @@ The ledger removes that text for tenants without `store_content` once the retent
 passed (`workers.ledger.retention`). Indexing only the rows that still hold text lets each
 sweep read what is due, never the rows it already cleaned. The predicate is copied here,
 not imported (a migration must not change when the code does); it must stay the same text
-as `broker.tables.REQUEST_HAS_TEXT`, or PostgreSQL will not use the index for the sweep.
+as `broker.stores.tables.REQUEST_HAS_TEXT`, or PostgreSQL will not use the index for the sweep.
 
 Built without CONCURRENTLY (migrations run in one transaction): on a large `requests`
 table this blocks writes to it while PostgreSQL scans it once.

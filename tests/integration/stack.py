@@ -21,9 +21,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
-from broker.database import create_engine
-from broker.keys import create_api_key
-from broker.prices import import_config_prices
 from broker.settings import (
     DatabaseSettings,
     IngressSettings,
@@ -31,6 +28,9 @@ from broker.settings import (
     LedgerSettings,
     WorkerSettings,
 )
+from broker.stores.database import create_engine
+from broker.stores.keys import create_api_key
+from broker.stores.prices import import_config_prices
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve

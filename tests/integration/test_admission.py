@@ -12,7 +12,10 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.admission import (
+from broker.batches.settings import BatchSettings
+from broker.clock import FakeClock
+from broker.settings import IngressSettings, KafkaSettings
+from broker.stores.admission import (
     AdmissionStore,
     Budget,
     Charge,
@@ -22,11 +25,8 @@ from broker.admission import (
     month_of,
     window_wait,
 )
-from broker.batches.settings import BatchSettings
-from broker.clock import FakeClock
-from broker.keys import KeyLimits, create_api_key
-from broker.settings import IngressSettings, KafkaSettings
-from broker.tenants import set_tenant
+from broker.stores.keys import KeyLimits, create_api_key
+from broker.stores.tenants import set_tenant
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission

@@ -13,9 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.settings import BatchSettings
-from broker.keys import KeyLimits, create_api_key, find_api_key, list_api_keys
 from broker.settings import IngressSettings, KafkaSettings
-from broker.tables import api_keys
+from broker.stores.keys import KeyLimits, create_api_key, find_api_key, list_api_keys
+from broker.stores.tables import api_keys
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests

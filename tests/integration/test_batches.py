@@ -23,9 +23,9 @@ from sqlalchemy import text
 
 from broker.batches.settings import BatchSettings
 from broker.errors import DatabaseUnavailable
-from broker.keys import create_api_key
 from broker.settings import KafkaSettings
-from broker.tenants import set_tenant
+from broker.stores.keys import create_api_key
+from broker.stores.tenants import set_tenant
 from schemas import ChatCompletionRequest
 from simulator import SimulatorSettings
 from simulator.answers import simulate_completion

@@ -16,8 +16,8 @@ from broker.budgets import (
     PostgresBudgetStore,
 )
 from broker.clock import FakeClock
-from broker.database import create_engine
 from broker.settings import DatabaseSettings
+from broker.stores.database import create_engine
 
 pytestmark = pytest.mark.integration
 

@@ -10,9 +10,9 @@ from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.kafka import topics_for
-from broker.prices import PriceSpec, list_prices, set_prices
 from broker.settings import KafkaSettings
-from broker.tables import usage_events
+from broker.stores.prices import PriceSpec, list_prices, set_prices
+from broker.stores.tables import usage_events
 from tests.integration.stack import eventually
 from tests.integration.test_ledger import _equals, produce, running_ledger, usage
 

@@ -17,16 +17,17 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from broker.batches import tables as _batch_tables  # noqa: F401  (registers its tables)
 from broker.budgets import table as _budget_table  # noqa: F401  (registers its table)
 from broker.clock import FakeClock
-from broker.database import (
+from broker.embedded import EmbeddedPostgres, free_port
+from broker.errors import ConfigError, DatabaseUnavailable
+from broker.settings import DatabaseSettings
+from broker.stores.database import (
     create_engine,
     json_text,
     normalize_url,
     upgrade_database,
     wait_for_database,
 )
-from broker.embedded import EmbeddedPostgres, free_port
-from broker.errors import ConfigError, DatabaseUnavailable
-from broker.keys import (
+from broker.stores.keys import (
     ApiKeyCache,
     create_api_key,
     find_api_key,
@@ -34,9 +35,8 @@ from broker.keys import (
     hash_secret,
     revoke_api_key,
 )
-from broker.request_store import get_request
-from broker.settings import DatabaseSettings
-from broker.tables import api_keys, metadata
+from broker.stores.requests import get_request
+from broker.stores.tables import api_keys, metadata
 from broker.webhooks import tables as _webhook_tables  # noqa: F401  (registers its tables)
 
 pytestmark = pytest.mark.integration

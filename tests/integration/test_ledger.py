@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
-from broker.database import create_engine
 from broker.kafka import (
     DLQ_REASON,
     DLQ_TOPIC,
@@ -34,9 +33,10 @@ from broker.kafka import (
     new_producer,
     topics_for,
 )
-from broker.request_store import get_request
 from broker.settings import DatabaseSettings, KafkaSettings, LedgerSettings
-from broker.tables import requests, usage_events
+from broker.stores.database import create_engine
+from broker.stores.requests import get_request
+from broker.stores.tables import requests, usage_events
 from schemas import (
     ChatCompletionRequest,
     ChatMessage,

@@ -27,12 +27,12 @@ import pytest
 from sqlalchemy import insert, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import create_engine, upgrade_database
 from broker.embedded import EmbeddedPostgres
 from broker.kafka import encode, ensure_topics, new_producer, topics_for
-from broker.prices import price_book
 from broker.settings import DatabaseSettings, KafkaSettings
-from broker.tables import usage_events
+from broker.stores.database import create_engine, upgrade_database
+from broker.stores.prices import price_book
+from broker.stores.tables import usage_events
 from schemas import InferenceResult, RequestStatus, UsageEvent
 from tests.integration.stack import eventually
 from workers.ledger.reconcile import reconcile

@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.tables import spend_accounts, spend_holds, usage_events
+from broker.stores.tables import spend_accounts, spend_holds, usage_events
 from schemas import FINAL_STATUSES, InferenceResult, RequestStatus, UsageEvent
 from workers.ledger import Kind, LedgerBatch, LedgerRow, write_batch
 from workers.ledger.rows import Record, result_row, usage_row

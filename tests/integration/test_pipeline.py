@@ -165,7 +165,7 @@ async def test_models_list_and_tenant_isolation(
                 "select 1 from requests where id = :id and status = 'succeeded'", id=request_id
             )
         )
-        from broker.keys import create_api_key
+        from broker.stores.keys import create_api_key
 
         other_key, _ = await create_api_key(stack.engine, "someone-else")
         other = await stack.client.get(

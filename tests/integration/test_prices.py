@@ -11,7 +11,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.config import SluiceConfig, parse_config
 from broker.kafka import topics_for
-from broker.prices import (
+from broker.settings import KafkaSettings
+from broker.stores.prices import (
     CATALOG,
     Price,
     PriceBook,
@@ -21,8 +22,7 @@ from broker.prices import (
     load_catalog,
     set_prices,
 )
-from broker.settings import KafkaSettings
-from broker.tables import usage_events
+from broker.stores.tables import usage_events
 from sluice.cli import main
 from tests.integration.test_ledger import _equals, eventually, produce, running_ledger, usage
 

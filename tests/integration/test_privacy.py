@@ -14,9 +14,9 @@ from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.kafka import topics_for
-from broker.request_store import get_request
 from broker.settings import KafkaSettings, LedgerSettings
-from broker.tables import requests, tenants
+from broker.stores.requests import get_request
+from broker.stores.tables import requests, tenants
 from ingress.rendering import request_state
 from schemas import (
     ChatCompletion,

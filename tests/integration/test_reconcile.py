@@ -10,7 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.kafka import topics_for
 from broker.settings import KafkaSettings
-from broker.tables import usage_events
+from broker.stores.tables import usage_events
 from sluice.cli import main
 from tests.integration.test_ledger import (
     _equals,

@@ -13,8 +13,8 @@ import pytest
 from broker.config import parse_config
 from broker.embedded import free_port
 from broker.kafka import encode, new_producer
-from broker.keys import create_api_key
 from broker.settings import KafkaSettings, WorkerSettings
+from broker.stores.keys import create_api_key
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Topics
 from simulator import Faults, SimulatorSettings, create_simulator_app
 from tests.integration.stack import eventually, running_stack

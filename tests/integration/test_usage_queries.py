@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.keys import create_api_key
+from broker.stores.keys import create_api_key
 from sluice.cli import main
 from tests.integration.test_api_keys import ADMIN, bearer, client
 
@@ -39,7 +39,7 @@ def row(
 
 @pytest.fixture
 async def recorded(engine: AsyncEngine) -> AsyncIterator[None]:
-    from broker.tables import usage_events
+    from broker.stores.tables import usage_events
 
     rows = [
         row(1, "acme", "gpt-4o-mini", 0, "0.0000123456"),

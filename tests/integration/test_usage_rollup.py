@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.tables import usage_events
-from broker.usage_queries import usage_report, whole_days
+from broker.stores.tables import usage_events
+from broker.stores.usage import usage_report, whole_days
 from tests.integration.test_ledger_spend import batch, usage
 from workers.ledger import write_batch
 

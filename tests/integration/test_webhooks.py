@@ -16,8 +16,8 @@ import httpx
 import pytest
 from standardwebhooks.webhooks import Webhook
 
-from broker.keys import create_api_key
 from broker.settings import KafkaSettings
+from broker.stores.keys import create_api_key
 from broker.webhooks.settings import WebhookSettings
 from tests.integration.stack import Stack, eventually, running_stack
 from tests.integration.webhook_receiver import Hit, Receiver, receiver

@@ -17,9 +17,9 @@ import pytest
 import yaml
 from sqlalchemy import text
 
-from broker.database import create_engine
 from broker.embedded import free_port, wait_for_port
 from broker.settings import DatabaseSettings, KafkaSettings, LedgerSettings
+from broker.stores.database import create_engine
 from ingress.publisher import RequestPublisher
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest
 from tests.integration.stack import eventually

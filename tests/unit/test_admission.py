@@ -7,7 +7,10 @@ from decimal import Decimal
 
 import pytest
 
-from broker.admission import (
+from broker.clock import FakeClock
+from broker.config import SluiceConfig, parse_config
+from broker.errors import LimitExceeded
+from broker.stores.admission import (
     Budget,
     Charge,
     Limits,
@@ -16,11 +19,8 @@ from broker.admission import (
     next_month,
     window_wait,
 )
-from broker.clock import FakeClock
-from broker.config import SluiceConfig, parse_config
-from broker.errors import LimitExceeded
-from broker.prices import Price, PriceBook
-from broker.tenants import TenantSettings
+from broker.stores.prices import Price, PriceBook
+from broker.stores.tenants import TenantSettings
 from ingress.admission import AdmissionControl, limits_of
 from ingress.envelope import error_response
 from ingress.services import Principal

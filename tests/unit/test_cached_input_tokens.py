@@ -13,7 +13,7 @@ from aiokafka import ConsumerRecord
 from pydantic import ValidationError
 
 from broker.config import parse_config
-from broker.prices import Price, PriceBook
+from broker.stores.prices import Price, PriceBook
 from schemas import (
     ChatCompletion,
     ChatCompletionRequest,

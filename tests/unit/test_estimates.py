@@ -7,7 +7,7 @@ from decimal import Decimal
 
 from broker.config import parse_config
 from broker.estimates import DEFAULT_EXPECTED_OUTPUT_TOKENS, Estimator
-from broker.prices import Price, PriceBook, PriceSpec, config_price_specs
+from broker.stores.prices import Price, PriceBook, PriceSpec, config_price_specs
 from broker.tokens import count_chat_prompt_tokens
 from schemas import ChatCompletionRequest, InferenceRequest
 from workers.batches.budget import BatchEstimate

@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
-import broker.tenants as tenants_module
+import broker.stores.tenants as tenants_module
 from broker.clock import FakeClock
 from broker.errors import DatabaseUnavailable
-from broker.tenants import TenantCache, TenantSettings
+from broker.stores.tenants import TenantCache, TenantSettings
 
 
 async def test_stale_settings_are_served_while_the_database_is_down(

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING
 
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-from broker.admission import (
+from broker.estimates import Estimator
+from broker.stores.admission import (
     Charge,
     Limits,
     PostgresAdmissionStore,
@@ -28,11 +28,13 @@ from broker.admission import (
     monthly_budget,
     next_month,
 )
-from broker.estimates import Estimator
-from broker.keys import find_key_limits
-from broker.prices import PriceBook
-from broker.tenants import get_tenant
+from broker.stores.keys import find_key_limits
+from broker.stores.prices import PriceBook
+from broker.stores.tenants import get_tenant
 from schemas import ChatCompletionRequest
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 
 class BatchEstimate:

@@ -14,7 +14,7 @@ from sqlalchemy import Row, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.tables import batches
-from broker.database import database_errors
+from broker.stores.database import database_errors
 
 STALE = timedelta(seconds=120)
 

@@ -24,12 +24,12 @@ from broker.batches.lines import output_line
 from broker.batches.settings import BatchSettings
 from broker.batches.store import line_counts
 from broker.batches.tables import batch_requests, batches
-from broker.database import database_errors
 from broker.kafka import (
     Producer,
     encode,
     wait_all,
 )
+from broker.stores.database import database_errors
 from schemas import Topics
 from schemas.messages import CancelRequested
 from workers.batches.budget import release_batch

@@ -20,7 +20,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker.batches.files import FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope, parse_line, split_lines
 from broker.batches.tables import batch_requests, batches
-from broker.database import database_errors
 from broker.estimates import Estimator
 from broker.kafka import (
     Producer,
@@ -30,8 +29,9 @@ from broker.kafka import (
     topics_for,
     wait_all,
 )
-from broker.prices import PriceBook, list_prices
 from broker.settings import KafkaSettings
+from broker.stores.database import database_errors
+from broker.stores.prices import PriceBook, list_prices
 from schemas import InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release

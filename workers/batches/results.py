@@ -16,9 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.lines import answer_of
 from broker.batches.tables import batch_requests
-from broker.database import database_errors
 from broker.errors import PoisonMessage
 from broker.kafka import Record, decode
+from broker.stores.database import database_errors
 from schemas import InferenceResult
 
 log = logging.getLogger("sluice.batches")

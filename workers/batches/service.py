@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
@@ -30,6 +29,9 @@ from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
 from workers.batches.launcher import Launcher
 from workers.batches.results import record_results
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("sluice.batches")
 

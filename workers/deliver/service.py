@@ -18,8 +18,7 @@ import logging
 import random
 import time
 from datetime import UTC, datetime
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from broker.errors import PoisonMessage
 from broker.kafka import (
@@ -41,6 +40,9 @@ from workers.deliver.policy import AttemptOutcome, Verdict, retry_delay_s, verdi
 from workers.deliver.schedule import Schedule
 from workers.deliver.sender import WebhookSender
 from workers.deliver.store import Claimed, DeliveryStore
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
+from broker.stores.database import database_errors
 from broker.webhooks.store import active_secrets
 from broker.webhooks.tables import webhook_attempts, webhook_deliveries, webhook_endpoints
 from schemas import InferenceResult

@@ -294,7 +294,7 @@ class RequestProcessor:
             output_tokens=output_tokens,
             cached_input_tokens=usage.cached_prompt_tokens() if usage else 0,
             # No cost here: the ledger charges every call from the price catalog, the one
-            # price source (broker/prices.py), at the price in force when it finished.
+            # price source (broker/stores/prices.py), at the price in force when it finished.
             latency_ms=response.latency_ms,
             status="succeeded",
             attempt=attempt,

@@ -13,7 +13,7 @@ from typing import Protocol
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.tables import requests as requests_table
+from broker.stores.tables import requests as requests_table
 from schemas import RequestStatus
 
 

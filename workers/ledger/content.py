@@ -22,9 +22,9 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker.database import database_errors, is_data_error, sqlstate
-from broker.tables import requests, tenants
-from broker.tenants import TenantCache
+from broker.stores.database import database_errors, is_data_error, sqlstate
+from broker.stores.tables import requests, tenants
+from broker.stores.tenants import TenantCache
 from workers.ledger.rows import Kind, LedgerBatch, prompt_json
 
 logger = logging.getLogger(__name__)

@@ -23,7 +23,6 @@ from datetime import datetime
 from sqlalchemy import func, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
 from broker.errors import BrokerUnavailable
 from broker.kafka import (
     Consumer,
@@ -35,7 +34,8 @@ from broker.kafka import (
     topics_for,
 )
 from broker.settings import KafkaSettings
-from broker.tables import usage_events
+from broker.stores.database import database_errors
+from broker.stores.tables import usage_events
 from schemas import UsageEvent
 
 _CHUNK = 10_000

@@ -26,9 +26,9 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import TRANSIENT_DB_ERRORS, database_errors
 from broker.settings import LedgerSettings
-from broker.tables import REQUEST_HAS_TEXT
+from broker.stores.database import TRANSIENT_DB_ERRORS, database_errors
+from broker.stores.tables import REQUEST_HAS_TEXT
 
 logger = logging.getLogger(__name__)
 

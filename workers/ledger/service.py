@@ -12,8 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING
 
 from broker.errors import BrokerUnavailable
 from broker.kafka import (
@@ -29,6 +28,9 @@ from broker.settings import KafkaSettings, LedgerSettings
 from workers.ledger.content import PromptStore
 from workers.ledger.rows import Record, plan_batch, subscription_pattern
 from workers.ledger.store import write_batch
+
+if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 

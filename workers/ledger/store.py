@@ -25,8 +25,8 @@ from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker.database import database_errors, is_data_error, sqlstate
-from broker.tables import requests, usage_events
+from broker.stores.database import database_errors, is_data_error, sqlstate
+from broker.stores.tables import requests, usage_events
 from workers.ledger.pricing import price_usage
 from workers.ledger.rows import Kind, LedgerBatch, LedgerRow, Poison
 

@@ -34,7 +34,7 @@ from typing import Protocol
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
+from broker.stores.database import database_errors
 
 RATE_WINDOW_S = 60.0
 

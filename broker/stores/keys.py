@@ -19,8 +19,8 @@ from typing import Any
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
-from broker.tables import api_keys
+from broker.stores.database import database_errors
+from broker.stores.tables import api_keys
 
 SECRET_PREFIX = "sk-sluice-"
 _SHOWN_CHARS = len(SECRET_PREFIX) + 4  # "sk-sluice-ab12": enough to tell keys apart

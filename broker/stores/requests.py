@@ -13,8 +13,8 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
-from broker.tables import requests
+from broker.stores.database import database_errors
+from broker.stores.tables import requests
 from schemas import Lane, RequestStatus
 
 

@@ -37,9 +37,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
 from broker.errors import InvalidRequest
-from broker.tables import usage_events, usage_rollup
+from broker.stores.database import database_errors
+from broker.stores.tables import usage_events, usage_rollup
 
 _c = usage_events.c
 _r = usage_rollup.c

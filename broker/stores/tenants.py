@@ -17,9 +17,9 @@ from sqlalchemy import select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.database import database_errors
 from broker.reloading import Reloading
-from broker.tables import spend_accounts, tenants
+from broker.stores.database import database_errors
+from broker.stores.tables import spend_accounts, tenants
 
 
 @dataclass(frozen=True, slots=True)

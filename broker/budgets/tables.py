@@ -1,6 +1,6 @@
 """The `budget_state` table (migration 0003): one row per deployment with a budget.
 
-It shares `broker.tables.metadata` so `test_migrations_match_tables` compares it with the
+It shares `broker.stores.tables.metadata` so `test_migrations_match_tables` compares it with the
 migration. Only the SQL functions of migration 0003 and `PostgresBudgetStore` write it.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import BigInteger, Column, Double, Table, Text
 from sqlalchemy.dialects.postgresql import ARRAY
 
-from broker.tables import metadata
+from broker.stores.tables import metadata
 
 budget_state = Table(
     "budget_state",

@@ -35,10 +35,10 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.config import SluiceConfig
-from broker.database import database_errors
 from broker.errors import ConfigError
 from broker.reloading import Reloading
-from broker.tables import prices
+from broker.stores.database import database_errors
+from broker.stores.tables import prices
 
 CATALOG = Path(__file__).with_name("prices.yaml")
 _MILLION = Decimal(1_000_000)
