@@ -7,6 +7,7 @@ Each subcommand's implementation is imported lazily so `sluice --help` stays fas
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from broker.errors import SluiceError
 from sluice.batch_cli import add_batch_commands
 from sluice.bench_cli import add_bench_commands
 from sluice.ledger_commands import add_ledger_commands
+from sluice.settings_check import unknown_variables
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -139,6 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `sluice` console script."""
     args = build_parser().parse_args(argv)
+    for problem in unknown_variables(os.environ):
+        print(f"sluice: warning: {problem}", file=sys.stderr)
     try:
         return int(args.handler(args))
     except SluiceError as exc:
