@@ -15,7 +15,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from broker.batches import tables as _batch_tables  # noqa: F401  (registers its tables)
-from broker.budgets import table as _budget_table  # noqa: F401  (registers its table)
+from broker.budgets import tables as _budget_tables  # noqa: F401  (registers its table)
 from broker.clock import FakeClock
 from broker.embedded import EmbeddedPostgres, free_port
 from broker.errors import ConfigError, DatabaseUnavailable
