@@ -48,6 +48,11 @@ class DeploymentConfig(BaseModel):
     """Output tokens reserved for a request without `max_tokens` (settled afterwards)."""
     burst: Annotated[float, Field(gt=0, lt=1)] = 0.02
     """Share of each limit that may go at once; the rest is paced over the window."""
+    drop_params: list[str] = Field(default_factory=list)
+    """Request parameters never sent to this upstream, for one that refuses them (vLLM,
+    Ollama): e.g. `[service_tier, store, prediction]`. Dropped silently."""
+    allowed_params: list[str] | None = None
+    """If set, only these parameters (and `model` and `messages`) are sent upstream."""
     # How the bytes travel (HTTP adapters; see workers/providers/http.py).
     proxy: str | None = None
     """Proxy URL for this deployment's calls. None: the worker's `HTTPS_PROXY` /

@@ -6,8 +6,10 @@ questions, so they ask them here and cannot drift apart:
 
 - prompt tokens: counted with the encoding of the deployment's upstream model (or the
   logical model's configured `encoding`), exactly as the provider will count them;
+- prompt tokens include images, audio, tool calls and definitions and a response schema
+  (broker/tokens.py::count_request_prompt_tokens);
 - output tokens: the request's `max_tokens` / `max_completion_tokens`, else the
-  deployment's `expected_output_tokens` (256 unless configured);
+  deployment's `expected_output_tokens` (256 unless configured), once per choice (`n`);
 - cost: the price in force in the catalog (`prices`, per deployment before model-wide),
   the one price source (the config file's prices are imported into it, broker/stores/prices.py);
   for a request not yet routed, the dearest deployment that may serve it, so failover can
@@ -25,7 +27,7 @@ from decimal import Decimal
 
 from broker.config import DeploymentConfig, SluiceConfig
 from broker.stores.prices import PriceBook
-from broker.tokens import count_chat_prompt_tokens
+from broker.tokens import count_request_prompt_tokens
 from schemas import ChatCompletionRequest
 
 DEFAULT_EXPECTED_OUTPUT_TOKENS = DeploymentConfig.model_fields["expected_output_tokens"].default
@@ -55,24 +57,29 @@ class Estimator:
         """Tokens one call to `deployment` will use at most (no cost: budgets count tokens)."""
         assert self._config is not None, "calls are estimated by workers, which have a config"
         config = self._config.deployments[deployment]
-        prompt = count_chat_prompt_tokens(body.messages, config.model,
+        prompt = count_request_prompt_tokens(body, config.model,
                                           self._config.models[model].encoding)
-        return Estimate(prompt, body.output_limit() or config.expected_output_tokens)
+        return Estimate(prompt, _output(body, config.expected_output_tokens))
 
     def for_request(self, body: ChatCompletionRequest, model: str, book: PriceBook,
                     at: datetime) -> Estimate:
         """Tokens on the primary deployment, and the dearest cost over every deployment."""
         if self._config is None or model not in self._config.models:
-            prompt = count_chat_prompt_tokens(body.messages, model)
-            output = body.output_limit() or DEFAULT_EXPECTED_OUTPUT_TOKENS
+            prompt = count_request_prompt_tokens(body, model)
+            output = _output(body, DEFAULT_EXPECTED_OUTPUT_TOKENS)
             costs = [price.cost(prompt, output) for price in book.in_force(model, at)]
             return Estimate(prompt, output, max(costs) if costs else None)
         chain = self._config.deployment_chain(model)
         primary = chain[0][1]
-        prompt = count_chat_prompt_tokens(body.messages, primary.model,
+        prompt = count_request_prompt_tokens(body, primary.model,
                                           self._config.models[model].encoding)
-        output = body.output_limit() or primary.expected_output_tokens
+        output = _output(body, primary.expected_output_tokens)
         priced = [price.cost(prompt, output)
                   for price in (book.find(model, name, at) for name, _ in chain)
                   if price is not None]
         return Estimate(prompt, output, max(priced) if priced else None)
+
+
+def _output(body: ChatCompletionRequest, expected: int) -> int:
+    """Output tokens held: the cap (or the expectation) for each of the `n` choices."""
+    return (body.output_limit() or expected) * body.choices()

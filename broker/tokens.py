@@ -15,10 +15,16 @@ What is exact and what is an estimate:
 - Chat prompts use OpenAI's documented per-message overhead (3 tokens a message, 1 more
   for a `name`, 3 priming the reply). That matches OpenAI's `prompt_tokens` for text
   messages; for Llama and Qwen chat templates it is an estimate of the template tokens.
+- Everything else a request carries counts too (`count_request_prompt_tokens`): images
+  and audio (broker/media_tokens.py), the assistant's earlier tool calls (name and
+  arguments), tool and function definitions and a `json_schema` response format (their
+  compact JSON, plus a few tokens each for the format the provider wraps them in). The
+  hidden wrapping is not published, so those are estimates that err high.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -28,7 +34,8 @@ import quicktok
 import tiktoken
 
 from broker.errors import ConfigError
-from schemas import ChatMessage
+from broker.media_tokens import audio_tokens, image_tokens
+from schemas import ChatCompletionRequest, ChatMessage
 
 FALLBACK_ENCODING = "cl100k_base"
 ENCODINGS = ("cl100k_base", "o200k_base", "o200k_harmony", "llama3", "qwen3")
@@ -38,6 +45,9 @@ ENCODINGS = ("cl100k_base", "o200k_base", "o200k_harmony", "llama3", "qwen3")
 # (OpenAI cookbook, "How to count tokens with tiktoken").
 TOKENS_PER_MESSAGE = 3
 TOKENS_PER_NAME = 1
+# The wrapping around each tool definition and around a response schema (estimates).
+TOKENS_PER_TOOL = 8
+TOKENS_PER_RESPONSE_SCHEMA = 8
 TOKENS_PRIMING_REPLY = 3
 
 # First match wins, so the o200k families come before the broader `gpt-4` prefix.
@@ -139,4 +149,43 @@ def count_chat_prompt_tokens(
         total += TOKENS_PER_MESSAGE + count(message.role) + count(message.text())
         if message.name is not None:
             total += TOKENS_PER_NAME + count(message.name)
+        total += _media_tokens(message) + _tool_call_tokens(message, count)
     return total
+
+
+def count_request_prompt_tokens(
+    body: ChatCompletionRequest, model: str, encoding: str | None = None
+) -> int:
+    """Prompt tokens of a whole chat request: messages, tools and a response schema."""
+    count = encoding_for_model(model, encoding).count
+    total = count_chat_prompt_tokens(body.messages, model, encoding)
+    definitions = [tool.function for tool in body.tools or () if tool.function is not None]
+    definitions += list(body.functions or ())
+    for definition in definitions:
+        total += TOKENS_PER_TOOL + count(_compact(definition.model_dump(mode="json",
+                                                                        exclude_none=True)))
+    schema = body.response_format.json_schema if body.response_format else None
+    if schema is not None:
+        total += TOKENS_PER_RESPONSE_SCHEMA + count(_compact(schema))
+    return total
+
+
+def _media_tokens(message: ChatMessage) -> int:
+    total = 0
+    for part in message.parts():
+        if part.image_url is not None:
+            total += image_tokens(part.image_url.url, part.image_url.detail)
+        elif part.input_audio is not None:
+            total += audio_tokens(part.input_audio.data, part.input_audio.format)
+    return total
+
+
+def _tool_call_tokens(message: ChatMessage, count: Callable[[str], int]) -> int:
+    calls = [call.function for call in message.tool_calls or () if call.function is not None]
+    if message.function_call is not None:
+        calls.append(message.function_call)
+    return sum(count(call.name or "") + count(call.arguments or "") for call in calls)
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, sort_keys=False)

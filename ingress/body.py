@@ -9,6 +9,7 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 
 from broker.errors import InvalidRequest, PayloadTooLarge
+from schemas.validation import dotted_param, most_specific_error
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -39,26 +40,15 @@ def validate_body(model: type[ModelT], data: dict[str, Any]) -> ModelT:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        param = _dotted(first["loc"])
+        first = most_specific_error(exc)
+        param = dotted_param(first["loc"]) or "body"
         if first["type"] == "missing":
             message = f"Missing required parameter: '{param}'."
         elif first["type"] == "extra_forbidden":
             message = f"Unrecognized request argument supplied: '{param}'."
         else:
-            message = f"Invalid value for '{param}': {first['msg']}."
+            detail = str(first["msg"]).removeprefix("Value error, ")
+            message = f"Invalid value for '{param}': {detail}."
         if exc.error_count() > 1:
             message += f" ({exc.error_count() - 1} more problems)"
         raise InvalidRequest(message, param=param) from exc
-
-
-def _dotted(location: tuple[int | str, ...]) -> str:
-    parts: list[str] = []
-    for part in location:
-        if isinstance(part, int):
-            parts.append(f"[{part}]")
-        elif part in {"str", "list[TextPart]", "literal[False]", "literal[1]"} or "[" in part:
-            continue  # union branch names from pydantic, not field names
-        else:
-            parts.append(("." if parts else "") + part)
-    return "".join(parts)

@@ -132,6 +132,9 @@ class UsageEvent(_Message):
     # Of `input_tokens` (OpenAI's convention: cache hits are counted in the prompt), how many
     # the provider served from its prompt cache; the ledger charges them the cached price.
     cached_input_tokens: Annotated[int, Field(ge=0)] = 0
+    # Of `output_tokens` (OpenAI's convention), how many a reasoning model spent thinking;
+    # they are billed at the output price.
+    reasoning_output_tokens: Annotated[int, Field(ge=0)] = 0
     cost_usd: Decimal | None = None
     latency_ms: Annotated[float, Field(ge=0)]
     status: Literal["succeeded", "failed"]
@@ -144,4 +147,6 @@ class UsageEvent(_Message):
         # More cached than input tokens would bill the uncached rest negative.
         if self.cached_input_tokens > self.input_tokens:
             raise ValueError("cached_input_tokens must not exceed input_tokens")
+        if self.reasoning_output_tokens > self.output_tokens:
+            raise ValueError("reasoning_output_tokens must not exceed output_tokens")
         return self

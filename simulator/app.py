@@ -28,6 +28,7 @@ from simulator.asgi import (
 )
 from simulator.faults import choose_fault
 from simulator.limits import SlidingWindowLimits
+from simulator.openai_rules import OpenAIParameterRules
 from simulator.settings import Faults, SimulatorSettings
 from simulator.state import SimulatorState
 
@@ -78,6 +79,7 @@ class SimulatorApp:
         raw = await read_body(receive)
         try:
             body = ChatCompletionRequest.model_validate_json(raw)
+            OpenAIParameterRules.model_validate(body.model_extra or {})
         except ValidationError as exc:
             message, param = describe_invalid(exc)
             state.record_error(400)

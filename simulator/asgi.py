@@ -8,6 +8,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from schemas.validation import dotted_param, most_specific_error
+
 # The ASGI spec's types as httpx and Starlette spell them, so the app type-checks with both.
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -16,9 +18,6 @@ Send = Callable[[Message], Awaitable[None]]
 
 _JSON = (b"content-type", b"application/json")
 # Names pydantic adds to an error's location for the member of a union it tried.
-_UNION_MEMBERS = frozenset({"str", "int", "float", "bool", "list", "dict", "none", "literal"})
-
-
 async def read_body(receive: Receive) -> bytes:
     """The whole request body (the simulator's bodies are small)."""
     chunks: list[bytes] = []
@@ -56,29 +55,16 @@ def error_body(
     )
 
 
-def _param(location: Sequence[int | str]) -> str | None:
-    """`messages[0].role` from pydantic's `('messages', 0, 'role')`."""
-    param = ""
-    for part in location:
-        if isinstance(part, int):
-            param += f"[{part}]"
-        elif not part.isidentifier() or part in _UNION_MEMBERS:
-            break  # a union member's tag, not a field
-        else:
-            param += f".{part}" if param else part
-    return param or None
-
-
 def describe_invalid(error: ValidationError) -> tuple[str, str | None]:
     """A client-facing message and the offending field of an invalid request body."""
-    first = error.errors(include_url=False)[0]
+    first = most_specific_error(error)
     if first["type"] == "json_invalid":
         return (
             "We could not parse the JSON body of your request. The body must be a JSON "
             "object (Content-Type: application/json).",
             None,
         )
-    param = _param(first["loc"])
+    param = dotted_param(first["loc"])
     message = str(first["msg"]).removeprefix("Value error, ")
     if param is None:
         return f"Invalid request body: {message}", None

@@ -70,6 +70,8 @@ usage_events = Table(
     Column("output_tokens", Integer, nullable=False),
     # Of input_tokens, how many the provider served from its prompt cache (cheaper price).
     Column("cached_input_tokens", Integer, nullable=False, server_default="0"),
+    # Of output_tokens, how many a reasoning model spent thinking (billed as output).
+    Column("reasoning_output_tokens", Integer, nullable=False, server_default="0"),
     Column("cost_usd", Numeric(20, 10), nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("status", Text, nullable=False),

@@ -314,3 +314,108 @@ async def test_simulated_latency_is_applied() -> None:
     config = DeploymentConfig(provider="simulated", model=UPSTREAM, latency_ms=20)
     response = await SimulatedProvider("slow", config).complete(_body(), timeout_s=1)
     assert response.latency_ms >= 20
+
+
+# --- every OpenAI parameter passes through, both ways -----------------------------------
+
+_FULL_REQUEST: dict[str, Any] = {
+    "model": "logical-model",
+    "messages": [
+        {"role": "developer", "content": "Answer with tools when you can."},
+        {"role": "user", "content": [
+            {"type": "text", "text": "What is in this picture, and the weather there?"},
+            {"type": "image_url",
+             "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "wav"}},
+            {"type": "file", "file": {"file_id": "file-abc"}},
+        ]},
+        {"role": "assistant", "content": None, "tool_calls": [
+            {"id": "call_1", "type": "function",
+             "function": {"name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "{\"celsius\": 4}"},
+    ],
+    "tools": [{"type": "function", "function": {
+        "name": "weather", "description": "Weather now", "strict": True,
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                       "required": ["city"], "additionalProperties": False}}}],
+    "tool_choice": "auto",
+    "parallel_tool_calls": False,
+    "response_format": {"type": "json_schema", "json_schema": {
+        "name": "answer", "strict": True, "schema": {"type": "object"}}},
+    "n": 2, "logprobs": True, "top_logprobs": 2, "logit_bias": {"50256": -100},
+    "seed": 7, "stop": ["\n\n"], "max_completion_tokens": 300, "reasoning_effort": "low",
+    "modalities": ["text"], "prediction": {"type": "content", "content": "It is"},
+    "service_tier": "auto", "store": False, "metadata": {"team": "search"}, "user": "u-1",
+    "web_search_options": {}, "temperature": 0.2,
+    "a_parameter_openai_adds_next_year": {"nested": [1, None, "x"]},
+}
+
+
+async def test_every_parameter_reaches_the_provider_as_the_client_sent_it() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(orjson.loads(request.content))
+        return _simulating_upstream(request)
+
+    adapter = _adapter(handler)
+    await adapter.complete(ChatCompletionRequest.model_validate(_FULL_REQUEST), timeout_s=5)
+    assert seen == [{**_FULL_REQUEST, "model": UPSTREAM}]
+
+
+async def test_drop_params_and_allowed_params_strip_what_an_upstream_refuses() -> None:
+    seen: list[dict[str, Any]] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(orjson.loads(request.content))
+        return _simulating_upstream(request)
+
+    body = ChatCompletionRequest.model_validate(_FULL_REQUEST)
+    await _adapter(handler, drop_params=["service_tier", "store", "prediction"]).complete(
+        body, timeout_s=5)
+    assert not {"service_tier", "store", "prediction"} & set(seen[0])
+    assert seen[0]["tools"] == _FULL_REQUEST["tools"]
+    await _adapter(handler, allowed_params=["temperature"]).complete(body, timeout_s=5)
+    assert set(seen[1]) == {"model", "messages", "temperature"}
+
+
+async def test_the_providers_answer_comes_back_whole() -> None:
+    answer: dict[str, Any] = {
+        "id": "chatcmpl-upstream", "object": "chat.completion", "created": 1_733_000_000,
+        "model": UPSTREAM, "system_fingerprint": "fp_44709d6fcb", "service_tier": "default",
+        "choices": [
+            {"index": 0, "finish_reason": "tool_calls", "logprobs": None,
+             "message": {"role": "assistant", "content": None, "refusal": None,
+                         "annotations": [],
+                         "tool_calls": [{"id": "call_9", "type": "function", "function": {
+                             "name": "weather", "arguments": "{\"city\":\"Oslo\"}"}}]}},
+            {"index": 1, "finish_reason": "stop",
+             "logprobs": {"content": [{"token": "No", "logprob": -0.1, "bytes": [78],
+                                       "top_logprobs": []}], "refusal": None},
+             "message": {"role": "assistant", "content": None,
+                         "refusal": "I can't help with that.", "annotations": [
+                             {"type": "url_citation", "url_citation": {
+                                 "url": "https://example.com", "title": "x",
+                                 "start_index": 0, "end_index": 1}}],
+                         "audio": {"id": "audio_1", "data": "UklGRg==", "expires_at": 1,
+                                   "transcript": "no"}}},
+        ],
+        "usage": {"prompt_tokens": 120, "completion_tokens": 80, "total_tokens": 200,
+                  "prompt_tokens_details": {"cached_tokens": 64, "audio_tokens": 0},
+                  "completion_tokens_details": {"reasoning_tokens": 32, "audio_tokens": 0,
+                                                "accepted_prediction_tokens": 0,
+                                                "rejected_prediction_tokens": 0}},
+    }
+
+    def handler(_: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=orjson.dumps(answer))
+
+    response = await _adapter(handler).complete(_body(), timeout_s=5)
+    completion = response.completion
+    assert completion.model_dump(mode="json", exclude_none=True) == answer
+    # What crosses Kafka (written without nulls) still carries the provider's nulls.
+    assert type(completion).model_validate_json(
+        completion.model_dump_json(exclude_none=True)) == completion
+    assert completion.usage is not None
+    assert completion.usage.cached_prompt_tokens() == 64
+    assert completion.usage.reasoning_completion_tokens() == 32

@@ -73,8 +73,10 @@ async def test_max_tokens_respected(client: httpx.AsyncClient) -> None:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "Input should"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "Input should"),
         ({"messages": []}, "messages", "at least 1"),
-        ({"stream": True}, "stream", "streaming is not supported"),
-        ({"logprobs": True}, "logprobs", "Extra inputs"),
+        ({"stream": True}, "stream", "streaming is not served yet"),
+        ({"top_logprobs": 3}, "top_logprobs", "'logprobs' must be true"),
+        ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
+         "messages[0].content[0]", "needs its 'image_url' field"),
     ],
 )
 async def test_bad_body_gets_openai_error_envelope_naming_the_field(

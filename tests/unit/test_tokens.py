@@ -75,7 +75,8 @@ def test_cookbook_conversation_matches_openai_prompt_tokens(model: str, expected
         # a name costs its tokens plus one
         ([{"role": "user", "name": "bob", "content": "Hello!"}], "gpt-4o", 11),
         # parts are joined: "Hello" + "!"
-        ([{"role": "user", "content": [{"text": "Hello"}, {"text": "!"}]}], "gpt-4o", 9),
+        ([{"role": "user", "content": [{"type": "text", "text": "Hello"},
+                                     {"type": "text", "text": "!"}]}], "gpt-4o", 9),
         (
             [
                 {"role": "system", "content": "You are terse."},

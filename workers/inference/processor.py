@@ -293,6 +293,7 @@ class RequestProcessor:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_input_tokens=usage.cached_prompt_tokens() if usage else 0,
+            reasoning_output_tokens=usage.reasoning_completion_tokens() if usage else 0,
             # No cost here: the ledger charges every call from the price catalog, the one
             # price source (broker/stores/prices.py), at the price in force when it finished.
             latency_ms=response.latency_ms,

@@ -106,7 +106,8 @@ def usage_row(event: UsageEvent) -> dict[str, Any]:
         "input_tokens": event.input_tokens,
         "output_tokens": event.output_tokens,
         "cached_input_tokens": event.cached_input_tokens,
-        # The worker's estimate (config price); the ledger re-prices it from the catalog.
+        "reasoning_output_tokens": event.reasoning_output_tokens,
+        # Only from a worker of an earlier release; the ledger prices from the catalog.
         "cost_usd": event.cost_usd,
         "price_id": None,
         "latency_ms": event.latency_ms,

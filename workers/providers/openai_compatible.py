@@ -66,6 +66,9 @@ class OpenAICompatibleProvider:
         self.deployment = deployment
         self._transport = transport
         self._model = config.model
+        self._drop = tuple(config.drop_params)
+        self._allowed = (None if config.allowed_params is None
+                         else {"model", "messages", *config.allowed_params})
         # Appending, not httpx.URL.join: join would drop a base path without trailing "/".
         # Parsed once: re-parsing the URL and headers on every call showed in the profile.
         self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
@@ -91,6 +94,11 @@ class OpenAICompatibleProvider:
         """
         payload = body.model_dump(mode="json", exclude_none=True)
         payload["model"] = self._model
+        if self._drop:
+            for name in self._drop:
+                payload.pop(name, None)
+        if self._allowed is not None:
+            payload = {name: value for name, value in payload.items() if name in self._allowed}
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the

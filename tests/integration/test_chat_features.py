@@ -1,0 +1,159 @@
+"""Every OpenAI chat feature through the real stack, with the official openai SDK.
+
+Tools, structured outputs, image parts, n > 1, logprobs, reasoning effort and parameters
+sluicegate has never heard of go through ingress, Kafka, a worker and the HTTP adapter to
+the simulator and back; the ledger bills what the provider reported.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+from collections.abc import AsyncIterator
+
+import httpx
+import openai
+import pytest
+from openai import AsyncOpenAI
+from pydantic import BaseModel
+
+from broker.settings import KafkaSettings
+from tests.integration.stack import Stack, eventually, running_stack
+
+pytestmark = pytest.mark.integration
+
+MODEL = "gpt-4o-mini"
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city", "strict": True,
+    "parameters": {"type": "object", "additionalProperties": False, "required": ["city", "unit"],
+                   "properties": {"city": {"type": "string"},
+                                  "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}}}
+
+
+class Forecast(BaseModel):
+    city: str
+    celsius: float
+    sunny: bool
+
+
+@pytest.fixture
+async def stack(kafka_settings: KafkaSettings, database_url: str) -> AsyncIterator[Stack]:
+    async with running_stack(kafka_settings, database_url) as running:
+        yield running
+
+
+@pytest.fixture
+async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
+    client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key, max_retries=0,
+                         http_client=httpx.AsyncClient(transport=stack.client._transport))
+    yield client
+    await client.close()
+
+
+async def _usage_row(stack: Stack, request_id: str) -> tuple[int, int, int]:
+    async def row() -> tuple[int, int, int] | None:
+        async with stack.engine.connect() as connection:
+            from sqlalchemy import text
+            found = (await connection.execute(text(
+                "select input_tokens, output_tokens, reasoning_output_tokens from usage_events "
+                "where request_id = :id"), {"id": request_id})).first()
+        return None if found is None else (found[0], found[1], found[2])
+
+    return await eventually(row)
+
+
+async def test_a_tool_call_round_trip(stack: Stack, sdk: AsyncOpenAI) -> None:
+    messages: list[dict[str, object]] = [
+        {"role": "user", "content": "What's the weather in Oslo?"}]
+    first = await sdk.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], tool_choice="auto",  # type: ignore[list-item,arg-type]
+        parallel_tool_calls=False)
+    choice = first.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.content is None
+    (call,) = choice.message.tool_calls or []
+    assert call.type == "function" and call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in {"celsius", "fahrenheit"}
+    messages += [choice.message.model_dump(exclude_none=True),
+                 {"role": "tool", "tool_call_id": call.id, "content": '{"celsius": 4}'}]
+    second = await sdk.chat.completions.create(model=MODEL, messages=messages,  # type: ignore[arg-type]
+                                               tools=[WEATHER_TOOL])  # type: ignore[list-item]
+    assert second.choices[0].finish_reason == "stop"
+    assert second.choices[0].message.content
+    assert second.usage is not None and first.usage is not None
+    # The tool result and the earlier call are part of the prompt now, and were billed.
+    assert second.usage.prompt_tokens > first.usage.prompt_tokens
+    assert (await _usage_row(stack, second.id))[0] == second.usage.prompt_tokens
+
+
+async def test_structured_output_parses_into_the_callers_model(sdk: AsyncOpenAI) -> None:
+    completion = await sdk.chat.completions.parse(
+        model=MODEL, messages=[{"role": "user", "content": "Forecast for Bergen."}],
+        response_format=Forecast)
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, Forecast)
+    json_mode = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Answer in JSON."}],
+        response_format={"type": "json_object"})
+    assert isinstance(json.loads(json_mode.choices[0].message.content or ""), dict)
+
+
+def _png(width: int, height: int) -> str:
+    head = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + struct.pack(">II", width, height)
+            + b"\x08\x02\x00\x00\x00")
+    return "data:image/png;base64," + base64.b64encode(head).decode()
+
+
+async def test_an_image_part_with_several_choices_and_logprobs(
+    stack: Stack, sdk: AsyncOpenAI,
+) -> None:
+    text_only = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Describe it."}])
+    completion = await sdk.chat.completions.create(
+        model=MODEL, n=2, logprobs=True, top_logprobs=2, seed=3,
+        messages=[{"role": "user", "content": [
+            {"type": "text", "text": "Describe it."},
+            {"type": "image_url", "image_url": {"url": _png(1024, 1024), "detail": "high"}}]}])
+    assert [choice.index for choice in completion.choices] == [0, 1]
+    for choice in completion.choices:
+        assert choice.logprobs is not None and choice.logprobs.content
+        assert len(choice.logprobs.content[0].top_logprobs) == 2
+    assert completion.usage is not None and text_only.usage is not None
+    # OpenAI's tile formula: a 1024x1024 image at high detail is 765 tokens.
+    assert completion.usage.prompt_tokens == text_only.usage.prompt_tokens + 765
+    input_tokens, output_tokens, _ = await _usage_row(stack, completion.id)
+    assert (input_tokens, output_tokens) == (completion.usage.prompt_tokens,
+                                             completion.usage.completion_tokens)
+
+
+async def test_reasoning_tokens_are_billed_in_their_own_column(
+    stack: Stack, sdk: AsyncOpenAI,
+) -> None:
+    completion = await sdk.chat.completions.create(
+        model=MODEL, reasoning_effort="low",
+        messages=[{"role": "user", "content": "Think, then answer."}])
+    assert completion.usage is not None
+    details = completion.usage.completion_tokens_details
+    assert details is not None and details.reasoning_tokens == 16
+    _, output_tokens, reasoning = await _usage_row(stack, completion.id)
+    assert (output_tokens, reasoning) == (completion.usage.completion_tokens, 16)
+
+
+async def test_unknown_parameters_are_forwarded_and_a_providers_refusal_relayed(
+    sdk: AsyncOpenAI,
+) -> None:
+    completion = await sdk.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "Hi"}],
+        extra_body={"a_parameter_openai_adds_next_year": {"on": True}}, store=False,
+        metadata={"team": "search"}, service_tier="auto")
+    assert completion.choices[0].message.content
+    with pytest.raises(openai.BadRequestError) as refused:
+        await sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": "Hi"}], temperature=7)
+    assert "temperature" in str(refused.value)
+    with pytest.raises(openai.BadRequestError) as malformed:
+        await sdk.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": [{"type": "image_url"}]}])  # type: ignore[list-item]
+    assert "messages[0].content[0]" in str(malformed.value)
