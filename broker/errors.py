@@ -13,6 +13,8 @@
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
     ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
     ├── PoisonMessage                a Kafka message cannot be decoded or validated
+    ├── StreamCancelled              the client left while its answer streamed (a worker
+    │                                stops the provider call; never reaches a client)
     └── ProviderError                a provider call failed; `status_code` when HTTP
         ├── ProviderRetriable        429, 5xx, timeouts, connection errors
         └── ProviderRejected         400/401/403/404/422: the request itself is refused
@@ -27,6 +29,10 @@ class SluiceError(Exception):
     """Root of every error sluicegate raises on purpose."""
 
     retriable: bool = False
+
+
+class StreamCancelled(SluiceError):
+    """The client went away (or cancelled) while its answer streamed."""
 
 
 class ConfigError(SluiceError):

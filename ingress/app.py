@@ -13,7 +13,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from broker.asyncapi import asyncapi_document
@@ -29,8 +29,9 @@ from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
+from ingress.streaming import stream_events
 from ingress.webhooks import WebhookIntake
-from schemas import ChatCompletionRequest, InferenceRequest, RequestStatus
+from schemas import ChatCompletionRequest, InferenceRequest, InferenceResult, RequestStatus
 from schemas.messages import CancelRequested
 
 
@@ -46,6 +47,7 @@ class Ingress:
         self.webhooks = WebhookIntake(services)  # X-Webhook-URL and /v1/webhooks/*
         self.started = int(time.time())
         self._asyncapi: dict[str, Any] | None = None
+        self._background: set[asyncio.Task[None]] = set()
 
     def status_url(self, request: Request, request_id: str) -> str:
         base = self.services.settings.public_url or str(request.base_url)
@@ -90,6 +92,8 @@ class Ingress:
         if not wait:
             await self.publish(request, inference)
             return self._accepted(request, inference)
+        if inference.body.stream:
+            return await self._stream(request, inference)
         waiter = self.replies.expect(inference.id)
         try:
             await self.publish(request, inference)
@@ -103,6 +107,50 @@ class Ingress:
             return json_response(completion_body(result), headers=headers)
         status, body = failure(result)
         return json_response(body, status, headers=headers)
+
+    async def _stream(self, request: Request, inference: InferenceRequest) -> Response:
+        """Answer with server-sent events once the first chunk (or the end) arrives.
+
+        Until the first chunk the request may still fail over or fail whole, and then the
+        client gets a plain error response with its status code, as without streaming.
+        """
+        events = self.replies.expect_stream(inference.id)
+        timeout_s = self.services.settings.sync_timeout_s
+        try:
+            await self.publish(request, inference)
+            first = await asyncio.wait_for(events.get(), timeout_s)
+        except TimeoutError:
+            self.replies.forget_stream(inference.id)
+            self._cancel_later(inference)
+            return self._still_running(request, inference)
+        except BaseException:
+            self.replies.forget_stream(inference.id)
+            raise
+        headers = {"x-request-id": inference.id, "cache-control": "no-cache"}
+        if isinstance(first, InferenceResult):  # ended before its first chunk
+            self.replies.forget_stream(inference.id)
+            if first.status is RequestStatus.SUCCEEDED and first.completion is not None:
+                return json_response(completion_body(first), headers=headers)
+            status, body = failure(first)
+            return json_response(body, status, headers=headers)
+
+        def on_end(finished: bool) -> None:
+            self.replies.forget_stream(inference.id)
+            if not finished:
+                self._cancel_later(inference)
+
+        sse = stream_events(inference, first, events, idle_timeout_s=timeout_s,
+                            status_url=self.status_url(request, inference.id), on_end=on_end)
+        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+
+    def _cancel_later(self, inference: InferenceRequest) -> None:
+        """Ask the worker to stop a request whose client left (from a cleanup path that
+        may itself be cancelled, so in a task of its own)."""
+        cancel = CancelRequested(request_id=inference.id, tenant=inference.tenant,
+                                 requested_at=datetime.now(UTC))
+        task = asyncio.create_task(self.publisher.publish_cancel(cancel))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def submit(self, request: Request) -> Response:
         _, inference = await self.accept(request, wait=False)

@@ -14,6 +14,7 @@ import logging
 from broker.errors import PoisonMessage, SluiceError
 from broker.kafka import (
     Consumer,
+    ConsumerRecord,
     KafkaError,
     TopicPartition,
     decode,
@@ -26,7 +27,8 @@ from broker.kafka import (
 )
 from broker.kafka.fetch_pacing import pacing_for
 from broker.settings import KafkaSettings
-from schemas import InferenceResult
+from schemas import InferenceResult, StreamChunk
+from schemas.streaming import CHUNK_KIND
 
 log = logging.getLogger("sluice.ingress")
 
@@ -47,6 +49,7 @@ class ReplyListener:
         self._temporary = temporary
         self.topic = topics_for(kafka).replies(ingress_id)
         self._waiters: dict[str, asyncio.Future[InferenceResult]] = {}
+        self._streams: dict[str, asyncio.Queue[StreamChunk | InferenceResult]] = {}
         self._consumer: Consumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -72,6 +75,16 @@ class ReplyListener:
     def forget(self, correlation_id: str) -> None:
         """Stop waiting (timeout or failed publish); a late reply is then ignored."""
         self._waiters.pop(correlation_id, None)
+
+    def expect_stream(self, correlation_id: str) -> asyncio.Queue[StreamChunk | InferenceResult]:
+        """A queue receiving a streamed answer's chunks, then its final result."""
+        queue: asyncio.Queue[StreamChunk | InferenceResult] = asyncio.Queue()
+        self._streams[correlation_id] = queue
+        return queue
+
+    def forget_stream(self, correlation_id: str) -> None:
+        """Stop listening for a stream (its client left, or it ended)."""
+        self._streams.pop(correlation_id, None)
 
     async def _connect(self) -> Consumer:
         delay = 0.5
@@ -118,6 +131,12 @@ class ReplyListener:
                     correlation_id = header(record, "correlation_id") or (
                         record.key.decode() if record.key else ""
                     )
+                    stream = self._streams.get(correlation_id)
+                    if stream is not None:
+                        self._to_stream(stream, correlation_id, record)
+                        continue
+                    if header(record, "kind") == CHUNK_KIND:
+                        continue  # a chunk of a stream whose client has gone
                     waiter = self._waiters.pop(correlation_id, None)
                     if waiter is None or waiter.done():
                         continue
@@ -125,6 +144,17 @@ class ReplyListener:
                         waiter.set_result(decode(InferenceResult, record))
                     except PoisonMessage as exc:
                         waiter.set_exception(exc)
+
+    def _to_stream(self, stream: asyncio.Queue[StreamChunk | InferenceResult],
+                   correlation_id: str, record: ConsumerRecord[bytes, bytes]) -> None:
+        try:
+            if header(record, "kind") == CHUNK_KIND:
+                stream.put_nowait(decode(StreamChunk, record))
+            else:
+                stream.put_nowait(decode(InferenceResult, record))
+                self._streams.pop(correlation_id, None)
+        except PoisonMessage as exc:
+            log.warning("undecodable reply for stream %s: %s", correlation_id, exc)
 
     async def stop(self) -> None:
         """Stop reading and fail nobody: waiters time out into 504 with a status URL."""

@@ -25,6 +25,7 @@ from schemas.messages import (
     InferenceResult,
     Lane,
     RequestStatus,
+    StreamChunk,
     UsageEvent,
 )
 from schemas.topics import Topics, is_valid_topic_component
@@ -45,6 +46,7 @@ __all__ = [
     "Lane",
     "PromptTokensDetails",
     "RequestStatus",
+    "StreamChunk",
     "Tool",
     "ToolCall",
     "Topics",

@@ -22,7 +22,6 @@ from pydantic import (
     Field,
     SerializationInfo,
     SerializerFunctionWrapHandler,
-    field_validator,
     model_serializer,
     model_validator,
 )
@@ -152,6 +151,12 @@ class ResponseFormat(_Verbatim):
     json_schema: dict[str, Any] | None = None
 
 
+class StreamOptions(_Verbatim):
+    """`stream_options`: whether the client wants a last chunk with the usage."""
+
+    include_usage: bool | None = None
+
+
 class ChatCompletionRequest(_Verbatim):
     """Body of `POST /v1/chat/completions`, as OpenAI defines it.
 
@@ -165,21 +170,19 @@ class ChatCompletionRequest(_Verbatim):
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     n: Annotated[int, Field(ge=1, le=128)] | None = None
     stream: bool | None = None
+    stream_options: StreamOptions | None = None
     tools: list[Tool] | None = None
     functions: list[FunctionDefinition] | None = None
     response_format: ResponseFormat | None = None
     user: str | None = None
 
-    @field_validator("stream")
-    @classmethod
-    def _no_streaming(cls, stream: bool | None) -> bool | None:
-        if stream:
-            raise ValueError("streaming is not served yet; omit 'stream' (answers come whole)")
-        return stream
-
     def output_limit(self) -> int | None:
         """The caller's cap on completion tokens, whichever field carried it."""
         return self.max_completion_tokens or self.max_tokens
+
+    def wants_stream_usage(self) -> bool:
+        """The client asked for the usage chunk at the end of its stream."""
+        return bool(self.stream_options and self.stream_options.include_usage)
 
     def choices(self) -> int:
         """How many answers were asked for (`n`)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from decimal import Decimal
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -99,6 +99,17 @@ class InferenceResult(_Message):
     finished_at: datetime
     # Copied from the request, so the deliverer needs nothing but this event.
     webhook_url: str | None = None
+
+
+class StreamChunk(_Message):
+    """Event: one chunk of a streamed answer. Key on Kafka: the correlation id."""
+
+    request_id: Annotated[str, Field(min_length=1)]
+    correlation_id: str | None = None
+    sequence: Annotated[int, Field(ge=0)]
+    """0, 1, 2, ... per request: a reader can put chunks back in order."""
+    chunk: dict[str, Any]
+    """The provider's `chat.completion.chunk`, as sent."""
 
 
 class CancelRequested(_Message):

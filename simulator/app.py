@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from pydantic import ValidationError
 
-from schemas import ChatCompletionRequest
+from schemas import ChatCompletion, ChatCompletionRequest
 from simulator.answers import simulate_completion
 from simulator.asgi import (
     Receive,
@@ -31,6 +31,7 @@ from simulator.limits import SlidingWindowLimits
 from simulator.openai_rules import OpenAIParameterRules
 from simulator.settings import Faults, SimulatorSettings
 from simulator.state import SimulatorState
+from simulator.streaming import SSE_DONE, STREAM_CUT_ERROR, sse_event, stream_chunks
 
 _Handler = Callable[["SimulatorApp", Receive, Send], Awaitable[None]]
 
@@ -127,7 +128,30 @@ class SimulatorApp:
         if delay_ms > 0:
             await asyncio.sleep(delay_ms / 1000)
         state.record_success(completion.usage)
+        if body.stream:
+            await self._stream(send, body, completion, headers, faults)
+            return
         await send_json(send, 200, completion.model_dump_json().encode(), headers)
+
+    async def _stream(self, send: Send, body: ChatCompletionRequest, completion: ChatCompletion,
+                      headers: list[tuple[bytes, bytes]], faults: Faults) -> None:
+        chunks = stream_chunks(completion, include_usage=body.wants_stream_usage())
+        # A cut stream breaks off after its first words, as a provider failing mid-answer
+        # does: an error event, and no [DONE].
+        cut_after = 2 if faults.stream_cut_rate and \
+            self.state.random.random() < faults.stream_cut_rate else None
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-type", b"text/event-stream; charset=utf-8"),
+            (b"cache-control", b"no-cache"), *headers]})
+        for number, chunk in enumerate(chunks):
+            if cut_after is not None and number == cut_after:
+                self.state.record_injected("stream_cut")
+                await send({"type": "http.response.body", "body": sse_event(STREAM_CUT_ERROR)})
+                break
+            await send({"type": "http.response.body", "body": sse_event(chunk),
+                        "more_body": True})
+        else:
+            await send({"type": "http.response.body", "body": SSE_DONE})
 
     async def _models(self, receive: Receive, send: Send) -> None:
         data = [

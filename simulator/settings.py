@@ -43,6 +43,9 @@ class Faults(BaseModel):
     """Share of calls that hang `hang_s` (longer than a client's timeout), then answer 504."""
     hang_s: Annotated[float, Field(gt=0)] = 30.0
     windows: tuple[FaultWindow, ...] = ()
+    stream_cut_rate: _Share = 0.0
+    """Share of streamed answers that break off after their first words with an error
+    event (and no `[DONE]`), as a provider failing mid-answer."""
 
 
 class SimulatorSettings(BaseModel):

@@ -17,6 +17,7 @@ import orjson
 from pydantic import ValidationError
 
 from schemas import ChatCompletionRequest, InferenceResult, RequestStatus
+from schemas.validation import dotted_param, most_specific_error
 
 # OpenAI's codes for final failures other than a provider's own HTTP status.
 _STATUS_FOR_ERROR = {"invalid_request_error": 400, "upstream_error": 502,
@@ -90,9 +91,13 @@ def parse_line(number: int, raw: bytes, endpoint: str,
     try:
         request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(part) for part in first["loc"])
-        return InputLine(number, custom_id, None, f"Invalid value for '{where}': {first['msg']}.")
+        first = most_specific_error(exc)
+        where = dotted_param(first["loc"]) or "body"
+        detail = str(first["msg"]).removeprefix("Value error, ")
+        return InputLine(number, custom_id, None, f"Invalid value for '{where}': {detail}.")
+    if request.stream:
+        return InputLine(number, custom_id, None, "Invalid value for 'stream': a batch "
+                         "line's answer is written to the output file, not streamed; omit it.")
     if request.model not in models:
         return InputLine(number, custom_id, None, f"The model '{request.model}' does not exist "
                          "or you do not have access to it.")

@@ -19,6 +19,8 @@ from openai import AsyncOpenAI
 from pydantic import BaseModel
 
 from broker.settings import KafkaSettings
+from simulator import SimulatorSettings
+from simulator.settings import Faults
 from tests.integration.stack import Stack, eventually, running_stack
 
 pytestmark = pytest.mark.integration
@@ -157,3 +159,64 @@ async def test_unknown_parameters_are_forwarded_and_a_providers_refusal_relayed(
         await sdk.chat.completions.create(
             model=MODEL, messages=[{"role": "user", "content": [{"type": "image_url"}]}])  # type: ignore[list-item]
     assert "messages[0].content[0]" in str(malformed.value)
+
+
+async def test_streaming_with_usage_through_the_queue(stack: Stack, sdk: AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model=MODEL, stream=True, stream_options={"include_usage": True},
+        messages=[{"role": "user", "content": "Stream a short answer."}])
+    chunks = [chunk async for chunk in stream]
+    assert len({chunk.id for chunk in chunks}) == 1
+    request_id = chunks[0].id
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    usage = chunks[-1].usage
+    assert usage is not None and chunks[-1].choices == []
+    assert (await _usage_row(stack, request_id))[:2] == (usage.prompt_tokens,
+                                                         usage.completion_tokens)
+    # The ledger keeps the whole answer the client saw.
+    stored = await eventually(lambda: stack.scalar(
+        "select result->'completion'->'choices'->0->'message'->>'content' from requests "
+        "where id = :id", id=request_id))
+    assert stored == text
+
+
+async def test_streaming_without_usage_and_with_tool_calls(sdk: AsyncOpenAI) -> None:
+    stream = await sdk.chat.completions.create(
+        model=MODEL, stream=True, tools=[WEATHER_TOOL],  # type: ignore[list-item]
+        messages=[{"role": "user", "content": "Weather in Oslo?"}])
+    chunks = [chunk async for chunk in stream]
+    assert all(chunk.usage is None for chunk in chunks)  # the client did not ask for it
+    arguments = "".join(
+        call.function.arguments or "" for chunk in chunks for choice in chunk.choices
+        for call in choice.delta.tool_calls or () if call.function)
+    assert set(json.loads(arguments)) == {"city", "unit"}
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+
+
+async def test_a_stream_broken_mid_answer_ends_with_an_error_event(
+    kafka_settings: KafkaSettings, database_url: str,
+) -> None:
+    cutting = SimulatorSettings(faults=Faults(stream_cut_rate=1.0))
+    async with running_stack(kafka_settings, database_url, simulator=cutting) as stack:
+        client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key,
+                             max_retries=0,
+                             http_client=httpx.AsyncClient(transport=stack.client._transport))
+        stream = await client.chat.completions.create(
+            model=MODEL, stream=True, messages=[{"role": "user", "content": "Go on."}])
+        received = []
+        with pytest.raises(openai.APIError, match="broke off"):
+            async for chunk in stream:  # never a clean end without [DONE]
+                received.append(chunk)
+        assert received and received[0].id.startswith("req_")
+        request_id = received[0].id
+        status = await eventually(lambda: stack.scalar(
+            "select status from requests where id = :id and status <> 'queued'",
+            id=request_id))
+        assert status == "failed"
+        # What was generated before the break is billed, once.
+        billed = await eventually(lambda: stack.scalar(
+            "select output_tokens from usage_events where request_id = :id", id=request_id))
+        assert billed > 0
+        await client.close()

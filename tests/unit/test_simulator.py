@@ -73,7 +73,7 @@ async def test_max_tokens_respected(client: httpx.AsyncClient) -> None:
         ({"messages": [{"role": "wizard", "content": "hi"}]}, "messages[0].role", "Input should"),
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content", "Input should"),
         ({"messages": []}, "messages", "at least 1"),
-        ({"stream": True}, "stream", "streaming is not served yet"),
+        ({"n": 0}, "n", "greater than or equal to 1"),
         ({"top_logprobs": 3}, "top_logprobs", "'logprobs' must be true"),
         ({"messages": [{"role": "user", "content": [{"type": "image_url"}]}]},
          "messages[0].content[0]", "needs its 'image_url' field"),

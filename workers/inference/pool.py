@@ -34,6 +34,7 @@ from broker.kafka import (
     RebalanceListener,
     TopicPartition,
     decode,
+    encode,
     ensure_topics,
     header,
     is_too_large,
@@ -47,7 +48,8 @@ from broker.kafka.fetch_pacing import pacing_for
 from broker.kafka.offsets import OffsetTracker
 from broker.settings import KafkaSettings, WorkerSettings
 from broker.tokens import encoding_for_model
-from schemas import InferenceRequest, Lane
+from schemas import InferenceRequest, Lane, StreamChunk
+from schemas.streaming import CHUNK_KIND
 from workers.inference.background import Background
 from workers.inference.lanes import BudgetGates
 from workers.inference.outcomes import publish_outcome, too_large_to_publish
@@ -275,7 +277,8 @@ class InferencePool:
         # Without a shared store budgets hold in this process only (tests, one worker).
         self.budgets = BudgetGates(config.deployments, budgets or MemoryBudgetStore(),
                                    batch_margin=worker_settings.batch_budget_margin)
-        self.processor = RequestProcessor(config, providers, budgets=self.budgets)
+        self.processor = RequestProcessor(config, providers, budgets=self.budgets,
+                                          emit=self.emit_chunk)
         self.final_results = final_results
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
@@ -288,6 +291,8 @@ class InferencePool:
             self.producer.partitions_for, self.topics.replies(""),
             slot_s=worker_settings.reply_partition_slot_s,
         ) if kafka.kafka_engine == "tansu" else None
+        # The reply partition a streamed request's chunks went to: its result must follow.
+        self._stream_partitions: dict[str, int | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._lanes: list[_ModelConsumer] = []
         self._drain_timeout_s = drain_timeout_s
@@ -335,10 +340,45 @@ class InferencePool:
 
     async def publish(self, outcome: Outcome, reply_to: str | None, record: Record) -> None:
         """Send a retry, or usage + result of record + the caller's reply; wait for acks."""
-        partition = None
-        if reply_to is not None and self.reply_partitions is not None:
-            partition = await self.reply_partitions.pick(reply_to)
+        request_id = outcome.result.request_id if outcome.result else None
+        if request_id in self._stream_partitions:
+            # After its chunks, on their partition, so the reader sees it last.
+            partition = self._stream_partitions.pop(request_id)
+        else:
+            partition = await self._reply_partition(reply_to)
         await publish_outcome(self.producer, self.topics, outcome, record, reply_to, partition)
+
+    async def emit_chunk(self, request: InferenceRequest, sequence: int,
+                         chunk: dict[str, Any]) -> None:
+        """Send chunk `sequence` of a streamed answer to the waiting ingress, in order.
+
+        Not awaited to its acknowledgement (that would cost a round trip per chunk): chunks
+        and the final result go to one partition of one producer, which Kafka keeps in
+        order, and a lost chunk shows to the reader as a gap before the result.
+        """
+        reply_to = request.reply_to
+        if reply_to is None:
+            return  # nobody reads this stream (a Kafka-native producer): the result will do
+        if sequence == 0:
+            self._stream_partitions[request.id] = await self._reply_partition(reply_to)
+        correlation = (request.correlation_id or request.id).encode()
+        message = StreamChunk(request_id=request.id, correlation_id=request.correlation_id,
+                              sequence=sequence, chunk=chunk)
+        try:
+            delivery = await self.producer.send(
+                reply_to, encode(message), key=correlation,
+                partition=self._stream_partitions.get(request.id),
+                headers=[("correlation_id", correlation), ("kind", CHUNK_KIND.encode())])
+        except KafkaError as exc:
+            log.warning("chunk %d of %s not sent (%s); the client sees the stream break",
+                        sequence, request.id, exc)
+            return
+        delivery.add_done_callback(_report_lost_chunk)
+
+    async def _reply_partition(self, reply_to: str | None) -> int | None:
+        if reply_to is not None and self.reply_partitions is not None:
+            return await self.reply_partitions.pick(reply_to)
+        return None
 
     async def publish_with_retry(self, send: Callable[[], Awaitable[None]]) -> None:
         """Retry a publish while Kafka is unavailable; give up only when stopping.
@@ -425,3 +465,8 @@ class InferencePool:
         for task in list(self._tasks):
             task.cancel()
         await self.producer.stop()
+
+
+def _report_lost_chunk(delivery: asyncio.Future[Any]) -> None:
+    if not delivery.cancelled() and delivery.exception() is not None:
+        log.warning("a streamed chunk was not delivered: %s", delivery.exception())

@@ -22,16 +22,19 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from broker.budgets import Vector, parse_rate_limit_headers
 from broker.config import SluiceConfig
-from broker.errors import ProviderRejected, ProviderRetriable
+from broker.errors import ProviderRejected, ProviderRetriable, StreamCancelled
 from broker.estimates import Estimator
+from broker.tokens import encoding_for_model
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, UsageEvent
 from workers.inference.breakers import BreakerBoard
 from workers.inference.cancels import CancelledIds
 from workers.inference.lanes import BudgetGates, Reservation
 from workers.inference.routing import backoff_s, effective_deadline, route
+from workers.inference.streaming import StreamEmitter, StreamProgress
 from workers.providers import Provider, ProviderResponse
 
 Clock = Callable[[], datetime]
@@ -81,6 +84,7 @@ class RequestProcessor:
         cancelled: CancelledIds | None = None,
         rng: random.Random | None = None,
         budgets: BudgetGates | None = None,
+        emit: StreamEmitter | None = None,
     ):
         self._config = config
         self._estimator = Estimator(config)
@@ -90,6 +94,7 @@ class RequestProcessor:
         self.cancelled = cancelled or CancelledIds()
         self._rng = rng or random.Random()
         self.budgets = budgets
+        self._emit = emit
 
     async def process(self, request: InferenceRequest) -> Outcome:
         """Answer `request`; never raises for provider failures (they become outcomes)."""
@@ -129,15 +134,25 @@ class RequestProcessor:
             provider = self._providers[name]
             calls += 1
             started = self._clock()
+            progress = StreamProgress()
             try:
-                response = await provider.complete(
-                    request.body, timeout_s=min(self._config.deployments[name].timeout_s,
-                                                max(remaining, 0.001))
-                )
+                response = await self._call(request, name, provider, remaining, progress)
+            except StreamCancelled:
+                breaker.record_success()
+                await self._settle(reservation, reservation.costs if reservation else None)
+                error = ErrorInfo(type="cancelled", code="cancelled",
+                                  message="The request was cancelled while its answer streamed.")
+                return self._stream_ended(request, name, provider, progress, started, calls,
+                                          RequestStatus.CANCELLED, error)
             except ProviderRetriable as exc:
                 breaker.record_failure()
                 last_error = exc
                 await self._settle(reservation, None)
+                if progress.sent:  # the client has part of the answer: it cannot move now
+                    error = ErrorInfo(type="upstream_error", code="stream_interrupted",
+                                      message=f"The answer broke off after it began: {exc}")
+                    return self._stream_ended(request, name, provider, progress, started,
+                                              calls, RequestStatus.FAILED, error)
                 if exc.status_code == 429 and self.budgets is not None:
                     signal = parse_rate_limit_headers(exc.rate_limit_headers)
                     if exc.retry_after_s is not None or not signal.announced:
@@ -163,6 +178,52 @@ class RequestProcessor:
             )
             return Outcome(result, [usage])
         return self._retry_or_fail(request, calls, last_error, deadline)
+
+    async def _call(self, request: InferenceRequest, name: str, provider: Provider,
+                    remaining_s: float, progress: StreamProgress) -> ProviderResponse:
+        """One provider call: whole, or streamed chunk by chunk to the waiting client."""
+        timeout_s = self._config.deployments[name].timeout_s
+        if not request.body.stream:
+            return await provider.complete(
+                request.body, timeout_s=min(timeout_s, max(remaining_s, 0.001)))
+
+        async def on_chunk(chunk: dict[str, Any]) -> None:
+            if self.cancelled.is_cancelled(request.id, request.tenant):
+                raise StreamCancelled
+            if self._emit is not None:
+                await self._emit(request, progress.sent, chunk)
+            progress.add(chunk)
+
+        # The deployment's timeout bounds each wait for a chunk; the request's deadline
+        # bounds the whole answer.
+        try:
+            async with asyncio.timeout(max(remaining_s, 0.001)):
+                return await provider.stream(request.body, timeout_s=timeout_s,
+                                             on_chunk=on_chunk)
+        except TimeoutError as exc:
+            raise ProviderRetriable(f"deployment '{name}' had not finished streaming at the "
+                                    "request's deadline", deployment=name) from exc
+
+    def _stream_ended(
+        self, request: InferenceRequest, name: str, provider: Provider,
+        progress: StreamProgress, started: datetime, calls: int, status: RequestStatus,
+        error: ErrorInfo,
+    ) -> Outcome:
+        """A streamed answer that stopped early: its final result, and what it cost."""
+        prompt = self._estimator.for_call(request.body, request.model, name).prompt_tokens
+        count = encoding_for_model(self._config.deployments[name].model,
+                                   self._config.models[request.model].encoding).count
+        usage = UsageEvent(
+            event_id=f"use_{uuid.uuid4().hex}", request_id=request.id, tenant=request.tenant,
+            api_key_id=request.api_key_id, model=request.model, deployment=name,
+            provider=provider.name, input_tokens=prompt,
+            output_tokens=count(progress.generated_text()),
+            latency_ms=(self._clock() - started).total_seconds() * 1000,
+            status="failed", attempt=request.attempt + calls - 1, started_at=started,
+            finished_at=self._clock())
+        result = self._final(request, status, error=error, deployment=name,
+                             provider=provider.name, attempts=request.attempt + calls)
+        return Outcome(result, [usage])
 
     async def _reserve(self, request: InferenceRequest, name: str,
                        wait_s: float) -> Reservation | None:

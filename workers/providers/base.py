@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from schemas import ChatCompletion, ChatCompletionRequest
+
+ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
+"""Where a streaming call hands each `chat.completion.chunk` the moment it arrives."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,5 +50,20 @@ class Provider(Protocol):
         Raises:
             ProviderRetriable: Trying again later or elsewhere may succeed.
             ProviderRejected: The provider refused the request itself.
+        """
+        ...
+
+    async def stream(
+        self, body: ChatCompletionRequest, *, timeout_s: float, on_chunk: ChunkSink
+    ) -> ProviderResponse:  # pragma: no cover - protocol
+        """Answer `body` as a stream: each chunk goes to `on_chunk` as it arrives, and the
+        response holds the assembled completion (with the provider's usage, which is always
+        asked for). `timeout_s` bounds the wait for each chunk, not the whole answer.
+
+        Raises:
+            ProviderRetriable: As `complete`, also after chunks were handed on (a broken
+                stream); the caller knows whether it handed any on.
+            ProviderRejected: As `complete` (only before the first chunk).
+            Whatever `on_chunk` raises, after closing the provider's stream.
         """
         ...

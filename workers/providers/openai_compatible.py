@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from typing import Any, NoReturn
@@ -21,7 +22,9 @@ from pydantic import ValidationError
 from broker.config import DeploymentConfig
 from broker.errors import ConfigError, ProviderRejected, ProviderRetriable
 from schemas import ChatCompletion, ChatCompletionRequest
-from workers.providers.base import ProviderResponse
+from schemas.streaming import assemble_completion
+from workers.providers.aiohttp_transport import STREAM_RESPONSE
+from workers.providers.base import ChunkSink, ProviderResponse
 
 _RATE_LIMIT_PREFIXES = ("x-ratelimit-", "anthropic-ratelimit-", "retry-after")
 # 408 (request timeout) and 409 (conflict, e.g. OpenAI's "busy, try again") are transient.
@@ -83,6 +86,8 @@ class OpenAICompatibleProvider:
         if api_key:
             headers.append((b"authorization", f"Bearer {api_key}".encode()))
         self._headers = headers
+        self._stream_headers = [(name, b"text/event-stream" if name == b"accept" else value)
+                                for name, value in headers]
 
     async def complete(self, body: ChatCompletionRequest, *, timeout_s: float) -> ProviderResponse:
         """Send `body` upstream and return the provider's completion.
@@ -92,26 +97,13 @@ class OpenAICompatibleProvider:
                 that is not a chat completion.
             ProviderRejected: Any other 4xx; the message is the provider's own.
         """
-        payload = body.model_dump(mode="json", exclude_none=True)
-        payload["model"] = self._model
-        if self._drop:
-            for name in self._drop:
-                payload.pop(name, None)
-        if self._allowed is not None:
-            payload = {name: value for name, value in payload.items() if name in self._allowed}
+        payload = self._payload(body)
         started = time.perf_counter()
         try:
             # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the
             # whole call, so a provider trickling bytes cannot outlive the deadline.
             async with asyncio.timeout(timeout_s):
-                content = orjson.dumps(payload)
-                request = httpx.Request(
-                    "POST", self._url,
-                    headers=[*self._headers, (b"content-length", b"%d" % len(content))],
-                    stream=httpx.ByteStream(content),
-                    # What httpx.Timeout(timeout_s).as_dict() gives, without the object.
-                    extensions={"timeout": dict.fromkeys(_TIMEOUT_PHASES, timeout_s)},
-                )
+                request = self._request(payload, timeout_s, stream=False)
                 response = await self._transport.handle_async_request(request)
                 try:
                     await response.aread()
@@ -136,6 +128,100 @@ class OpenAICompatibleProvider:
             provider_request_id=response.headers.get("x-request-id") or completion.id,
             latency_ms=latency_ms,
             rate_limit_headers=_rate_limit_headers(response.headers),
+        )
+
+    async def stream(
+        self, body: ChatCompletionRequest, *, timeout_s: float, on_chunk: ChunkSink
+    ) -> ProviderResponse:
+        """Send `body` with `stream: true` and hand on each chunk as it arrives.
+
+        The provider is always asked for its usage chunk (`stream_options.include_usage`):
+        it is what the call is billed by, whether or not the client wants to see it.
+
+        Raises:
+            ProviderRetriable: As `complete`; also a stream that breaks off (an error
+                event, a dropped connection, or an end without `[DONE]`).
+            ProviderRejected: As `complete`.
+        """
+        payload = self._payload(body)
+        payload["stream"] = True
+        payload["stream_options"] = {**(payload.get("stream_options") or {}),
+                                     "include_usage": True}
+        started = time.perf_counter()
+        chunks: list[dict[str, Any]] = []
+        request = self._request(payload, timeout_s, stream=True)
+        try:
+            # The read timeout bounds each wait for the next bytes; the caller bounds the
+            # whole answer (a long answer legitimately streams for minutes).
+            response = await self._transport.handle_async_request(request)
+        except httpx.RequestError as exc:
+            self._translate_transport(exc, timeout_s)
+        try:
+            if not response.is_success:
+                await response.aread()
+                self._translate_status(response)
+            finished = False
+            async for data in _sse_data(response):
+                if data == "[DONE]":
+                    finished = True
+                    break
+                chunk = self._parse_chunk(data)
+                chunks.append(chunk)
+                await on_chunk(chunk)
+        except httpx.RequestError as exc:
+            self._translate_transport(exc, timeout_s)
+        finally:
+            await response.aclose()
+        if not finished:
+            raise ProviderRetriable(f"deployment '{self.deployment}' ended its stream before "
+                                    "[DONE]", deployment=self.deployment)
+        completion = assemble_completion(chunks)
+        return ProviderResponse(
+            completion=completion,
+            provider_request_id=response.headers.get("x-request-id") or completion.id,
+            latency_ms=(time.perf_counter() - started) * 1000,
+            rate_limit_headers=_rate_limit_headers(response.headers),
+        )
+
+    def _parse_chunk(self, data: str) -> dict[str, Any]:
+        try:
+            chunk = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderRetriable(f"deployment '{self.deployment}' streamed an event that "
+                                    "is not JSON", deployment=self.deployment) from exc
+        if not isinstance(chunk, dict):
+            raise ProviderRetriable(f"deployment '{self.deployment}' streamed an event that "
+                                    "is not a chunk", deployment=self.deployment)
+        if chunk.get("error") is not None:
+            error = chunk["error"]
+            message = error.get("message") if isinstance(error, dict) else str(error)
+            raise ProviderRetriable(f"deployment '{self.deployment}' broke off its stream: "
+                                    f"{message}", deployment=self.deployment)
+        return chunk
+
+    def _payload(self, body: ChatCompletionRequest) -> dict[str, Any]:
+        payload = body.model_dump(mode="json", exclude_none=True)
+        payload["model"] = self._model
+        for name in self._drop:
+            payload.pop(name, None)
+        if self._allowed is not None:
+            payload = {name: value for name, value in payload.items() if name in self._allowed}
+        return payload
+
+    def _request(self, payload: dict[str, Any], timeout_s: float, *,
+                 stream: bool) -> httpx.Request:
+        content = orjson.dumps(payload)
+        extensions: dict[str, Any] = {
+            # What httpx.Timeout(timeout_s).as_dict() gives, without the object.
+            "timeout": dict.fromkeys(_TIMEOUT_PHASES, timeout_s)}
+        if stream:
+            extensions[STREAM_RESPONSE] = True
+        return httpx.Request(
+            "POST", self._url,
+            headers=[*(self._stream_headers if stream else self._headers),
+                     (b"content-length", b"%d" % len(content))],
+            stream=httpx.ByteStream(content),
+            extensions=extensions,
         )
 
     def _translate_transport(
@@ -214,3 +300,17 @@ def _retry_after_s(headers: httpx.Headers) -> float | None:
     if moment.tzinfo is None:
         moment = moment.replace(tzinfo=UTC)  # HTTP dates are GMT
     return max(0.0, moment.timestamp() - time.time())
+
+
+async def _sse_data(response: httpx.Response) -> AsyncIterator[str]:
+    """The `data` of each server-sent event (multi-line data joined; comments skipped)."""
+    lines: list[str] = []
+    async for line in response.aiter_lines():
+        if not line:
+            if lines:
+                yield "\n".join(lines)
+                lines = []
+        elif line.startswith("data:"):
+            lines.append(line[5:].removeprefix(" "))
+    if lines:
+        yield "\n".join(lines)

@@ -9,7 +9,8 @@ from broker.config import DeploymentConfig
 from broker.errors import ProviderRetriable
 from schemas import ChatCompletionRequest
 from simulator.answers import simulate_completion
-from workers.providers.base import ProviderResponse
+from simulator.streaming import stream_chunks
+from workers.providers.base import ChunkSink, ProviderResponse
 
 
 class SimulatedProvider:
@@ -54,3 +55,12 @@ class SimulatedProvider:
             latency_ms=(time.perf_counter() - started) * 1000,
             rate_limit_headers={},
         )
+
+    async def stream(
+        self, body: ChatCompletionRequest, *, timeout_s: float, on_chunk: ChunkSink
+    ) -> ProviderResponse:
+        """Answer `body` as the simulator streams it, usage chunk included."""
+        response = await self.complete(body, timeout_s=timeout_s)
+        for chunk in stream_chunks(response.completion, include_usage=True):
+            await on_chunk(chunk)
+        return response
