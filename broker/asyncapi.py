@@ -12,12 +12,14 @@ from typing import Any
 from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 
-from schemas import InferenceRequest, InferenceResult, Lane, Topics, UsageEvent
+from schemas import InferenceRequest, InferenceResult, Lane, StreamChunk, Topics, UsageEvent
 
 REPLY_TOPIC_NOTE = (
     "Set `reply_to` (body, or header) to your own topic and `correlation_id` to anything you "
     "like; the final InferenceResult is published there with header `correlation_id` and key "
-    "`correlation_id` (or the request id)."
+    "`correlation_id` (or the request id). A request with `stream: true` gets each chunk "
+    "first, as a StreamChunk with header `kind: chunk` (sequence 0, 1, ...), on the same "
+    "partition."
 )
 
 
@@ -47,6 +49,11 @@ def asyncapi_document(
         topics.replies("{ingress_id}"), schema=InferenceResult,
         title=topics.replies("{ingress_id}"),
         description="Results for callers waiting on one ingress instance (internal).",
+    )
+    broker.publisher(
+        topics.replies("{ingress_id}"), schema=StreamChunk,
+        title=topics.replies("{ingress_id}") + " (chunks)",
+        description="Chunks of streamed answers, header `kind: chunk`, before their result.",
     )
     broker.publisher(
         topics.usage, schema=UsageEvent, title=topics.usage,

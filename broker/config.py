@@ -122,12 +122,18 @@ class LaneDeadlines(BaseModel):
     batch_s: Annotated[float, Field(gt=0)] = 24 * 3600.0
 
 
+ModelKind = Literal["chat", "embedding"]
+
+
 class ModelConfig(BaseModel):
     """A logical model clients ask for, served by an ordered list of deployments."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     deployments: Annotated[list[str], Field(min_length=1)]
+    kind: ModelKind = "chat"
+    """What the model answers: `/v1/chat/completions` or `/v1/embeddings` (a request of
+    the other kind is refused with 400 naming `model`)."""
     encoding: str | None = None
     """Token encoding for budgets; guessed from the upstream model name when absent."""
     weights: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=dict)

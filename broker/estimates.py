@@ -27,8 +27,10 @@ from decimal import Decimal
 
 from broker.config import DeploymentConfig, SluiceConfig
 from broker.stores.prices import PriceBook
-from broker.tokens import count_request_prompt_tokens
-from schemas import ChatCompletionRequest
+from broker.tokens import count_embedding_tokens, count_request_prompt_tokens
+from schemas import ChatCompletionRequest, EmbeddingRequest
+
+RequestBody = ChatCompletionRequest | EmbeddingRequest
 
 DEFAULT_EXPECTED_OUTPUT_TOKENS = DeploymentConfig.model_fields["expected_output_tokens"].default
 
@@ -53,25 +55,25 @@ class Estimator:
     def __init__(self, config: SluiceConfig | None) -> None:
         self._config = config
 
-    def for_call(self, body: ChatCompletionRequest, model: str, deployment: str) -> Estimate:
+    def for_call(self, body: RequestBody, model: str, deployment: str) -> Estimate:
         """Tokens one call to `deployment` will use at most (no cost: budgets count tokens)."""
         assert self._config is not None, "calls are estimated by workers, which have a config"
         config = self._config.deployments[deployment]
-        prompt = count_request_prompt_tokens(body, config.model,
+        prompt = _prompt_tokens(body, config.model,
                                           self._config.models[model].encoding)
         return Estimate(prompt, _output(body, config.expected_output_tokens))
 
-    def for_request(self, body: ChatCompletionRequest, model: str, book: PriceBook,
+    def for_request(self, body: RequestBody, model: str, book: PriceBook,
                     at: datetime) -> Estimate:
         """Tokens on the primary deployment, and the dearest cost over every deployment."""
         if self._config is None or model not in self._config.models:
-            prompt = count_request_prompt_tokens(body, model)
+            prompt = _prompt_tokens(body, model)
             output = _output(body, DEFAULT_EXPECTED_OUTPUT_TOKENS)
             costs = [price.cost(prompt, output) for price in book.in_force(model, at)]
             return Estimate(prompt, output, max(costs) if costs else None)
         chain = self._config.deployment_chain(model)
         primary = chain[0][1]
-        prompt = count_request_prompt_tokens(body, primary.model,
+        prompt = _prompt_tokens(body, primary.model,
                                           self._config.models[model].encoding)
         output = _output(body, primary.expected_output_tokens)
         priced = [price.cost(prompt, output)
@@ -80,6 +82,15 @@ class Estimator:
         return Estimate(prompt, output, max(priced) if priced else None)
 
 
-def _output(body: ChatCompletionRequest, expected: int) -> int:
-    """Output tokens held: the cap (or the expectation) for each of the `n` choices."""
+def _output(body: RequestBody, expected: int) -> int:
+    """Output tokens held: the cap (or the expectation) for each of the `n` choices; an
+    embedding generates none."""
+    if isinstance(body, EmbeddingRequest):
+        return 0
     return (body.output_limit() or expected) * body.choices()
+
+
+def _prompt_tokens(body: RequestBody, model: str, encoding: str | None = None) -> int:
+    if isinstance(body, EmbeddingRequest):
+        return count_embedding_tokens(body, model, encoding)
+    return count_request_prompt_tokens(body, model, encoding)

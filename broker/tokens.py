@@ -35,7 +35,7 @@ import tiktoken
 
 from broker.errors import ConfigError
 from broker.media_tokens import audio_tokens, image_tokens
-from schemas import ChatCompletionRequest, ChatMessage
+from schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest
 
 FALLBACK_ENCODING = "cl100k_base"
 ENCODINGS = ("cl100k_base", "o200k_base", "o200k_harmony", "llama3", "qwen3")
@@ -168,6 +168,15 @@ def count_request_prompt_tokens(
     if schema is not None:
         total += TOKENS_PER_RESPONSE_SCHEMA + count(_compact(schema))
     return total
+
+
+def count_embedding_tokens(
+    body: EmbeddingRequest, model: str, encoding: str | None = None
+) -> int:
+    """Input tokens of an embeddings request, as OpenAI reports them (no chat overhead)."""
+    count = encoding_for_model(model, encoding).count
+    return (sum(count(text) for text in body.texts())
+            + sum(len(tokens) for tokens in body.token_inputs()))
 
 
 def _media_tokens(message: ChatMessage) -> int:

@@ -17,6 +17,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from broker.asyncapi import asyncapi_document
+from broker.config import ModelKind
 from broker.errors import InvalidRequest, NotFound, SluiceError, UnknownModel
 from broker.kafka import topics_for
 from ingress.admin import register_ledger_routes
@@ -31,7 +32,13 @@ from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
 from ingress.streaming import stream_events
 from ingress.webhooks import WebhookIntake
-from schemas import ChatCompletionRequest, InferenceRequest, InferenceResult, RequestStatus
+from schemas import (
+    ChatCompletionRequest,
+    EmbeddingRequest,
+    InferenceRequest,
+    InferenceResult,
+    RequestStatus,
+)
 from schemas.messages import CancelRequested
 
 
@@ -53,12 +60,25 @@ class Ingress:
         base = self.services.settings.public_url or str(request.base_url)
         return f"{base.rstrip('/')}/v1/requests/{request_id}"
 
-    async def accept(self, request: Request, *, wait: bool) -> tuple[Principal, InferenceRequest]:
+    async def accept(self, request: Request, *, wait: bool,
+                     kind: ModelKind | None = "chat") -> tuple[Principal, InferenceRequest]:
+        """Authenticate, validate and admit a request; `kind` None: tell it by its body."""
         principal = await authenticate(request, self.services.api_keys)
         data = await read_json_object(request, self.services.settings.max_body_bytes)
-        body = validate_body(ChatCompletionRequest, data)
-        if body.model not in self.services.config.models or not principal.may_use(body.model):
+        if kind is None:
+            kind = "embedding" if "input" in data and "messages" not in data else "chat"
+        body: ChatCompletionRequest | EmbeddingRequest
+        if kind == "chat":
+            body = validate_body(ChatCompletionRequest, data)
+        else:
+            body = validate_body(EmbeddingRequest, data)
+        model = self.services.config.models.get(body.model)
+        if model is None or not principal.may_use(body.model):
             raise UnknownModel(body.model)  # 404 for a key's unlisted model: no existence leak
+        if model.kind != kind:
+            route = "/v1/embeddings" if model.kind == "embedding" else "/v1/chat/completions"
+            raise InvalidRequest(f"The model '{body.model}' is an {model.kind} model; call it "
+                                 f"at {route}.", param="model", code="wrong_model_kind")
         now = datetime.now(UTC)
         request_id = f"req_{uuid.uuid4().hex}"
         inference = InferenceRequest(
@@ -92,8 +112,21 @@ class Ingress:
         if not wait:
             await self.publish(request, inference)
             return self._accepted(request, inference)
-        if inference.body.stream:
+        if isinstance(inference.body, ChatCompletionRequest) and inference.body.stream:
             return await self._stream(request, inference)
+        return await self._answer(request, inference)
+
+    async def embeddings(self, request: Request) -> Response:
+        """`POST /v1/embeddings`: queued like chat, answered when final (or 202 async)."""
+        wait = "respond-async" not in request.headers.get("prefer", "").lower()
+        _, inference = await self.accept(request, wait=wait, kind="embedding")
+        if not wait:
+            await self.publish(request, inference)
+            return self._accepted(request, inference)
+        return await self._answer(request, inference)
+
+    async def _answer(self, request: Request, inference: InferenceRequest) -> Response:
+        """Publish, then answer with the final result, or 504 with a status URL."""
         waiter = self.replies.expect(inference.id)
         try:
             await self.publish(request, inference)
@@ -153,7 +186,7 @@ class Ingress:
         task.add_done_callback(self._background.discard)
 
     async def submit(self, request: Request) -> Response:
-        _, inference = await self.accept(request, wait=False)
+        _, inference = await self.accept(request, wait=False, kind=None)
         await self.publish(request, inference)
         return self._accepted(request, inference)
 
@@ -295,6 +328,7 @@ def create_app(services: IngressServices) -> FastAPI:
     # the routing table, which is scanned in order for every request.
     app.state.hot_routes = {
         "/v1/chat/completions": ingress.chat_completions,
+        "/v1/embeddings": ingress.embeddings,
         "/v1/requests": ingress.submit,
     }
     app.router.routes[:0] = [

@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from broker.batches import store
 from broker.batches.files import FileStore
+from broker.batches.lines import ENDPOINT_KINDS
 from broker.errors import InvalidRequest, NotFound
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
@@ -28,7 +29,6 @@ from ingress.services import IngressServices
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
     from sqlalchemy.ext.asyncio import AsyncEngine
 
-ENDPOINTS = frozenset({"/v1/chat/completions"})
 
 
 class NewBatch(BaseModel):
@@ -72,16 +72,19 @@ def register_batch_routes(app: FastAPI, services: IngressServices) -> None:
         principal = await authenticate(request, keys)
         spec = validate_body(NewBatch, await read_json_object(
             request, services.settings.max_body_bytes))
-        if spec.endpoint not in ENDPOINTS:
+        kind = ENDPOINT_KINDS.get(spec.endpoint)
+        if kind is None:
             raise InvalidRequest(f"Unsupported endpoint '{spec.endpoint}'; batches support "
-                                 "/v1/chat/completions.", param="endpoint")
+                                 f"{' and '.join(ENDPOINT_KINDS)}.", param="endpoint")
         record = await files.get(principal.tenant, spec.input_file_id)
         if record is None:
             raise NotFound(f"No such File object: {spec.input_file_id}")
         if record.purpose != "batch":
             raise InvalidRequest("The input file must have purpose 'batch'.",
                                  param="input_file_id")
-        models = sorted(m for m in services.config.models if principal.may_use(m))
+        # Lines may name the models this key may use that answer the batch's endpoint.
+        models = sorted(name for name, model in services.config.models.items()
+                        if principal.may_use(name) and model.kind == kind)
         batch = await store.create_batch(
             engine, tenant=principal.tenant, api_key_id=principal.api_key_id, models=models,
             endpoint=spec.endpoint, input_file_id=record.id, window=spec.completion_window,

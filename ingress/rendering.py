@@ -6,7 +6,7 @@ from datetime import datetime
 from typing import Any
 
 from ingress.envelope import error_body
-from schemas import InferenceResult, RequestStatus
+from schemas import ChatCompletion, InferenceResult, RequestStatus
 
 # Which status code a caller waiting on HTTP gets for each kind of final failure.
 _STATUS_FOR_ERROR = {
@@ -21,7 +21,8 @@ def completion_body(result: InferenceResult) -> dict[str, Any]:
     """The `chat.completion` object; its id is our request id, for lookups and the ledger."""
     assert result.completion is not None
     body = result.completion.model_dump(mode="json", exclude_none=True)
-    body["id"] = result.request_id
+    if isinstance(result.completion, ChatCompletion):  # an embeddings list has no id
+        body["id"] = result.request_id
     return body
 
 

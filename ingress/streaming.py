@@ -18,7 +18,13 @@ import orjson
 
 from ingress.envelope import error_body
 from ingress.rendering import failure
-from schemas import InferenceRequest, InferenceResult, RequestStatus, StreamChunk
+from schemas import (
+    ChatCompletionRequest,
+    InferenceRequest,
+    InferenceResult,
+    RequestStatus,
+    StreamChunk,
+)
 from schemas.streaming import is_usage_only
 
 DONE = b"data: [DONE]\n\n"
@@ -32,7 +38,8 @@ def sse_event(data: dict[str, Any]) -> bytes:
 
 def client_chunk(chunk: dict[str, Any], request: InferenceRequest) -> dict[str, Any] | None:
     """A provider chunk as this client gets it (None: not for this client)."""
-    if not request.body.wants_stream_usage():
+    body = request.body
+    if not (isinstance(body, ChatCompletionRequest) and body.wants_stream_usage()):
         if is_usage_only(chunk):
             return None
         chunk = {key: value for key, value in chunk.items() if key != "usage"}

@@ -17,6 +17,7 @@ from schemas.chat import (
     ToolCall,
     Usage,
 )
+from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 from schemas.messages import (
     FINAL_STATUSES,
     SCHEMA_VERSION,
@@ -40,6 +41,8 @@ __all__ = [
     "CompletionMessage",
     "CompletionTokensDetails",
     "ContentPart",
+    "EmbeddingRequest",
+    "EmbeddingResponse",
     "ErrorInfo",
     "InferenceRequest",
     "InferenceResult",

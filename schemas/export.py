@@ -7,14 +7,18 @@ from typing import Any
 from pydantic import BaseModel
 
 from schemas.chat import ChatCompletion, ChatCompletionRequest
-from schemas.messages import InferenceRequest, InferenceResult, UsageEvent
+from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
+from schemas.messages import InferenceRequest, InferenceResult, StreamChunk, UsageEvent
 
 EXPORTED: dict[str, type[BaseModel]] = {
     "InferenceRequest": InferenceRequest,
     "InferenceResult": InferenceResult,
     "UsageEvent": UsageEvent,
+    "StreamChunk": StreamChunk,
     "ChatCompletionRequest": ChatCompletionRequest,
     "ChatCompletion": ChatCompletion,
+    "EmbeddingRequest": EmbeddingRequest,
+    "EmbeddingResponse": EmbeddingResponse,
 }
 
 

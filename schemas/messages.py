@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.chat import ChatCompletion, ChatCompletionRequest
+from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -57,7 +58,9 @@ class InferenceRequest(_Message):
 
     id: Annotated[str, Field(min_length=1, max_length=200)]
     model: Annotated[str, Field(min_length=1)]
-    body: ChatCompletionRequest
+    # A chat request has `messages`, an embeddings request `input`: never both, so the
+    # union always knows which one it holds.
+    body: ChatCompletionRequest | EmbeddingRequest
     tenant: str = "default"
     api_key_id: str | None = None
     lane: Lane = Lane.INTERACTIVE
@@ -87,7 +90,7 @@ class InferenceResult(_Message):
     request_id: str
     model: str
     status: RequestStatus
-    completion: ChatCompletion | None = None
+    completion: ChatCompletion | EmbeddingResponse | None = None
     error: ErrorInfo | None = None
     tenant: str = "default"
     api_key_id: str | None = None

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from pydantic import ValidationError
 
-from schemas import ChatCompletion, ChatCompletionRequest
+from schemas import ChatCompletion, ChatCompletionRequest, EmbeddingRequest, Usage
 from simulator.answers import simulate_completion
 from simulator.asgi import (
     Receive,
@@ -26,6 +26,7 @@ from simulator.asgi import (
     read_body,
     send_json,
 )
+from simulator.embeddings import simulate_embeddings
 from simulator.faults import choose_fault
 from simulator.limits import SlidingWindowLimits
 from simulator.openai_rules import OpenAIParameterRules
@@ -153,6 +154,35 @@ class SimulatorApp:
         else:
             await send({"type": "http.response.body", "body": SSE_DONE})
 
+    async def _embeddings(self, receive: Receive, send: Send) -> None:
+        state = self.state
+        state.requests += 1
+        headers = [(b"x-request-id", f"req-sim-{os.urandom(12).hex()}".encode())]
+        try:
+            body = EmbeddingRequest.model_validate_json(await read_body(receive))
+        except ValidationError as exc:
+            message, param = describe_invalid(exc)
+            state.record_error(400)
+            await send_json(send, 400, error_body(message, param=param), headers)
+            return
+        state.requests_by_model[body.model] += 1
+        faults = self.settings.model_faults.get(body.model, self.settings.faults)
+        fault = choose_fault(faults, state.random, self._clock() - self._started)
+        if fault is not None:
+            state.record_injected(fault.kind)
+            state.record_error(fault.status)
+            await send_json(send, fault.status, error_body(fault.message, type_="server_error"),
+                            headers)
+            return
+        answer = simulate_embeddings(body, upstream_model=body.model,
+                                     encoding=self.settings.encoding)
+        if self.settings.latency_ms > 0:
+            await asyncio.sleep(self.settings.latency_ms / 1000)
+        usage = answer.usage
+        state.record_success(Usage.model_construct(
+            prompt_tokens=usage.prompt_tokens if usage else 0, completion_tokens=0))
+        await send_json(send, 200, answer.model_dump_json().encode(), headers)
+
     async def _models(self, receive: Receive, send: Send) -> None:
         data = [
             {"id": model, "object": "model", "created": 0, "owned_by": "sluicegate-simulator"}
@@ -184,6 +214,7 @@ class SimulatorApp:
 
 _ROUTES: dict[str, tuple[str, _Handler]] = {
     "/v1/chat/completions": ("POST", SimulatorApp._chat_completions),
+    "/v1/embeddings": ("POST", SimulatorApp._embeddings),
     "/v1/models": ("GET", SimulatorApp._models),
     "/health": ("GET", SimulatorApp._health),
     "/stats": ("GET", SimulatorApp._stats),

@@ -1,4 +1,4 @@
-"""`sluice bench sync|async|budget|chaos|lanes|ledger`: one subcommand per benchmark.
+"""`sluice bench sync|async|stream|budget|chaos|lanes|ledger`: one subcommand per benchmark.
 
 Each prints a human summary, then one JSON line to record in docs/BENCHMARKS.md with the
 command that made it. `sync`, `async` and `chaos` drive a running stack (by default the
@@ -89,6 +89,14 @@ def add_bench_commands(commands: Any, handler: MakeHandler) -> None:
                        help="interactive requests per second")
     _kafka_option(lanes)
     lanes.set_defaults(handler=handler("sluice.lanes_bench", "run_lanes_bench"))
+
+    stream = kinds.add_parser("stream", help="time to first token of streamed answers: "
+                                             "through sluicegate against the provider's own")
+    _stack_options(stream, url=False)
+    _load_options(stream, requests=400, warmup=50)
+    stream.add_argument("--rounds", type=int, default=4,
+                        help="the paths alternate this many times")
+    stream.set_defaults(handler=handler("sluice.stream_bench", "run_stream_bench"))
 
     ledger = kinds.add_parser("ledger", help="ledger write throughput and usage query latency "
                                              "in PostgreSQL")

@@ -16,8 +16,13 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from schemas import ChatCompletionRequest, InferenceResult, RequestStatus
+from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceResult, RequestStatus
 from schemas.validation import dotted_param, most_specific_error
+
+CHAT_ENDPOINT = "/v1/chat/completions"
+EMBEDDINGS_ENDPOINT = "/v1/embeddings"
+ENDPOINT_KINDS = {CHAT_ENDPOINT: "chat", EMBEDDINGS_ENDPOINT: "embedding"}
+"""The Batch API endpoints served, and the kind of model each one calls."""
 
 # OpenAI's codes for final failures other than a provider's own HTTP status.
 _STATUS_FOR_ERROR = {"invalid_request_error": 400, "upstream_error": 502,
@@ -45,7 +50,7 @@ class InputLine:
 
     line: int
     custom_id: str
-    body: ChatCompletionRequest | None
+    body: ChatCompletionRequest | EmbeddingRequest | None
     problem: str | None = None
     code: str | None = None
     """OpenAI's error code for `problem`, where one fits (`request_too_large`)."""
@@ -89,13 +94,17 @@ def parse_line(number: int, raw: bytes, endpoint: str,
         return LineError("missing_required_parameter", number,
                          "Missing required parameter: 'body'.", "body")
     try:
-        request = ChatCompletionRequest.model_validate(body)
+        request: ChatCompletionRequest | EmbeddingRequest
+        if endpoint == EMBEDDINGS_ENDPOINT:
+            request = EmbeddingRequest.model_validate(body)
+        else:
+            request = ChatCompletionRequest.model_validate(body)
     except ValidationError as exc:
         first = most_specific_error(exc)
         where = dotted_param(first["loc"]) or "body"
         detail = str(first["msg"]).removeprefix("Value error, ")
         return InputLine(number, custom_id, None, f"Invalid value for '{where}': {detail}.")
-    if request.stream:
+    if isinstance(request, ChatCompletionRequest) and request.stream:
         return InputLine(number, custom_id, None, "Invalid value for 'stream': a batch "
                          "line's answer is written to the output file, not streamed; omit it.")
     if request.model not in models:

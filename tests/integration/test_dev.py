@@ -110,7 +110,19 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path, engin
                 model="gpt-4o-mini", messages=[{"role": "user", "content": "Hello!"}])
             assert completion.choices[0].message.content
             models = {m.id for m in client.models.list().data}
-        assert models == {"gpt-4o-mini", "llama-3.1-8b"}
+            # Streamed over a real socket, chunk by chunk, with the usage it asked for.
+            chunks = list(client.chat.completions.create(
+                model="gpt-4o-mini", stream=True, stream_options={"include_usage": True},
+                messages=[{"role": "user", "content": "Stream it."}]))
+            assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens > 0
+            # The demo's embedding model: deterministic vectors, billed by input tokens.
+            embedded = client.embeddings.create(model="text-embedding-3-small",
+                                                input=["alpha", "beta", "alpha"])
+            vectors = [item.embedding for item in embedded.data]
+            assert [len(v) for v in vectors] == [1536] * 3 and vectors[0] == vectors[2]
+            assert embedded.usage.prompt_tokens == 3
+        assert models == {"gpt-4o-mini", "llama-3.1-8b", "text-embedding-3-small"}
 
         assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
 
@@ -118,6 +130,9 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path, engin
         assert summary["ok"] == 40
         assert {"bench", "kafka", "ingress", "worker-1", "ledger"} <= set(
             summary["cpu_ms_per_request"])
+        streamed = _bench(tmp_path / "state", env, "stream", "--warmup", "2",
+                          "--rounds", "2")
+        assert streamed["sluicegate_ttft_p50_ms"] >= 0 and streamed["provider_ttft_p50_ms"] >= 0
         queued = _bench(tmp_path / "state", env, "async")
         assert queued["accepted"] == queued["recorded"] == 40, queued
         assert queued["end_to_end_prompts_per_s"] > 0

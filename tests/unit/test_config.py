@@ -64,4 +64,5 @@ def test_demo_config_is_valid(tmp_path: Path) -> None:
     demo = Path(__file__).parents[2] / "sluice" / "demo.yaml"
     path = tmp_path / "demo.yaml"
     path.write_text(demo.read_text().replace("{mock_url}", "http://127.0.0.1:1/v1"))
-    assert set(load_config(path).models) == {"gpt-4o-mini", "llama-3.1-8b"}
+    assert set(load_config(path).models) == {"gpt-4o-mini", "llama-3.1-8b",
+                                             "text-embedding-3-small"}

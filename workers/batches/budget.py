@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
 
-from broker.estimates import Estimator
+from broker.estimates import Estimator, RequestBody
 from broker.stores.admission import (
     Charge,
     Limits,
@@ -31,7 +31,6 @@ from broker.stores.admission import (
 from broker.stores.keys import find_key_limits
 from broker.stores.prices import PriceBook
 from broker.stores.tenants import get_tenant
-from schemas import ChatCompletionRequest
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -47,7 +46,7 @@ class BatchEstimate:
         self.tokens = 0
         self.usd = Decimal(0)
 
-    def add(self, body: ChatCompletionRequest) -> None:
+    def add(self, body: RequestBody) -> None:
         """Count one line as admission would count the same request."""
         line = self._estimator.for_request(body, body.model, self._book, self.at)
         self.tokens += line.tokens

@@ -29,7 +29,14 @@ from broker.config import SluiceConfig
 from broker.errors import ProviderRejected, ProviderRetriable, StreamCancelled
 from broker.estimates import Estimator
 from broker.tokens import encoding_for_model
-from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, UsageEvent
+from schemas import (
+    EmbeddingRequest,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResult,
+    RequestStatus,
+    UsageEvent,
+)
 from workers.inference.breakers import BreakerBoard
 from workers.inference.cancels import CancelledIds
 from workers.inference.lanes import BudgetGates, Reservation
@@ -183,9 +190,12 @@ class RequestProcessor:
                     remaining_s: float, progress: StreamProgress) -> ProviderResponse:
         """One provider call: whole, or streamed chunk by chunk to the waiting client."""
         timeout_s = self._config.deployments[name].timeout_s
-        if not request.body.stream:
+        body = request.body
+        if isinstance(body, EmbeddingRequest):
+            return await provider.embed(body, timeout_s=min(timeout_s, max(remaining_s, 0.001)))
+        if not body.stream:
             return await provider.complete(
-                request.body, timeout_s=min(timeout_s, max(remaining_s, 0.001)))
+                body, timeout_s=min(timeout_s, max(remaining_s, 0.001)))
 
         async def on_chunk(chunk: dict[str, Any]) -> None:
             if self.cancelled.is_cancelled(request.id, request.tenant):
@@ -198,8 +208,7 @@ class RequestProcessor:
         # bounds the whole answer.
         try:
             async with asyncio.timeout(max(remaining_s, 0.001)):
-                return await provider.stream(request.body, timeout_s=timeout_s,
-                                             on_chunk=on_chunk)
+                return await provider.stream(body, timeout_s=timeout_s, on_chunk=on_chunk)
         except TimeoutError as exc:
             raise ProviderRetriable(f"deployment '{name}' had not finished streaming at the "
                                     "request's deadline", deployment=name) from exc

@@ -16,6 +16,7 @@ from broker.kafka import (
 )
 from schemas import (
     FINAL_STATUSES,
+    ChatCompletionRequest,
     ChatMessage,
     InferenceRequest,
     InferenceResult,
@@ -171,7 +172,9 @@ def to_row(kind: Kind, record: Record) -> LedgerRow:
         return LedgerRow(kind, event.event_id, usage_row(event), record)
     if kind is Kind.REQUEST:
         request = decode(InferenceRequest, record)
-        return LedgerRow(kind, request.id, request_row(request), record, request.body.messages)
+        # An embeddings request's input is not kept as a prompt: it is data, often a corpus.
+        prompt = request.body.messages if isinstance(request.body, ChatCompletionRequest) else None
+        return LedgerRow(kind, request.id, request_row(request), record, prompt)
     result = decode(InferenceResult, record)
     return LedgerRow(kind, result.request_id, result_row(result), record)
 

@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from schemas import ChatCompletion, ChatCompletionRequest
+from schemas import ChatCompletion, ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse
 
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 """Where a streaming call hands each `chat.completion.chunk` the moment it arrives."""
@@ -24,7 +24,7 @@ class ProviderResponse:
             `retry-after`, `anthropic-ratelimit-*`), lower-cased, for budget tuning.
     """
 
-    completion: ChatCompletion
+    completion: ChatCompletion | EmbeddingResponse
     provider_request_id: str | None
     latency_ms: float
     rate_limit_headers: Mapping[str, str]
@@ -65,5 +65,16 @@ class Provider(Protocol):
                 stream); the caller knows whether it handed any on.
             ProviderRejected: As `complete` (only before the first chunk).
             Whatever `on_chunk` raises, after closing the provider's stream.
+        """
+        ...
+
+    async def embed(
+        self, body: EmbeddingRequest, *, timeout_s: float
+    ) -> ProviderResponse:  # pragma: no cover - protocol
+        """Embed `body`'s input with the deployment's upstream model.
+
+        Raises:
+            ProviderRetriable: As `complete`.
+            ProviderRejected: As `complete`.
         """
         ...

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from broker.config import DeploymentConfig
 from broker.errors import ConfigError, ProviderRejected, ProviderRetriable
-from schemas import ChatCompletion, ChatCompletionRequest
+from schemas import ChatCompletion, ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse
 from schemas.streaming import assemble_completion
 from workers.providers.aiohttp_transport import STREAM_RESPONSE
 from workers.providers.base import ChunkSink, ProviderResponse
@@ -75,6 +75,7 @@ class OpenAICompatibleProvider:
         # Appending, not httpx.URL.join: join would drop a base path without trailing "/".
         # Parsed once: re-parsing the URL and headers on every call showed in the profile.
         self._url = httpx.URL(config.base_url.rstrip("/") + "/chat/completions")
+        self._embeddings_url = httpx.URL(config.base_url.rstrip("/") + "/embeddings")
         # Host is set here and the body given as a stream, so httpx builds no headers per
         # call: its defaults for `content=` (and reading it back) showed in the profile.
         headers = [
@@ -129,6 +130,39 @@ class OpenAICompatibleProvider:
             latency_ms=latency_ms,
             rate_limit_headers=_rate_limit_headers(response.headers),
         )
+
+    async def embed(self, body: EmbeddingRequest, *, timeout_s: float) -> ProviderResponse:
+        """Send `body` to `{base_url}/embeddings` and return the provider's vectors.
+
+        Raises:
+            ProviderRetriable: As `complete`.
+            ProviderRejected: As `complete`.
+        """
+        payload = self._payload(body)
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(timeout_s):
+                response = await self._transport.handle_async_request(
+                    self._request(payload, timeout_s, stream=False, url=self._embeddings_url))
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()
+        except (httpx.RequestError, TimeoutError) as exc:
+            self._translate_transport(exc, timeout_s)
+        if not response.is_success:
+            self._translate_status(response)
+        try:
+            answer = EmbeddingResponse.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ProviderRetriable(
+                f"deployment '{self.deployment}' answered {response.status_code} with a body "
+                "that is not an embeddings list", status_code=response.status_code,
+                deployment=self.deployment) from exc
+        return ProviderResponse(
+            completion=answer, provider_request_id=response.headers.get("x-request-id"),
+            latency_ms=(time.perf_counter() - started) * 1000,
+            rate_limit_headers=_rate_limit_headers(response.headers))
 
     async def stream(
         self, body: ChatCompletionRequest, *, timeout_s: float, on_chunk: ChunkSink
@@ -199,7 +233,7 @@ class OpenAICompatibleProvider:
                                     f"{message}", deployment=self.deployment)
         return chunk
 
-    def _payload(self, body: ChatCompletionRequest) -> dict[str, Any]:
+    def _payload(self, body: ChatCompletionRequest | EmbeddingRequest) -> dict[str, Any]:
         payload = body.model_dump(mode="json", exclude_none=True)
         payload["model"] = self._model
         for name in self._drop:
@@ -209,7 +243,7 @@ class OpenAICompatibleProvider:
         return payload
 
     def _request(self, payload: dict[str, Any], timeout_s: float, *,
-                 stream: bool) -> httpx.Request:
+                 stream: bool, url: httpx.URL | None = None) -> httpx.Request:
         content = orjson.dumps(payload)
         extensions: dict[str, Any] = {
             # What httpx.Timeout(timeout_s).as_dict() gives, without the object.
@@ -217,7 +251,7 @@ class OpenAICompatibleProvider:
         if stream:
             extensions[STREAM_RESPONSE] = True
         return httpx.Request(
-            "POST", self._url,
+            "POST", url or self._url,
             headers=[*(self._stream_headers if stream else self._headers),
                      (b"content-length", b"%d" % len(content))],
             stream=httpx.ByteStream(content),
