@@ -16,8 +16,8 @@ from schemas import ChatCompletionRequest
 from workers.providers import OpenAICompatibleProvider
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-5, 5) | st.floats(allow_nan=False, allow_infinity=False, width=32)
-    | st.text(max_size=8),
+    st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=8)
+    | st.floats(allow_nan=False, allow_infinity=False, width=32),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                   max_size=3),
     max_leaves=8,
