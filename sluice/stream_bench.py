@@ -91,8 +91,8 @@ async def _measure(args: argparse.Namespace) -> dict[str, object]:
         "model": model, "concurrency": args.concurrency, "requests": args.requests,
     }
     for name, values in samples.items():
-        figures[f"{name}_ttft_p50_ms"] = round(percentile(values, 50), 2)
-        figures[f"{name}_ttft_p95_ms"] = round(percentile(values, 95), 2)
+        figures[f"{name}_ttft_p50_ms"] = round(percentile(values, 0.5), 2)
+        figures[f"{name}_ttft_p95_ms"] = round(percentile(values, 0.95), 2)
     figures["added_p50_ms"] = round(
         float(figures["sluicegate_ttft_p50_ms"]) - float(figures["provider_ttft_p50_ms"]), 2)  # type: ignore[arg-type]
     return figures
