@@ -11,6 +11,7 @@ import base64
 import json
 import struct
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import openai
@@ -219,4 +220,46 @@ async def test_a_stream_broken_mid_answer_ends_with_an_error_event(
         billed = await eventually(lambda: stack.scalar(
             "select output_tokens from usage_events where request_id = :id", id=request_id))
         assert billed > 0
+        await client.close()
+
+
+async def test_tools_and_structured_outputs_asynchronously_and_in_a_batch(
+    kafka_settings: KafkaSettings, database_url: str,
+) -> None:
+    from tests.integration.test_batches import FINAL, _jsonl, _lines, _until, batch_stack
+
+    schema = {"name": "forecast", "strict": True, "schema": Forecast.model_json_schema()}
+    tool_body = {"model": MODEL, "tools": [WEATHER_TOOL],
+                 "messages": [{"role": "user", "content": "Weather in Oslo?"}]}
+    json_body = {"model": MODEL, "response_format": {"type": "json_schema", "json_schema": schema},
+                 "messages": [{"role": "user", "content": "Forecast, please."}]}
+    async with batch_stack(kafka_settings, database_url) as stack:
+        accepted = await stack.client.post("/v1/requests", headers=stack.auth, json=tool_body)
+        assert accepted.status_code == 202
+        status_url = accepted.json()["status_url"].replace("http://ingress", "")
+
+        async def final() -> dict[str, Any] | None:
+            state = (await stack.client.get(status_url, headers=stack.auth)).json()
+            return state if state["status"] == "succeeded" else None
+
+        state = await eventually(final)
+        (call,) = state["result"]["choices"][0]["message"]["tool_calls"]
+        assert json.loads(call["function"]["arguments"])["unit"] in {"celsius", "fahrenheit"}
+
+        client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key, max_retries=0,
+                             http_client=httpx.AsyncClient(transport=stack.client._transport))
+        lines = [{"custom_id": "tool", "method": "POST", "url": "/v1/chat/completions",
+                  "body": tool_body},
+                 {"custom_id": "json", "method": "POST", "url": "/v1/chat/completions",
+                  "body": json_body}]
+        uploaded = await client.files.create(file=("in.jsonl", _jsonl(lines)), purpose="batch")
+        created = await client.batches.create(input_file_id=uploaded.id,
+                                              endpoint="/v1/chat/completions",
+                                              completion_window="24h")
+        batch = await _until(client, created.id, FINAL)
+        assert batch.status == "completed", batch
+        answers = {line["custom_id"]: line["response"]["body"]["choices"][0]["message"]
+                   for line in await _lines(client, batch.output_file_id)}
+        assert answers["tool"]["tool_calls"][0]["function"]["name"] == "get_weather"
+        Forecast.model_validate_json(answers["json"]["content"])
         await client.close()
