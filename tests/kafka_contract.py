@@ -253,6 +253,27 @@ async def the_apply_loop_commits_only_what_was_applied(settings: KafkaSettings) 
         await reader.stop()
 
 
+async def a_subscription_without_a_group_reads_every_partition(settings: KafkaSettings) -> None:
+    """How every worker hears every cancel (workers/inference/cancels.py)."""
+    topic = _topic(settings, "nogroup")
+    await ensure_topics(settings, [topic], partitions=3)
+    consumer = new_consumer(settings, client_id="contract", group_id=None,
+                            auto_offset_reset="earliest")
+    consumer.subscribe([topic])
+    await consumer.start()
+    producer = new_producer(settings, client_id="contract")
+    await producer.start()
+    try:
+        for index in range(6):
+            await producer.send_and_wait(topic, b"%d" % index, partition=index % 3)
+        records = await _poll_until(consumer, lambda got: len(got) >= 6)
+        assert sorted(record.value or b"" for record in records) == [b"%d" % i for i in range(6)]
+        assert {record.partition for record in records} == {0, 1, 2}
+    finally:
+        await producer.stop()
+        await consumer.stop()
+
+
 CONTRACT: list[Check] = [
     keyed_records_keep_their_order_and_partition,
     a_group_resumes_from_its_committed_offset,
@@ -261,4 +282,5 @@ CONTRACT: list[Check] = [
     records_over_the_limit_are_refused_at_once,
     deleted_topics_are_gone,
     the_apply_loop_commits_only_what_was_applied,
+    a_subscription_without_a_group_reads_every_partition,
 ]

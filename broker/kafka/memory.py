@@ -230,10 +230,12 @@ class MemoryConsumer:
     # Lifecycle and subscription
 
     async def start(self) -> None:
-        """Join the group if subscribed."""
+        """Join the group if subscribed (without a group, every subscribed partition)."""
         self._started = True
         if self.group_id is not None and (self._topics or self._pattern):
             self._group = self._broker.join(self.group_id, self)
+        elif self._topics or self._pattern:
+            self._assigned = self.subscribed_partitions()
 
     async def stop(self) -> None:
         """Leave the group; our partitions go to the other members."""
@@ -383,6 +385,11 @@ class MemoryConsumer:
         return batch
 
     async def _apply_rebalance(self) -> None:
+        if self.group_id is None and (self._topics or self._pattern):
+            # aiokafka without a group reads every partition of what it subscribed to,
+            # following topics (and partitions) as they appear.
+            self._assigned = self.subscribed_partitions()
+            return
         if self.pending_assignment is None:
             return
         new, self.pending_assignment = self.pending_assignment, None
