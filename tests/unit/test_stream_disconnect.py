@@ -89,8 +89,8 @@ async def test_leaving_mid_stream_cancels_the_call_and_bills_what_was_generated(
     serving = asyncio.create_task(server.serve(sockets=[listening]))
     url = f"http://127.0.0.1:{listening.getsockname()[1]}/v1/chat/completions"
     try:
-        while not server.started:
-            await asyncio.sleep(0.01)
+        # The socket listens already: the request waits in its backlog until uvicorn (and
+        # the app's lifespan, which connects to Kafka) has started.
         body = {"model": "m", "stream": True,
                 "messages": [{"role": "user", "content": "Tell me a long story."}]}
         async with httpx.AsyncClient(timeout=10) as client, client.stream(
