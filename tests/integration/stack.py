@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import httpx
+from openai import AsyncOpenAI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -72,6 +73,13 @@ class Stack:
     def auth(self) -> dict[str, str]:
         """Headers carrying this stack's API key."""
         return {"Authorization": f"Bearer {self.api_key}"}
+
+    def openai(self, api_key: str | None = None) -> AsyncOpenAI:
+        """The official async SDK, talking to this stack's ingress in-process (no retries:
+        a test sees the first answer). Close it when done."""
+        return AsyncOpenAI(base_url="http://ingress/v1", api_key=api_key or self.api_key,
+                           max_retries=0,
+                           http_client=httpx.AsyncClient(transport=self.client._transport))
 
     async def scalar(self, sql: str, **params: Any) -> Any:
         """One value from the ledger database."""

@@ -15,7 +15,6 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 from openai.types import Batch
@@ -50,9 +49,7 @@ def _jsonl(lines: list[dict[str, Any]]) -> bytes:
 
 
 def _sdk(stack: Stack, api_key: str | None = None) -> AsyncOpenAI:
-    return AsyncOpenAI(base_url="http://ingress/v1", api_key=api_key or stack.api_key,
-                       http_client=httpx.AsyncClient(transport=stack.client._transport),
-                       max_retries=0)
+    return stack.openai(api_key)
 
 
 @asynccontextmanager

@@ -13,7 +13,6 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -48,8 +47,7 @@ async def stack(kafka_settings: KafkaSettings, database_url: str) -> AsyncIterat
 
 @pytest.fixture
 async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key, max_retries=0,
-                         http_client=httpx.AsyncClient(transport=stack.client._transport))
+    client = stack.openai()
     yield client
     await client.close()
 
@@ -201,9 +199,7 @@ async def test_a_stream_broken_mid_answer_ends_with_an_error_event(
 ) -> None:
     cutting = SimulatorSettings(faults=Faults(stream_cut_rate=1.0))
     async with running_stack(kafka_settings, database_url, simulator=cutting) as stack:
-        client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key,
-                             max_retries=0,
-                             http_client=httpx.AsyncClient(transport=stack.client._transport))
+        client = stack.openai()
         stream = await client.chat.completions.create(
             model=MODEL, stream=True, messages=[{"role": "user", "content": "Go on."}])
         received = []
@@ -246,8 +242,7 @@ async def test_tools_and_structured_outputs_asynchronously_and_in_a_batch(
         (call,) = state["result"]["choices"][0]["message"]["tool_calls"]
         assert json.loads(call["function"]["arguments"])["unit"] in {"celsius", "fahrenheit"}
 
-        client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key, max_retries=0,
-                             http_client=httpx.AsyncClient(transport=stack.client._transport))
+        client = stack.openai()
         lines = [{"custom_id": "tool", "method": "POST", "url": "/v1/chat/completions",
                   "body": tool_body},
                  {"custom_id": "json", "method": "POST", "url": "/v1/chat/completions",

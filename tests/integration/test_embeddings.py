@@ -7,7 +7,6 @@ import struct
 from collections.abc import AsyncIterator
 from typing import Any
 
-import httpx
 import openai
 import pytest
 from openai import AsyncOpenAI
@@ -47,8 +46,7 @@ async def stack(kafka_settings: KafkaSettings, database_url: str) -> AsyncIterat
 
 @pytest.fixture
 async def sdk(stack: Stack) -> AsyncIterator[AsyncOpenAI]:
-    client = AsyncOpenAI(base_url="http://ingress/v1", api_key=stack.api_key, max_retries=0,
-                         http_client=httpx.AsyncClient(transport=stack.client._transport))
+    client = stack.openai()
     yield client
     await client.close()
 

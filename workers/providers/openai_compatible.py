@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC
 from email.utils import parsedate_to_datetime
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import httpx
 import orjson
@@ -37,6 +37,7 @@ _RETRIABLE_CLIENT_STATUSES = frozenset({408, 409, 429})
 _DEPLOYMENT_FAULT_STATUSES = frozenset({401, 403, 404})
 _MAX_MESSAGE_CHARS = 500
 USER_AGENT = "sluicegate"
+AnswerT = TypeVar("AnswerT", ChatCompletion, EmbeddingResponse)
 _TIMEOUT_PHASES = ("connect", "read", "write", "pool")
 
 
@@ -98,36 +99,13 @@ class OpenAICompatibleProvider:
                 that is not a chat completion.
             ProviderRejected: Any other 4xx; the message is the provider's own.
         """
-        payload = self._payload(body)
         started = time.perf_counter()
-        try:
-            # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the
-            # whole call, so a provider trickling bytes cannot outlive the deadline.
-            async with asyncio.timeout(timeout_s):
-                request = self._request(payload, timeout_s, stream=False)
-                response = await self._transport.handle_async_request(request)
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()  # the connection goes back to the pool
-        except (httpx.RequestError, TimeoutError) as exc:
-            self._translate_transport(exc, timeout_s)
-        latency_ms = (time.perf_counter() - started) * 1000
-        if not response.is_success:
-            self._translate_status(response)
-        try:
-            completion = ChatCompletion.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise ProviderRetriable(
-                f"deployment '{self.deployment}' answered {response.status_code} with a body "
-                "that is not a chat completion",
-                status_code=response.status_code,
-                deployment=self.deployment,
-            ) from exc
+        response = await self._post(self._payload(body), timeout_s, self._url)
+        completion = self._parse(ChatCompletion, response, "a chat completion")
         return ProviderResponse(
             completion=completion,
             provider_request_id=response.headers.get("x-request-id") or completion.id,
-            latency_ms=latency_ms,
+            latency_ms=(time.perf_counter() - started) * 1000,
             rate_limit_headers=_rate_limit_headers(response.headers),
         )
 
@@ -138,31 +116,43 @@ class OpenAICompatibleProvider:
             ProviderRetriable: As `complete`.
             ProviderRejected: As `complete`.
         """
-        payload = self._payload(body)
         started = time.perf_counter()
-        try:
-            async with asyncio.timeout(timeout_s):
-                response = await self._transport.handle_async_request(
-                    self._request(payload, timeout_s, stream=False, url=self._embeddings_url))
-                try:
-                    await response.aread()
-                finally:
-                    await response.aclose()
-        except (httpx.RequestError, TimeoutError) as exc:
-            self._translate_transport(exc, timeout_s)
-        if not response.is_success:
-            self._translate_status(response)
-        try:
-            answer = EmbeddingResponse.model_validate_json(response.content)
-        except ValidationError as exc:
-            raise ProviderRetriable(
-                f"deployment '{self.deployment}' answered {response.status_code} with a body "
-                "that is not an embeddings list", status_code=response.status_code,
-                deployment=self.deployment) from exc
+        response = await self._post(self._payload(body), timeout_s, self._embeddings_url)
+        answer = self._parse(EmbeddingResponse, response, "an embeddings list")
         return ProviderResponse(
             completion=answer, provider_request_id=response.headers.get("x-request-id"),
             latency_ms=(time.perf_counter() - started) * 1000,
             rate_limit_headers=_rate_limit_headers(response.headers))
+
+    async def _post(self, payload: dict[str, Any], timeout_s: float,
+                    url: httpx.URL) -> httpx.Response:
+        """POST `payload` and read the whole answer; a non-2xx one raises (translated)."""
+        try:
+            # httpx's timeout bounds each phase (connect, each read); asyncio's bounds the
+            # whole call, so a provider trickling bytes cannot outlive the deadline.
+            async with asyncio.timeout(timeout_s):
+                request = self._request(payload, timeout_s, stream=False, url=url)
+                response = await self._transport.handle_async_request(request)
+                try:
+                    await response.aread()
+                finally:
+                    await response.aclose()  # the connection goes back to the pool
+        except (httpx.RequestError, TimeoutError) as exc:
+            self._translate_transport(exc, timeout_s)
+        if not response.is_success:
+            self._translate_status(response)
+        return response
+
+    def _parse(self, model: type[AnswerT], response: httpx.Response, what: str) -> AnswerT:
+        try:
+            return model.model_validate_json(response.content)
+        except ValidationError as exc:
+            raise ProviderRetriable(
+                f"deployment '{self.deployment}' answered {response.status_code} with a body "
+                f"that is not {what}",
+                status_code=response.status_code,
+                deployment=self.deployment,
+            ) from exc
 
     async def stream(
         self, body: ChatCompletionRequest, *, timeout_s: float, on_chunk: ChunkSink
