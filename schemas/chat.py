@@ -154,7 +154,7 @@ class ResponseFormat(_Verbatim):
 class StreamOptions(_Verbatim):
     """`stream_options`: whether the client wants a last chunk with the usage."""
 
-    include_usage: bool | None = None
+    include_usage: Annotated[bool, Field(strict=True)] | None = None
 
 
 class ChatCompletionRequest(_Verbatim):
@@ -166,10 +166,12 @@ class ChatCompletionRequest(_Verbatim):
 
     model: Annotated[str, Field(min_length=1, max_length=200)]
     messages: Annotated[list[ChatMessage], Field(min_length=1)]
-    max_tokens: Annotated[int, Field(ge=1)] | None = None
-    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
-    n: Annotated[int, Field(ge=1, le=128)] | None = None
-    stream: bool | None = None
+    # Strict: a "16" or "yes" would be forwarded coerced, not as sent, and OpenAI refuses
+    # them; better the client hears it from us, naming the field.
+    max_tokens: Annotated[int, Field(ge=1, strict=True)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1, strict=True)] | None = None
+    n: Annotated[int, Field(ge=1, le=128, strict=True)] | None = None
+    stream: Annotated[bool, Field(strict=True)] | None = None
     stream_options: StreamOptions | None = None
     tools: list[Tool] | None = None
     functions: list[FunctionDefinition] | None = None

@@ -39,7 +39,8 @@ MESSAGE = st.fixed_dictionaries(
               "name": st.text(max_size=5), "tool_call_id": st.text(max_size=5)},
 )
 OPTIONAL = {
-    "max_tokens": st.integers(-2, 50) | st.text(max_size=3),
+    "max_tokens": st.integers(-2, 50) | st.text(max_size=3) | st.sampled_from(["16", "1"]),
+    "stream": st.sampled_from([False, "yes", 1, None]),
     "max_completion_tokens": st.integers(0, 50),
     "n": st.integers(-1, 4),
     "temperature": JSON, "seed": JSON, "logprobs": JSON, "top_logprobs": JSON,
