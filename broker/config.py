@@ -162,6 +162,11 @@ class SluiceConfig(BaseModel):
                     "'-' (it names a Kafka topic); put the provider's name in the "
                     "deployment's 'model' instead"
                 )
+            if name.endswith(".batch"):
+                raise ValueError(
+                    f"models.{name}: a model name may not end in '.batch': its topic would be "
+                    f"the batch lane of model '{name.removesuffix('.batch')}'"
+                )
             for index, deployment in enumerate(model.deployments):
                 if deployment not in self.deployments:
                     raise ValueError(

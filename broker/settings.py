@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,7 @@ class _Settings(BaseSettings):
 
 
 KafkaEngine = Literal["apache", "tansu"]
+MIN_ADMIN_KEY_CHARS = 32
 
 
 class KafkaSettings(_Settings):
@@ -92,6 +93,16 @@ class IngressSettings(_Settings):
     public_url: str | None = None
     # SLUICE_ADMIN_KEY: guards /v1/admin/* and tenant-wide usage; unset disables them.
     admin_key: SecretStr | None = None
+
+    @field_validator("admin_key")
+    @classmethod
+    def _strong_enough(cls, key: SecretStr | None) -> SecretStr | None:
+        # It can create keys for any tenant: guessable would mean the whole gateway.
+        if key is not None and len(key.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"SLUICE_ADMIN_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters (it "
+                "guards every tenant); generate one with `openssl rand -hex 32`")
+        return key
 
 
 class WorkerSettings(_Settings):

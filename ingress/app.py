@@ -309,9 +309,12 @@ def create_app(services: IngressServices) -> FastAPI:
 
     # FastAPI's native OpenTelemetry hook probes the environment on every request (7% of
     # ingress CPU in the profile) although no OpenTelemetry provider is configured.
+    # No /docs, /redoc or /openapi.json: the API is OpenAI's (README), and generated
+    # pages would describe internal routes to anyone without a key.
     app = FastAPI(
         title="sluicegate", version="0.1.0", lifespan=lifespan,
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.state.ingress = ingress
     install_error_handlers(app)
@@ -349,7 +352,9 @@ def create_app(services: IngressServices) -> FastAPI:
         return await ingress.models(request)
 
     @app.get("/asyncapi.json")
-    async def asyncapi() -> Response:
+    async def asyncapi(request: Request) -> Response:
+        # It names the Kafka bootstrap address and every topic: for key holders only.
+        await authenticate(request, services.api_keys)
         return json_response(ingress.asyncapi())
 
     @app.get("/health")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any
 
@@ -24,6 +25,7 @@ from broker.errors import (
 )
 
 RETRY_AFTER_S = 2
+log = logging.getLogger("sluice.ingress")
 
 
 def json_response(
@@ -66,8 +68,13 @@ def error_response(exc: SluiceError) -> Response:
         return json_response(error_body(str(exc), error_type, code=exc.code), 429,
                              headers=headers)
     if isinstance(exc, BrokerUnavailable | DatabaseUnavailable):
+        # The detail (host names, driver errors) is for operators; callers learn what
+        # happened to their request and when to retry.
+        log.warning("answering 503: %s", exc)
+        what = "queue" if isinstance(exc, BrokerUnavailable) else "database"
         return json_response(
-            error_body(f"{exc} Nothing was accepted; retry after {RETRY_AFTER_S}s.",
+            error_body(f"The service's {what} is unavailable right now. Nothing was "
+                       f"accepted; retry after {RETRY_AFTER_S}s.",
                        "service_unavailable", code="unavailable"),
             503,
             headers={"Retry-After": str(RETRY_AFTER_S)},

@@ -8,6 +8,7 @@ a 200 MB upload never sits in memory whole. Another tenant's file id answers 404
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from urllib.parse import quote
 
 from fastapi import FastAPI
 from starlette.datastructures import UploadFile
@@ -67,10 +68,19 @@ def register_file_routes(app: FastAPI, keys: ApiKeyFinder, files: FileStore) -> 
         return StreamingResponse(
             files.read(record), media_type="application/octet-stream",
             headers={"content-length": str(record.bytes),
-                     "content-disposition": f'attachment; filename="{record.filename}"'})
+                     "content-disposition": content_disposition(record.filename)})
 
     @app.delete("/v1/files/{file_id}")
     async def files_delete(request: Request, file_id: str) -> Response:
         tenant = (await authenticate(request, keys)).tenant
         await files.delete(await _owned(files, tenant, file_id))
         return json_response({"id": file_id, "object": "file", "deleted": True})
+
+
+def content_disposition(filename: str) -> str:
+    """`attachment` naming `filename` for any client (RFC 6266): an ASCII fallback, and the
+    exact name percent-encoded as UTF-8. HTTP headers are Latin-1, so a name like
+    `données.jsonl` put there as it is could not be sent at all; quotes and line breaks in
+    a name must not end the header either."""
+    fallback = "".join(c if 32 <= ord(c) < 127 and c not in '"\\' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"

@@ -12,6 +12,8 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from broker.errors import SluiceError
 from sluice.batch_cli import add_batch_commands
 from sluice.bench_cli import add_bench_commands
@@ -147,6 +149,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.handler(args))
     except SluiceError as exc:
         print(f"sluice: error: {exc}", file=sys.stderr)
+        return 2
+    except ValidationError as exc:  # a setting read from the environment is invalid
+        problems = "; ".join(str(error["msg"]).removeprefix("Value error, ")
+                             for error in exc.errors())
+        print(f"sluice: error: invalid setting: {problems}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

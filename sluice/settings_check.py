@@ -34,6 +34,7 @@ _OTHER_VARIABLES = frozenset({
     "SLUICE_API_KEY",  # the batch CLI's key
     "SLUICE_BENCH_LOG",  # where `sluice bench budget` writes its children's logs
     "SLUICE_TEST_KAFKA_ENGINES",  # the test suite's engine choice
+    "SLUICE_POSTGRES_PASSWORD",  # compose.yaml's database password
 })
 _PREFIX = "SLUICE_"
 

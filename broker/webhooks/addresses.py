@@ -27,8 +27,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # host, port -> every address the name resolves to (one DNS lookup).
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
-# NAT64 prefixes carry an IPv4 address in their last 32 bits; judge that address.
-_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+# These carry an IPv4 address in their last 32 bits; judge that address: NAT64, the
+# deprecated IPv4-compatible form (::a.b.c.d) and SIIT's IPv4-translated form
+# (::ffff:0:a.b.c.d), which some stacks still route to the embedded IPv4 host.
+_EMBEDS_IPV4 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"),
+                ipaddress.ip_network("::/96"), ipaddress.ip_network("::ffff:0:0:0/96"))
 _SCHEMES = {"http": 80, "https": 443}
 
 
@@ -42,10 +45,12 @@ def is_public(address: IPAddress) -> bool:
         embedded = address.ipv4_mapped or address.sixtofour
         if embedded is None and address.teredo is not None:
             embedded = address.teredo[1]
-        if embedded is None and any(address in net for net in _NAT64):
+        if embedded is None and any(address in net for net in _EMBEDS_IPV4):
             embedded = ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
         if embedded is not None:
             return is_public(embedded)
+        if address.is_site_local:  # fec0::/10: deprecated, but still a private range
+            return False
     return address.is_global and not address.is_multicast
 
 

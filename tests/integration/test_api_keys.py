@@ -24,7 +24,7 @@ from sluice.cli import main
 from tests.integration.stack import demo_config
 
 pytestmark = pytest.mark.integration
-ADMIN = "admin-secret-for-tests"
+ADMIN = "admin-secret-for-tests-0123456789abcdef"
 CHAT = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hi"}]}
 
 

@@ -337,3 +337,20 @@ async def test_a_batch_turns_final_only_after_its_budget_hold_is_released(
         done = await _until(sdk, created.id, FINAL)
         assert done.status == "completed", done
         assert await stack.scalar("SELECT count(*) FROM spend_holds") == 0
+
+
+async def test_a_file_named_outside_latin_1_downloads_under_its_name(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    name = "données—данные \"q\".jsonl"
+    data = _jsonl([_line("a", "hi")])
+    async with running_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        uploaded = await sdk.files.create(file=(name, data), purpose="batch")
+        response = await stack.client.get(f"/v1/files/{uploaded.id}/content",
+                                          headers=stack.auth)
+        await sdk.close()
+    assert response.status_code == 200 and response.content == data
+    disposition = response.headers["content-disposition"]
+    assert disposition.startswith('attachment; filename="donn_es')
+    assert "filename*=UTF-8''donn%C3%A9es%E2%80%94" in disposition

@@ -67,7 +67,12 @@ async def test_ingress_serves_the_asyncapi_document_of_its_topics(
 ) -> None:
     prefix = kafka_settings.topic_prefix
     async with running_stack(kafka_settings, database_url) as stack:
-        response = await stack.client.get("/asyncapi.json")
+        anonymous = await stack.client.get("/asyncapi.json")
+        response = await stack.client.get("/asyncapi.json", headers=stack.auth)
+        # It names the Kafka address and every topic: never without a key.
+        assert anonymous.status_code == 401
+        for generated in ("/openapi.json", "/docs", "/redoc"):
+            assert (await stack.client.get(generated)).status_code == 404
     assert response.status_code == 200
     document = response.json()
     assert document["asyncapi"].startswith("3.")

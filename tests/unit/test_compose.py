@@ -125,3 +125,16 @@ def test_mounted_config_is_valid(compose: dict[str, Any]) -> None:
     assert target == compose["services"]["ingress"]["environment"]["SLUICE_CONFIG"]
     config = load_config(ROOT / source)
     assert config.models
+
+
+def test_postgres_is_not_published_and_has_no_password_in_the_file(
+    compose: dict[str, Any],
+) -> None:
+    postgres = compose["services"]["postgres"]
+    assert "ports" not in postgres  # only the services on the compose network reach it
+    required = "${SLUICE_POSTGRES_PASSWORD:?"
+    assert postgres["environment"]["POSTGRES_PASSWORD"].startswith(required)
+    for name, spec in compose["services"].items():
+        url = (spec.get("environment") or {}).get("SLUICE_DATABASE_URL")
+        if url is not None:
+            assert required in url, name

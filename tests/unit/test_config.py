@@ -66,3 +66,10 @@ def test_demo_config_is_valid(tmp_path: Path) -> None:
     path.write_text(demo.read_text().replace("{mock_url}", "http://127.0.0.1:1/v1"))
     assert set(load_config(path).models) == {"gpt-4o-mini", "llama-3.1-8b",
                                              "text-embedding-3-small"}
+
+
+def test_a_model_name_that_would_be_another_models_batch_lane_is_refused() -> None:
+    bad = {**VALID, "models": {"gpt-4o-mini.batch": {"deployments": ["a"]}}}
+    with pytest.raises(ConfigError,
+                       match=r"models\.gpt-4o-mini\.batch: .*may not end in '\.batch'"):
+        parse_config(bad)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from broker.settings import IngressSettings, KafkaSettings
 
@@ -15,6 +16,12 @@ def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert KafkaSettings() == kafka
-    ingress = IngressSettings(admin_key="s3cret")  # type: ignore[arg-type]
-    assert ingress.as_env()["SLUICE_ADMIN_KEY"] == "s3cret"
+    secret = "s3cret-" + "0" * 32
+    ingress = IngressSettings(admin_key=secret)  # type: ignore[arg-type]
+    assert ingress.as_env()["SLUICE_ADMIN_KEY"] == secret
     assert "SLUICE_PUBLIC_URL" not in ingress.as_env()  # None: left to the child's default
+
+
+def test_a_weak_admin_key_is_refused_at_start() -> None:
+    with pytest.raises(ValidationError, match="at least 32 characters"):
+        IngressSettings(admin_key="admin")  # type: ignore[arg-type]

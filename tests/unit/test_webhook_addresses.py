@@ -20,8 +20,11 @@ REFUSED = [
     "::1", "::", "fe80::1", "fc00::1", "fd00:ec2::254", "ff02::1",
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "64:ff9b::a9fe:a9fe", "2002:7f00:1::",
     "2001:0:4136:e378:8000:63bf:80ff:fffe",  # Teredo carrying 127.0.0.1
+    "::a9fe:a9fe", "::ffff:0:a9fe:a9fe",  # IPv4-compatible and -translated metadata address
+    "fec0::1",  # site-local
 ]
-ADMITTED = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808"]
+ADMITTED = ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "::ffff:8.8.8.8", "64:ff9b::808:808",
+            "::808:808", "::ffff:0:808:808"]
 
 
 @pytest.mark.parametrize("address", REFUSED)
