@@ -144,8 +144,9 @@ class WebhookIntake:
             spec = validate_body(NewEndpoint, data)
             url = await self.checked_url(spec.url)
             engine = self._engine()
-            body = _endpoint_body(await store.register_endpoint(engine, tenant, url,
-                                                                spec.description))
+            body = _endpoint_body(await store.register_endpoint(
+                engine, tenant, url, spec.description,
+                limit=self._services.webhooks.webhook_max_endpoints_per_tenant))
             if not await store.has_active_secret(engine, tenant):
                 new = await store.rotate_secret(engine, tenant, 0)
                 body["secret"] = new.secret

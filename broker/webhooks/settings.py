@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from broker.webhooks.addresses import AddressPolicy
@@ -27,6 +27,8 @@ class WebhookSettings(BaseSettings):
     webhook_max_retry_after_s: float = Field(default=24 * 3600.0, gt=0)
     # Bodies above this size are read no further (the status code is what counts).
     webhook_max_response_bytes: int = Field(default=64 * 1024, ge=0)
+    # Every final result goes to each of a tenant's endpoints: their number is bounded.
+    webhook_max_endpoints_per_tenant: int = Field(default=10, ge=1, le=1000)
     # Concurrent attempts of one deliverer; a slow receiver holds one slot, not all.
     deliver_concurrency: int = Field(default=64, ge=1, le=10_000)
     # Deliveries held in memory with their due time; more wait in PostgreSQL only.
@@ -35,6 +37,16 @@ class WebhookSettings(BaseSettings):
     deliver_sweep_interval_s: float = Field(default=1.0, gt=0)
     # How long a claimed attempt is ours; another deliverer may take it over after that.
     deliver_lease_s: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _attempt_ends_within_its_lease(self) -> WebhookSettings:
+        # An attempt still running when its lease ends could be sent again by another
+        # deliverer; the whole-attempt deadline keeps it inside the lease.
+        if self.webhook_timeout_s >= self.deliver_lease_s:
+            raise ValueError(
+                f"SLUICE_WEBHOOK_TIMEOUT_S ({self.webhook_timeout_s:g}) must be shorter than "
+                f"SLUICE_DELIVER_LEASE_S ({self.deliver_lease_s:g})")
+        return self
 
     def address_policy(self) -> AddressPolicy:
         """The SSRF policy with this allowlist."""

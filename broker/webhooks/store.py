@@ -15,6 +15,7 @@ from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from broker.errors import InvalidRequest
 from broker.stores.database import database_errors
 from broker.webhooks.signing import generate_secret
 from broker.webhooks.tables import (
@@ -114,9 +115,14 @@ async def has_active_secret(engine: AsyncEngine, tenant: str) -> bool:
 
 
 async def register_endpoint(
-    engine: AsyncEngine, tenant: str, url: str, description: str | None
+    engine: AsyncEngine, tenant: str, url: str, description: str | None, *, limit: int,
 ) -> EndpointRecord:
-    """Subscribe `url` to every final result of `tenant` (re-enables a disabled one)."""
+    """Subscribe `url` to every final result of `tenant` (re-enables a disabled one).
+
+    Raises:
+        InvalidRequest: `tenant` has `limit` endpoints already (each final result is sent
+            to every one of them, so their number multiplies the deliverer's work).
+    """
     statement = insert(webhook_endpoints).values(
         id=f"we_{random.token_hex(8)}", tenant=tenant, url=url, subscribed=True,
         description=description,
@@ -128,6 +134,16 @@ async def register_endpoint(
     ).returning(*webhook_endpoints.c)
     with database_errors(engine):
         async with engine.begin() as connection:
+            # One registration per tenant at a time, so two at once cannot both fit.
+            await connection.execute(select(func.pg_advisory_xact_lock(func.hashtext(tenant))))
+            existing = set((await connection.execute(
+                select(webhook_endpoints.c.url).where(webhook_endpoints.c.tenant == tenant)
+            )).scalars())
+            if url not in existing and len(existing) >= limit:
+                raise InvalidRequest(
+                    f"This tenant has {len(existing)} webhook endpoints, the most allowed; "
+                    "delete one (DELETE /v1/webhooks/endpoints/{id}) before adding another.",
+                    param="url", code="too_many_webhook_endpoints")
             row = (await connection.execute(upsert)).one()
     return _row(EndpointRecord, row)  # type: ignore[no-any-return]
 

@@ -25,3 +25,11 @@ def test_as_env_round_trips(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_a_weak_admin_key_is_refused_at_start() -> None:
     with pytest.raises(ValidationError, match="at least 32 characters"):
         IngressSettings(admin_key="admin")  # type: ignore[arg-type]
+
+
+def test_a_webhook_attempt_must_end_within_its_lease() -> None:
+    from broker.webhooks.settings import WebhookSettings
+
+    with pytest.raises(ValidationError, match="must be shorter than SLUICE_DELIVER_LEASE_S"):
+        WebhookSettings(webhook_timeout_s=60, deliver_lease_s=60)
+    assert WebhookSettings(webhook_timeout_s=10, deliver_lease_s=60).webhook_timeout_s == 10

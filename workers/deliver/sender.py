@@ -9,6 +9,7 @@ connection opened for one name is never reused for another name on the same addr
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
@@ -78,12 +79,15 @@ class WebhookSender:
             extensions={"sni_hostname": target.host} if target.scheme == "https" else {},
         )
         try:
-            response = await self._client.send(request, stream=True, follow_redirects=False)
-            try:
-                snippet = await self._read_some(response)
-            finally:
-                await response.aclose()
-        except httpx.TimeoutException:
+            # httpx's timeout bounds each read; this bounds the whole attempt, so a receiver
+            # dripping a byte at a time cannot hold one of the deliverer's slots for long.
+            async with asyncio.timeout(self._settings.webhook_timeout_s):
+                response = await self._client.send(request, stream=True, follow_redirects=False)
+                try:
+                    snippet = await self._read_some(response)
+                finally:
+                    await response.aclose()
+        except (httpx.TimeoutException, TimeoutError):
             return AttemptOutcome(error=f"timed out after {self._settings.webhook_timeout_s:g}s",
                                   address=str(address), duration_ms=elapsed())
         except (httpx.HTTPError, OSError) as exc:

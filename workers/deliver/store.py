@@ -9,6 +9,7 @@ never send the same attempt, and records its outcome in one transaction with the
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,9 @@ from schemas import InferenceResult
 from workers.deliver.policy import AttemptOutcome, Verdict
 
 _D = webhook_deliveries.c
+
+
+log = logging.getLogger("sluice.deliver")
 
 
 def delivery_id(request_id: str, url: str) -> str:
@@ -56,6 +60,7 @@ class Claimed:
     attempt_limit: int
     secrets: list[str]
     disabled_reason: str | None
+    leased_until: Any = None  # the lease this deliverer holds; a finish must still hold it
 
 
 def _seconds(value: float) -> Any:
@@ -142,7 +147,7 @@ class DeliveryStore:
                    or_(lease.is_(None), lease < func.now()))
             .values(leased_until=func.now() + _seconds(self._lease_s))
             .returning(_D.id, _D.request_id, _D.tenant, _D.url, _D.payload, _D.attempts,
-                       _D.attempt_limit)
+                       _D.attempt_limit, _D.leased_until)
         )
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
@@ -158,17 +163,37 @@ class DeliveryStore:
                 secrets = await active_secrets(connection, row.tenant)
         return Claimed(row.id, row.request_id, row.tenant, row.url, row.payload,
                        row.attempts + 1, row.attempt_limit, secrets,
-                       None if reason is None else (reason[0] or "disabled"))
+                       None if reason is None else (reason[0] or "disabled"),
+                       row.leased_until)
 
     async def finish(
         self, claimed: Claimed, outcome: AttemptOutcome, decided: Verdict, delay_s: float,
         started: Any,
-    ) -> None:
-        """Record the attempt and the delivery's new state in one transaction."""
+    ) -> bool:
+        """Record the attempt and the delivery's new state in one transaction.
+
+        Only while this deliverer still holds the lease it claimed: after it expired,
+        another deliverer may have claimed the delivery, and its record must stand.
+        Returns whether the attempt was recorded.
+        """
         final = decided is not Verdict.RETRY
         state = {Verdict.SUCCEEDED: "succeeded", Verdict.RETRY: "pending"}.get(decided, "failed")
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
+                owned = await connection.execute(
+                    update(webhook_deliveries).where(
+                        _D.id == claimed.id, _D.leased_until == claimed.leased_until,
+                        _D.attempts == claimed.attempt - 1,
+                    ).values(
+                        state=state, attempts=claimed.attempt, leased_until=None,
+                        last_status_code=outcome.status_code, last_error=outcome.error,
+                        next_attempt_at=func.now() + _seconds(delay_s),
+                        finished_at=func.now() if final else None, updated_at=func.now(),
+                    ))
+                if owned.rowcount == 0:
+                    log.warning("delivery %s: lease lost before attempt %d was recorded "
+                                "(another deliverer holds it now)", claimed.id, claimed.attempt)
+                    return False
                 if outcome.status_code is not None or outcome.error is not None:
                     await connection.execute(webhook_attempts.insert().values(
                         delivery_id=claimed.id, attempt=claimed.attempt,
@@ -177,15 +202,9 @@ class DeliveryStore:
                         error=outcome.error, started_at=started, finished_at=func.now(),
                         duration_ms=outcome.duration_ms,
                     ))
-                await connection.execute(
-                    update(webhook_deliveries).where(_D.id == claimed.id).values(
-                        state=state, attempts=claimed.attempt, leased_until=None,
-                        last_status_code=outcome.status_code, last_error=outcome.error,
-                        next_attempt_at=func.now() + _seconds(delay_s),
-                        finished_at=func.now() if final else None, updated_at=func.now(),
-                    ))
                 if decided is Verdict.DISABLE:
                     await self._disable(connection, claimed)
+        return True
 
     async def _disable(self, connection: Any, claimed: Claimed) -> None:
         reason = f"410 Gone from {claimed.url} on delivery {claimed.id}"
