@@ -25,6 +25,7 @@ from ingress.auth import authenticate
 from ingress.batches import register_batch_routes
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import error_body, install_error_handlers, json_response
+from ingress.login_throttle import LoginThrottle
 from ingress.polling import parse_wait, wait_until_final
 from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
@@ -317,6 +318,7 @@ def create_app(services: IngressServices) -> FastAPI:
         openapi_url=None, docs_url=None, redoc_url=None,
     )
     app.state.ingress = ingress
+    app.state.login_throttle = LoginThrottle()  # read by `authenticate`
     install_error_handlers(app)
     register_ledger_routes(app, services)
     ingress.webhooks.register(app)

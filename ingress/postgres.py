@@ -20,9 +20,9 @@ class PostgresApiKeys:
     def __init__(self, engine: AsyncEngine, cache: ApiKeyCache | None = None):
         self._cache = cache or ApiKeyCache(engine)
 
-    async def principal(self, secret: str) -> Principal | None:
+    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
         """The caller owning `secret`, or None."""
-        record = await self._cache.get(secret)
+        record = await self._cache.get(secret, cached_only=cached_only)
         if record is None:
             return None
         limits = record.limits

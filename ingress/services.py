@@ -54,8 +54,9 @@ class Principal:
 class ApiKeyFinder(Protocol):
     """Resolves a bearer secret to its caller (cached; no database trip per request)."""
 
-    async def principal(self, secret: str) -> Principal | None:
-        """The caller owning `secret`, or None if unknown or revoked."""
+    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
+        """The caller owning `secret`, or None if unknown or revoked (or, with
+        `cached_only`, not known without asking the database)."""
         ...
 
 

@@ -26,6 +26,7 @@ from sqlalchemy.exc import (
     OperationalError,
     SQLAlchemyError,
 )
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import NullPool
 
@@ -121,6 +122,10 @@ def database_errors(engine: AsyncEngine) -> Iterator[None]:
     """Re-raise failures to reach PostgreSQL as `DatabaseUnavailable` (others unchanged)."""
     try:
         yield
+    except PoolTimeout as exc:  # every pooled connection busy: overloaded, not broken
+        raise DatabaseUnavailable(
+            f"PostgreSQL at {_where(engine.url)}: no free connection in the pool ({exc})"
+        ) from exc
     except (OSError, TimeoutError, DBAPIError) as exc:
         if is_unavailable(exc):
             raise DatabaseUnavailable(

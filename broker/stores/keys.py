@@ -8,19 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.errors import DatabaseUnavailable
 from broker.stores.database import database_errors
 from broker.stores.tables import api_keys
+
+log = logging.getLogger("sluice.keys")
+EntryT = TypeVar("EntryT")
+_OUTAGE_RETRY_S = 5.0
 
 SECRET_PREFIX = "sk-sluice-"
 _SHOWN_CHARS = len(SECRET_PREFIX) + 4  # "sk-sluice-ab12": enough to tell keys apart
@@ -218,6 +224,12 @@ class ApiKeyCache:
     Misses for the same secret that arrive together share one lookup. Entries are keyed by
     the secret's hash, so plaintext secrets are not kept. A revoked key stays accepted for
     up to `ttl_s`; an unknown key is rejected for `negative_ttl_s` even if created meanwhile.
+
+    While PostgreSQL is away, a known key keeps working from its last lookup for up to
+    `max_stale_s` (ingress goes on queueing into Kafka instead of answering 503); once the
+    database answers again, the next lookup honours any revocation made meanwhile. Unknown
+    keys live in a cache of their own, so a flood of made-up keys cannot push the valid
+    ones out.
     """
 
     def __init__(
@@ -226,27 +238,41 @@ class ApiKeyCache:
         *,
         ttl_s: float = 30.0,
         negative_ttl_s: float = 5.0,
+        max_stale_s: float = 600.0,
         max_entries: int = 10_000,
+        max_negative_entries: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
+        lookup: Callable[[AsyncEngine, str], Awaitable[ApiKeyRecord | None]] | None = None,
     ) -> None:
         self._engine = engine
         self._ttl_s = ttl_s
         self._negative_ttl_s = negative_ttl_s
-        self._max_entries = max_entries
+        self._max_stale_s = max_stale_s
         self._clock = clock
-        self._entries: dict[str, tuple[float, ApiKeyRecord | None]] = {}
+        self._find = lookup or find_api_key
+        # hash -> (fresh until, looked up at, record); kept past freshness for outages.
+        self._known = _Bounded[tuple[float, float, ApiKeyRecord]](max_entries)
+        self._unknown = _Bounded[float](max_negative_entries)  # hash -> rejected until
         self._lookups: dict[str, asyncio.Future[ApiKeyRecord | None]] = {}
 
-    async def get(self, secret: str) -> ApiKeyRecord | None:
-        """The active key for `secret`, or None.
+    async def get(self, secret: str, *, cached_only: bool = False) -> ApiKeyRecord | None:
+        """The active key for `secret`, or None (with `cached_only`, also when only a
+        database lookup could tell).
 
         Raises:
-            DatabaseUnavailable: not cached and PostgreSQL cannot be reached (not cached).
+            DatabaseUnavailable: PostgreSQL cannot be reached and the key was not known
+                within `max_stale_s`.
         """
         key = hash_secret(secret)
-        entry = self._entries.get(key)
-        if entry is not None and entry[0] > self._clock():
-            return _unexpired(entry[1])
+        now = self._clock()
+        known = self._known.get(key)
+        if known is not None and known[0] > now:
+            return _unexpired(known[2])
+        rejected_until = self._unknown.get(key)
+        if rejected_until is not None and rejected_until > now:
+            return None
+        if cached_only:
+            return None
         pending = self._lookups.get(key)
         if pending is None:
             pending = asyncio.ensure_future(self._lookup(key, secret))
@@ -258,19 +284,58 @@ class ApiKeyCache:
     def invalidate(self, secret: str | None = None) -> None:
         """Forget one secret's entry, or every entry."""
         if secret is None:
-            self._entries.clear()
+            self._known.clear()
+            self._unknown.clear()
         else:
-            self._entries.pop(hash_secret(secret), None)
+            self._known.pop(hash_secret(secret))
+            self._unknown.pop(hash_secret(secret))
 
     async def _lookup(self, key: str, secret: str) -> ApiKeyRecord | None:
-        record = await find_api_key(self._engine, secret)
-        ttl = self._ttl_s if record is not None else self._negative_ttl_s
-        self._entries.pop(key, None)
-        while len(self._entries) >= self._max_entries:
-            # Dicts keep insertion order: drop the oldest entry.
-            self._entries.pop(next(iter(self._entries)))
-        self._entries[key] = (self._clock() + ttl, record)
+        try:
+            record = await self._find(self._engine, secret)
+        except DatabaseUnavailable:
+            known = self._known.get(key)
+            now = self._clock()
+            if known is None or now - known[1] > self._max_stale_s:
+                raise
+            _, looked_up, record = known
+            log.warning("PostgreSQL unavailable: key %s accepted from its lookup %.0fs ago",
+                        record.id, now - looked_up)
+            # Asked again in a few seconds, not on every request: each try waits for a
+            # connection that will not come.
+            self._known.put(key, (now + _OUTAGE_RETRY_S, looked_up, record))
+            return record
+        now = self._clock()
+        if record is None:
+            self._known.pop(key)  # revoked or expired since: never served stale again
+            self._unknown.put(key, now + self._negative_ttl_s)
+        else:
+            self._unknown.pop(key)
+            self._known.put(key, (now + self._ttl_s, now, record))
         return record
+
+
+class _Bounded(Generic[EntryT]):
+    """A dict of at most `size` entries; putting one more drops the oldest put."""
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: dict[str, EntryT] = {}
+
+    def get(self, key: str) -> EntryT | None:
+        return self._entries.get(key)
+
+    def put(self, key: str, value: EntryT) -> None:
+        self._entries.pop(key, None)
+        while len(self._entries) >= self._size:
+            self._entries.pop(next(iter(self._entries)))  # dicts keep insertion order
+        self._entries[key] = value
+
+    def pop(self, key: str) -> None:
+        self._entries.pop(key, None)
+
+    def clear(self) -> None:
+        self._entries.clear()
 
 
 def _unexpired(record: ApiKeyRecord | None) -> ApiKeyRecord | None:

@@ -29,6 +29,7 @@ from broker.stores.database import (
 )
 from broker.stores.keys import (
     ApiKeyCache,
+    ApiKeyRecord,
     create_api_key,
     find_api_key,
     generate_api_key,
@@ -180,11 +181,23 @@ async def test_cache_keeps_answers_for_their_ttl(engine: AsyncEngine) -> None:
     cache.invalidate()
 
 
-async def test_cache_is_bounded(engine: AsyncEngine) -> None:
-    cache = ApiKeyCache(engine, max_entries=3)
+async def test_cache_keeps_known_keys_through_a_flood_of_unknown_ones(
+    engine: AsyncEngine,
+) -> None:
+    asked: list[str] = []
+
+    async def counting(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
+        asked.append(secret)
+        return await find_api_key(engine, secret)
+
+    secret, _ = await create_api_key(engine, "flooded")
+    cache = ApiKeyCache(engine, max_entries=3, max_negative_entries=3, lookup=counting)
+    assert await cache.get(secret) is not None
     for _ in range(10):
         assert await cache.get(generate_api_key().secret) is None
-    assert len(cache._entries) == 3
+    before = len(asked)
+    assert await cache.get(secret) is not None
+    assert len(asked) == before
 
 
 async def test_unknown_request_is_none(engine: AsyncEngine) -> None:

@@ -123,3 +123,19 @@ async def test_kafka_unreachable_answers_503_with_retry_after(
             assert "127.0.0.1" not in error["message"]
         health = await stack.client.get("/health")
         assert health.status_code == 503
+
+
+async def test_guessing_keys_is_throttled_per_address_without_locking_out_good_keys(
+    stack: Any,
+) -> None:
+    assert (await _post(stack, json=HELLO)).status_code == 200  # a known key, now cached
+    for number in range(20):
+        bad = {"Authorization": f"Bearer sk-sluice-guess-{number:04d}"}
+        response = await stack.client.post("/v1/chat/completions", json=HELLO, headers=bad)
+        assert response.status_code == 401
+    refused = await stack.client.post("/v1/chat/completions", json=HELLO,
+                                      headers={"Authorization": "Bearer sk-sluice-guess-9999"})
+    _assert_envelope(refused, 429, code="too_many_failed_logins")
+    assert int(refused.headers["Retry-After"]) >= 1
+    # Someone else behind the same address, with a key the edge knows, is not locked out.
+    assert (await _post(stack, json=HELLO)).status_code == 200

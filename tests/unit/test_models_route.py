@@ -22,7 +22,7 @@ KEYS = {
 
 
 class _Keys:
-    async def principal(self, secret: str) -> Principal | None:
+    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
         return KEYS.get(secret)
 
 

@@ -33,7 +33,7 @@ HELLO = {"model": "m", "messages": [{"role": "user", "content": "Hello in memory
 
 
 class _OneKey:
-    async def principal(self, secret: str) -> Principal | None:
+    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
         return Principal(tenant="acme", api_key_id="key_1") if secret == KEY else None
 
 

@@ -33,3 +33,4 @@ def test_a_webhook_attempt_must_end_within_its_lease() -> None:
     with pytest.raises(ValidationError, match="must be shorter than SLUICE_DELIVER_LEASE_S"):
         WebhookSettings(webhook_timeout_s=60, deliver_lease_s=60)
     assert WebhookSettings(webhook_timeout_s=10, deliver_lease_s=60).webhook_timeout_s == 10
+
