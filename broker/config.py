@@ -46,6 +46,11 @@ class DeploymentConfig(BaseModel):
     window_s: Annotated[float, Field(gt=0)] = 60.0
     expected_output_tokens: Annotated[int, Field(ge=1)] = 256
     """Output tokens reserved for a request without `max_tokens` (settled afterwards)."""
+    max_output_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The most output a request without `max_tokens`/`max_completion_tokens` may get:
+    sent to the provider as `max_completion_tokens` and held in full against budgets, so
+    no answer can cost more than was reserved for it. Unset: nothing is sent and
+    `expected_output_tokens` is held (a long answer can then overspend a budget)."""
     burst: Annotated[float, Field(gt=0, lt=1)] = 0.02
     """Share of each limit that may go at once; the rest is paced over the window."""
     drop_params: list[str] = Field(default_factory=list)

@@ -61,7 +61,7 @@ class Estimator:
         config = self._config.deployments[deployment]
         prompt = _prompt_tokens(body, config.model,
                                           self._config.models[model].encoding)
-        return Estimate(prompt, _output(body, config.expected_output_tokens))
+        return Estimate(prompt, _output(body, _held_output(config)))
 
     def for_request(self, body: RequestBody, model: str, book: PriceBook,
                     at: datetime) -> Estimate:
@@ -75,11 +75,20 @@ class Estimator:
         primary = chain[0][1]
         prompt = _prompt_tokens(body, primary.model,
                                           self._config.models[model].encoding)
-        output = _output(body, primary.expected_output_tokens)
+        # An enforced cap anywhere in the chain is held in full (failover cannot overspend);
+        # without one, the primary's expectation.
+        caps = [d.max_output_tokens for _, d in chain if d.max_output_tokens is not None]
+        output = _output(body, max(caps) if caps else primary.expected_output_tokens)
         priced = [price.cost(prompt, output)
                   for price in (book.find(model, name, at) for name, _ in chain)
                   if price is not None]
         return Estimate(prompt, output, max(priced) if priced else None)
+
+
+def _held_output(deployment: DeploymentConfig) -> int:
+    """Output held for a request without a cap of its own: the deployment's enforced
+    `max_output_tokens`, else its `expected_output_tokens`."""
+    return deployment.max_output_tokens or deployment.expected_output_tokens
 
 
 def _output(body: RequestBody, expected: int) -> int:

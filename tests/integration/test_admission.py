@@ -135,3 +135,40 @@ async def test_key_rpm_holds_across_two_ingress_instances(
         free = await stack.client.post("/v1/requests", json=BODY, headers=stack.auth)
         assert free.status_code == 202
         assert await stack.scalar("SELECT count(*) FROM key_rate_windows") == 1
+
+
+async def test_long_answers_without_max_tokens_never_overspend_a_budget(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    from simulator import SimulatorSettings
+    from tests.integration.stack import eventually
+
+    # Answers of 8,000 tokens unless capped; the deployment caps them at 2,000 and holds
+    # exactly that. Without the cap a request held 256 output tokens and spent 8,000.
+    config = demo_config(max_output_tokens=2000)
+    long_answers = SimulatorSettings(output_tokens=8000)
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Write a saga."}]}
+    async with running_stack(kafka_settings, database_url, tenant="acme", config=config,
+                             simulator=long_answers) as stack:
+        request = InferenceRequest(id="e", model="gpt-4o-mini", tenant="acme",
+                                   body=ChatCompletionRequest.model_validate(body),
+                                   api_key_id="key", created_at=datetime.now(UTC))
+        _, usd = await postgres_admission(stack.engine, config).estimate(request)
+        budget = usd * Decimal("10.5")
+        await set_tenant(stack.engine, "acme", monthly_budget_usd=budget)
+        responses = await asyncio.gather(*(
+            stack.client.post("/v1/requests", json=body, headers=stack.auth)
+            for _ in range(50)))
+        assert sorted(r.status_code for r in responses) == [202] * 10 + [429] * 40
+
+        async def billed() -> tuple[int, Decimal, int] | None:
+            async with stack.engine.connect() as connection:
+                row = (await connection.execute(text(
+                    "SELECT count(*), coalesce(sum(cost_usd), 0), max(output_tokens) "
+                    "FROM usage_events WHERE tenant = 'acme'"))).one()
+            return (int(row[0]), Decimal(row[1]), int(row[2])) if row[0] == 10 else None
+
+        calls, total, longest = await eventually(billed, timeout_s=60)
+    assert calls == 10
+    assert longest == 2000  # the provider was told the cap
+    assert total <= budget

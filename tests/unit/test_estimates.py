@@ -86,3 +86,20 @@ def test_without_a_config_the_model_name_and_the_catalog_decide() -> None:
 
 def _request() -> InferenceRequest:
     return InferenceRequest(id="req_1", model="m", body=BODY, tenant="acme", created_at=NOW)
+
+
+def test_an_enforced_output_cap_is_held_in_full_anywhere_in_the_chain() -> None:
+    config = parse_config({
+        "models": {"m": {"deployments": ["primary", "fallback"]}},
+        "deployments": {
+            "primary": {"provider": "simulated", "model": "gpt-4o-mini"},
+            "fallback": {"provider": "simulated", "model": "gpt-4o-mini",
+                         "max_output_tokens": 3000},
+        },
+    })
+    estimator = Estimator(config)
+    assert estimator.for_call(BODY, "m", "fallback").output_tokens == 3000
+    assert estimator.for_call(BODY, "m", "primary").output_tokens == 256
+    assert estimator.for_request(BODY, "m", PriceBook([]), NOW).output_tokens == 3000
+    capped = BODY.model_copy(update={"max_tokens": 40})
+    assert estimator.for_request(capped, "m", PriceBook([]), NOW).output_tokens == 40

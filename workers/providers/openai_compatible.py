@@ -71,6 +71,7 @@ class OpenAICompatibleProvider:
         self._transport = transport
         self._model = config.model
         self._drop = tuple(config.drop_params)
+        self._max_output_tokens = config.max_output_tokens
         self._allowed = (None if config.allowed_params is None
                          else {"model", "messages", *config.allowed_params})
         # Appending, not httpx.URL.join: join would drop a base path without trailing "/".
@@ -226,6 +227,11 @@ class OpenAICompatibleProvider:
     def _payload(self, body: ChatCompletionRequest | EmbeddingRequest) -> dict[str, Any]:
         payload = body.model_dump(mode="json", exclude_none=True)
         payload["model"] = self._model
+        if (self._max_output_tokens is not None and isinstance(body, ChatCompletionRequest)
+                and body.output_limit() is None):
+            # What the budget held for this request (broker/estimates.py): the answer can
+            # never cost more than was reserved for it.
+            payload["max_completion_tokens"] = self._max_output_tokens
         for name in self._drop:
             payload.pop(name, None)
         if self._allowed is not None:
