@@ -90,6 +90,8 @@ class IngressSettings(_Settings):
     ingress_id: str | None = None
     sync_timeout_s: float = Field(default=60.0, gt=0)
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Long polls (`GET /v1/requests/{id}?wait=`) one tenant may hold open on an instance.
+    max_long_polls_per_tenant: int = Field(default=100, ge=1)
     public_url: str | None = None
     # SLUICE_ADMIN_KEY: guards /v1/admin/* and tenant-wide usage; unset disables them.
     admin_key: SecretStr | None = None

@@ -26,7 +26,7 @@ from ingress.batches import register_batch_routes
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import error_body, install_error_handlers, json_response
 from ingress.login_throttle import LoginThrottle
-from ingress.polling import parse_wait, wait_until_final
+from ingress.polling import LongPolls, parse_wait, wait_until_final
 from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
@@ -52,6 +52,7 @@ class Ingress:
         self.replies = ReplyListener(services.kafka, services.ingress_id(),
                                      temporary=services.settings.ingress_id is None)
         self.accepted = RecentlyAccepted()
+        self.long_polls = LongPolls(services.settings.max_long_polls_per_tenant)
         self.webhooks = WebhookIntake(services)  # X-Webhook-URL and /v1/webhooks/*
         self.started = int(time.time())
         self._asyncapi: dict[str, Any] | None = None
@@ -220,10 +221,11 @@ class Ingress:
         recent_tenant = (self.accepted.lookup(request_id) or ("", ""))[0]
         if wait_s and recent_tenant not in ("", principal.tenant):
             wait_s = 0.0  # someone else's id: answer 404 now, without waiting
-        stored = await wait_until_final(
-            self.services.requests, request_id, principal.tenant, wait_s,
-            accepted_here=recent_tenant == principal.tenant,
-        )
+        with self.long_polls.slot(principal.tenant) as may_wait:
+            stored = await wait_until_final(
+                self.services.requests, request_id, principal.tenant,
+                wait_s if may_wait else 0.0, accepted_here=recent_tenant == principal.tenant,
+            )
         if stored is not None and stored.tenant == principal.tenant:
             return json_response(request_state(
                 stored.id, stored.status, stored.model, stored.created_at, stored.finished_at,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from broker.errors import InvalidRequest
 from ingress.services import RequestFinder, StoredRequest
@@ -20,6 +22,31 @@ _MAX_INTERVAL_S = 0.5
 # A request accepted by another instance is recorded by the ledger within milliseconds;
 # an id still unknown after this long does not exist, and waiting longer helps nobody.
 UNKNOWN_GRACE_S = 2.0
+
+
+class LongPolls:
+    """How many long polls each tenant has open, capped: each costs a few database
+    lookups a second for up to a minute, so one tenant's thousands of waiting clients
+    must not take the database from everyone else. Past the cap a poll answers at once
+    with the request's current state, as `wait=0` would."""
+
+    def __init__(self, per_tenant: int) -> None:
+        self._per_tenant = per_tenant
+        self._open: dict[str, int] = {}
+
+    @contextmanager
+    def slot(self, tenant: str) -> Iterator[bool]:
+        """Whether `tenant` may wait now; the slot is held until the block ends."""
+        if self._open.get(tenant, 0) >= self._per_tenant:
+            yield False
+            return
+        self._open[tenant] = self._open.get(tenant, 0) + 1
+        try:
+            yield True
+        finally:
+            self._open[tenant] -= 1
+            if not self._open[tenant]:
+                del self._open[tenant]
 
 
 def parse_wait(raw: str | None) -> float:
