@@ -27,7 +27,7 @@ from simulator.asgi import (
     send_json,
 )
 from simulator.embeddings import simulate_embeddings
-from simulator.faults import choose_fault
+from simulator.faults import Fault, choose_fault
 from simulator.limits import SlidingWindowLimits
 from simulator.openai_rules import OpenAIParameterRules
 from simulator.settings import Faults, SimulatorSettings
@@ -83,13 +83,10 @@ class SimulatorApp:
             body = ChatCompletionRequest.model_validate_json(raw)
             OpenAIParameterRules.model_validate(body.model_extra or {})
         except ValidationError as exc:
-            message, param = describe_invalid(exc)
-            state.record_error(400)
-            await send_json(send, 400, error_body(message, param=param), headers)
+            await self._refuse(send, exc, headers)
             return
-        state.requests_by_model[body.model] += 1
         faults = settings.model_faults.get(body.model, settings.faults)
-        fault = choose_fault(faults, state.random, self._clock() - self._started)
+        fault = self._fault_for(body.model)
         if fault is not None:
             state.record_injected(fault.kind)
             if fault.hang_s:
@@ -154,6 +151,19 @@ class SimulatorApp:
         else:
             await send({"type": "http.response.body", "body": SSE_DONE})
 
+    async def _refuse(self, send: Send, exc: ValidationError,
+                      headers: list[tuple[bytes, bytes]]) -> None:
+        """400 naming the invalid field, as OpenAI answers."""
+        message, param = describe_invalid(exc)
+        self.state.record_error(400)
+        await send_json(send, 400, error_body(message, param=param), headers)
+
+    def _fault_for(self, model: str) -> Fault | None:
+        """Count a call to `model` and decide whether it fails on purpose."""
+        self.state.requests_by_model[model] += 1
+        faults = self.settings.model_faults.get(model, self.settings.faults)
+        return choose_fault(faults, self.state.random, self._clock() - self._started)
+
     async def _embeddings(self, receive: Receive, send: Send) -> None:
         state = self.state
         state.requests += 1
@@ -161,13 +171,9 @@ class SimulatorApp:
         try:
             body = EmbeddingRequest.model_validate_json(await read_body(receive))
         except ValidationError as exc:
-            message, param = describe_invalid(exc)
-            state.record_error(400)
-            await send_json(send, 400, error_body(message, param=param), headers)
+            await self._refuse(send, exc, headers)
             return
-        state.requests_by_model[body.model] += 1
-        faults = self.settings.model_faults.get(body.model, self.settings.faults)
-        fault = choose_fault(faults, state.random, self._clock() - self._started)
+        fault = self._fault_for(body.model)
         if fault is not None:
             state.record_injected(fault.kind)
             state.record_error(fault.status)
