@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -260,8 +261,17 @@ def _raise_create_errors(response: Any) -> None:
             + (f" ({message})" if message else ""))
 
 
-async def _warn_if_fragile(admin: AIOKafkaAdminClient, names: list[str], brokers: int) -> None:
-    for topic in await admin.describe_topics(names):
+async def _warn_if_fragile(admin: AIOKafkaAdminClient, names: list[str], brokers: int,
+                           *, timeout_s: float = 10.0) -> None:
+    # A topic created a moment ago may not be in every broker's metadata yet (it is then
+    # described with no partitions): ask again until each is, or the warning is lost.
+    deadline = time.monotonic() + timeout_s
+    while True:
+        described = await admin.describe_topics(names)
+        if all(topic.get("partitions") for topic in described) or time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.1)
+    for topic in described:
         counts = [len(p["replicas"]) for p in topic.get("partitions", [])]
         if counts and min(counts) < DURABLE_REPLICAS:
             log.warning(

@@ -205,3 +205,32 @@ async def test_result_without_a_hold_releases_nothing(engine: AsyncEngine) -> No
     assert {key: value[2:] for key, value in after.items()} == {
         key: value[2:] for key, value in before.items()}
     assert await holds(engine) == {"req_held"}
+
+
+async def test_a_succeeded_request_holds_until_its_usage_is_on_the_books(
+    engine: AsyncEngine,
+) -> None:
+    """Result and usage come on different topics, in either order: the hold must last
+    until both are recorded, or for a moment neither counts against the budget."""
+    jan = date(2026, 1, 1)
+    await admit(engine, "req_4", "0.50", 1000)
+    await admit(engine, "req_5", "0.50", 1000)
+    # Result first, usage later (a later poll).
+    assert await write_batch(engine, batch(final("req_4"))) == []
+    assert await holds(engine) == {"req_4", "req_5"}
+    assert await write_batch(engine, batch(usage(4))) == []
+    assert await holds(engine) == {"req_5"}
+    # Usage first, result later.
+    assert await write_batch(engine, batch(usage(5))) == []
+    assert await holds(engine) == {"req_5"}
+    assert await write_batch(engine, batch(final("req_5"))) == []
+    assert await holds(engine) == set()
+    for scope in ("key:key_a", "tenant:acme"):
+        spent_usd, spent_tokens, reserved_usd, reserved_tokens = (
+            await accounts(engine))[(scope, jan)]
+        assert (reserved_usd, reserved_tokens) == (Decimal(0), 0)
+        assert spent_tokens == (1004 + 400) + (1005 + 500)
+    # A request that ends without succeeding releases at once (no usage may ever come).
+    await admit(engine, "req_6", "0.50", 1000)
+    assert await write_batch(engine, batch(final("req_6", RequestStatus.FAILED))) == []
+    assert await holds(engine) == set()

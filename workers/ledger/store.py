@@ -8,9 +8,9 @@
 - result: upsert the final status, but only over `queued` — the first final answer wins,
   whichever of request and result arrives first. A request whose result is in the same
   batch (the usual case under load) goes in final at once, as one row version instead of
-  an insert and an update. Every final result also releases its
-  request's admission hold, which PostgreSQL deletes once: a redelivered result releases
-  nothing.
+  an insert and an update. A final result also ends its request's admission hold
+  (a succeeded one once its usage is recorded too: see `_settling`), which PostgreSQL
+  deletes once: a redelivered record releases nothing.
 """
 
 from __future__ import annotations
@@ -191,7 +191,7 @@ async def _write_usage(
 
 
 async def _write(connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerRow]) -> None:
-    """Rows of one kind; results also release their holds (`_release`)."""
+    """Rows of one kind (holds are released by the caller, see `_settling`)."""
     if not rows:
         return
     if kind is Kind.USAGE:
@@ -200,9 +200,42 @@ async def _write(connection: AsyncConnection, kind: Kind, rows: Sequence[LedgerR
     await connection.execute(_STATEMENTS[kind], uniform(rows))
 
 
-async def _release(connection: AsyncConnection, results: Sequence[LedgerRow]) -> None:
-    # Every final result ends its admission hold; holds already gone are skipped.
-    await connection.execute(RELEASE_STATEMENT, {"request_ids": [row.key for row in results]})
+async def _settling(connection: AsyncConnection, batch: LedgerBatch) -> list[str]:
+    """The requests whose admission holds this batch releases.
+
+    A hold ends when its request's cost is on the books, not before: a succeeded request
+    is released once its result *and* its usage are recorded (they come on different
+    topics, in either order; releasing on the result alone left a moment in which neither
+    hold nor spend counted, and admission let more requests through than the budget
+    held). Any other final result releases at once (no usage may ever come for it).
+    """
+    results = batch.rows[Kind.RESULT]
+    usage_requests = {row.values["request_id"] for row in batch.rows[Kind.USAGE]}
+    settling = {row.key for row in results if row.values["status"] != "succeeded"}
+    succeeded = {row.key for row in results if row.values["status"] == "succeeded"}
+    settling |= succeeded & usage_requests
+    waiting = sorted(succeeded - usage_requests)
+    if waiting:  # their usage may be on the books from an earlier batch
+        billed = await connection.execute(
+            text("SELECT DISTINCT request_id FROM usage_events "
+                 "WHERE request_id = ANY(CAST(:ids AS TEXT[]))"), {"ids": waiting})
+        settling |= set(billed.scalars())
+    unanswered = sorted(usage_requests - {row.key for row in results})
+    if unanswered:  # usage arriving after its succeeded result
+        final = await connection.execute(
+            text("SELECT id FROM requests WHERE id = ANY(CAST(:ids AS TEXT[])) "
+                 "AND status = 'succeeded'"), {"ids": unanswered})
+        settling |= set(final.scalars())
+    return sorted(settling)
+
+
+async def _release_for(connection: AsyncConnection, kind: Kind, row: LedgerRow) -> None:
+    # One by one (after a refused batch): the holds `_settling` would release for this row.
+    single = LedgerBatch()
+    single.rows[kind].append(row)
+    ids = await _settling(connection, single)
+    if ids:
+        await connection.execute(RELEASE_STATEMENT, {"request_ids": ids})
 
 
 async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
@@ -223,8 +256,8 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
             async with engine.begin() as connection:
                 usage = batch.rows[Kind.USAGE]
                 await price_usage(connection, usage)
+                settling = await _settling(connection, batch)
                 if usage:
-                    settling = [row.key for row in batch.rows[Kind.RESULT]]
                     await _write_usage(connection, usage, settling)
                 alone, unanswered_results, answered = pair_answered(
                     batch.rows[Kind.REQUEST], batch.rows[Kind.RESULT])
@@ -232,8 +265,8 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 if answered:
                     await connection.execute(_ANSWERED, answered)
                 await _write(connection, Kind.RESULT, unanswered_results)
-                if batch.rows[Kind.RESULT]:
-                    await _release(connection, batch.rows[Kind.RESULT])
+                if settling:
+                    await connection.execute(RELEASE_STATEMENT, {"request_ids": settling})
             return []
         except DBAPIError as exc:
             if not is_data_error(exc):
@@ -252,8 +285,8 @@ async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poi
                 try:
                     async with connection.begin_nested():
                         await _write(connection, kind, [row])
-                        if kind is Kind.RESULT:
-                            await _release(connection, [row])
+                        if kind in (Kind.RESULT, Kind.USAGE):
+                            await _release_for(connection, kind, row)
                 except DBAPIError as exc:
                     if not is_data_error(exc):
                         raise
