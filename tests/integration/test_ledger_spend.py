@@ -226,7 +226,7 @@ async def test_a_succeeded_request_holds_until_its_usage_is_on_the_books(
     assert await write_batch(engine, batch(final("req_5"))) == []
     assert await holds(engine) == set()
     for scope in ("key:key_a", "tenant:acme"):
-        spent_usd, spent_tokens, reserved_usd, reserved_tokens = (
+        _, spent_tokens, reserved_usd, reserved_tokens = (
             await accounts(engine))[(scope, jan)]
         assert (reserved_usd, reserved_tokens) == (Decimal(0), 0)
         assert spent_tokens == (1004 + 400) + (1005 + 500)
