@@ -14,8 +14,6 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-import orjson
-
 from ingress.envelope import error_body
 from ingress.rendering import failure
 from schemas import (
@@ -25,15 +23,9 @@ from schemas import (
     RequestStatus,
     StreamChunk,
 )
-from schemas.streaming import is_usage_only
+from schemas.streaming import SSE_DONE, is_usage_only, sse_event
 
-DONE = b"data: [DONE]\n\n"
 StreamEvents = asyncio.Queue[StreamChunk | InferenceResult]
-
-
-def sse_event(data: dict[str, Any]) -> bytes:
-    """One server-sent event carrying `data` as JSON."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 def client_chunk(chunk: dict[str, Any], request: InferenceRequest) -> dict[str, Any] | None:
@@ -69,7 +61,7 @@ async def stream_events(
             if isinstance(event, InferenceResult):
                 finished = True
                 if event.status is RequestStatus.SUCCEEDED:
-                    yield DONE
+                    yield SSE_DONE
                 else:
                     yield sse_event(failure(event)[1])
                 return

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
+
 from schemas.chat import ChatCompletion
 
 _ARGUMENT_PIECE = 8  # characters of tool-call arguments per chunk
@@ -150,3 +152,12 @@ def _merge_logprobs(choice: dict[str, Any], logprobs: Any) -> None:
         if logprobs.get(key):
             merged[key] = (merged[key] or []) + list(logprobs[key])
     choice["logprobs"] = merged
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+"""The server-sent event that ends an OpenAI stream."""
+
+
+def sse_event(data: dict[str, Any]) -> bytes:
+    """One server-sent event carrying `data` as JSON."""
+    return b"data: " + orjson.dumps(data) + b"\n\n"

@@ -3,21 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-import orjson
-
-from schemas.streaming import stream_chunks
+from schemas.streaming import SSE_DONE, sse_event, stream_chunks
 
 __all__ = ["SSE_DONE", "STREAM_CUT_ERROR", "sse_event", "stream_chunks"]
 STREAM_CUT_ERROR = {"error": {
     "message": "The server had an error while processing your request (simulated).",
     "type": "server_error", "param": None, "code": None}}
-
-
-def sse_event(data: dict[str, Any]) -> bytes:
-    """One server-sent event carrying `data` as JSON."""
-    return b"data: " + orjson.dumps(data) + b"\n\n"
-
-
-SSE_DONE = b"data: [DONE]\n\n"

@@ -211,6 +211,18 @@ async def _settling(connection: AsyncConnection, batch: LedgerBatch) -> list[str
     """
     results = batch.rows[Kind.RESULT]
     usage_requests = {row.values["request_id"] for row in batch.rows[Kind.USAGE]}
+    candidates = sorted({row.key for row in results} | usage_requests)
+    if not candidates:
+        return []
+    # Most requests have no hold (no budgets): one look at the small holds table, and the
+    # rest only for those that do.
+    held = set((await connection.execute(
+        text("SELECT request_id FROM spend_holds WHERE request_id = ANY(CAST(:ids AS TEXT[]))"),
+        {"ids": candidates})).scalars())
+    if not held:
+        return []
+    results = [row for row in results if row.key in held]
+    usage_requests &= held
     settling = {row.key for row in results if row.values["status"] != "succeeded"}
     succeeded = {row.key for row in results if row.values["status"] == "succeeded"}
     settling |= succeeded & usage_requests
