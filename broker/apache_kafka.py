@@ -9,13 +9,16 @@ combined broker and controller on free loopback ports. A node is ready when it l
 "Kafka Server started".
 
 One node serves the test suite; three make a cluster for fault tests, with the durable
-defaults production wants (replication factor 3, `min.insync.replicas` 2).
+defaults production wants (replication factor 3, `min.insync.replicas` 2). With `sasl_users`
+clients must log in: the client listener speaks SASL_PLAINTEXT with SCRAM-SHA-256, whose
+credentials KRaft takes at format time (`StorageTool format --add-scram`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import secrets
 import shutil
 import signal
 import subprocess
@@ -33,6 +36,8 @@ from broker.errors import ConfigError
 KAFKA_VERSION = "4.1.1"
 LOG4J_VERSION = "2.25.3"
 READY_LINE = b"Kafka Server started"
+SCRAM = "SCRAM-SHA-256"
+_SCRAM_LOGIN = "org.apache.kafka.common.security.scram.ScramLoginModule"
 
 _POM = """<project xmlns="http://maven.apache.org/POM/4.0.0">
   <modelVersion>4.0.0</modelVersion>
@@ -141,6 +146,8 @@ class ApacheKafka:
         fast_start: compile with C1 only (starts faster; slower under long load).
         overrides: extra `server.properties` entries for every node.
         progress: told what is happening during a slow first start.
+        sasl_users: user name -> password; if given, clients must log in with SCRAM-SHA-256
+            over SASL_PLAINTEXT (the brokers log in to each other as a user of their own).
     """
 
     def __init__(
@@ -153,6 +160,7 @@ class ApacheKafka:
         fast_start: bool = True,
         overrides: Mapping[str, str] | None = None,
         progress: Callable[[str], None] | None = None,
+        sasl_users: Mapping[str, str] | None = None,
     ):
         if nodes < 1:
             raise ConfigError("an Apache Kafka cluster needs at least one node")
@@ -163,6 +171,9 @@ class ApacheKafka:
         self._fast_start = fast_start
         self._overrides = dict(overrides or {})
         self._progress = progress
+        self._sasl_users = dict(sasl_users or {})
+        if self._sasl_users:
+            self._sasl_users.setdefault("sluice-broker", secrets.token_hex(16))
         self.nodes = [
             _Node(node_id, free_port(), free_port(), self.base_dir / f"node-{node_id}")
             for node_id in range(1, nodes + 1)
@@ -192,8 +203,10 @@ class ApacheKafka:
             node.directory.mkdir(parents=True, exist_ok=True)
             properties = node.directory / "server.properties"
             properties.write_text(self._server_properties(node))
+            scram = [argument for name, password in self._sasl_users.items()
+                     for argument in ("--add-scram", f"{SCRAM}=[name={name},password={password}]")]
             self._java("kafka.tools.StorageTool", "format", "-t", cluster_id,
-                       "-c", str(properties))
+                       "-c", str(properties), *scram)
         for node in self.nodes:
             self._launch(node)
         deadline = time.monotonic() + timeout_s
@@ -280,9 +293,27 @@ class ApacheKafka:
             "num.io.threads": "2",
             "background.threads": "2",
             "log.cleaner.dedupe.buffer.size": "2097152",
+            **self._sasl_properties(node),
             **self._overrides,
         }
         return "".join(f"{key}={value}\n" for key, value in properties.items())
+
+    def _sasl_properties(self, node: _Node) -> dict[str, str]:
+        if not self._sasl_users:
+            return {}
+        password = self._sasl_users["sluice-broker"]
+        return {
+            "listeners": f"SASL_PLAINTEXT://127.0.0.1:{node.port},"
+                         f"CONTROLLER://127.0.0.1:{node.controller_port}",
+            "advertised.listeners": f"SASL_PLAINTEXT://127.0.0.1:{node.port}",
+            "inter.broker.listener.name": "SASL_PLAINTEXT",
+            "listener.security.protocol.map": "SASL_PLAINTEXT:SASL_PLAINTEXT,"
+                                              "CONTROLLER:PLAINTEXT",
+            "sasl.enabled.mechanisms": SCRAM,
+            "sasl.mechanism.inter.broker.protocol": SCRAM,
+            f"listener.name.sasl_plaintext.{SCRAM.lower()}.sasl.jaas.config":
+                f'{_SCRAM_LOGIN} required username="sluice-broker" password="{password}";',
+        }
 
     def _jvm(self) -> list[str]:
         options = [f"-Xmx{self._heap_mb}m", "-XX:+UseSerialGC", "-XX:+ExitOnOutOfMemoryError",

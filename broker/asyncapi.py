@@ -19,7 +19,10 @@ REPLY_TOPIC_NOTE = (
     "like; the final InferenceResult is published there with header `correlation_id` and key "
     "`correlation_id` (or the request id). A request with `stream: true` gets each chunk "
     "first, as a StreamChunk with header `kind: chunk` (sequence 0, 1, ...), on the same "
-    "partition."
+    "partition. Sign each request: header `x-sluice-key-id` (your API key id) and "
+    "`x-sluice-signature` (hex HMAC-SHA256 of the value bytes with the key's signing "
+    "secret, `sluice keys signing-secret`); `tenant` must be the key's tenant and "
+    "`reply_to` under `<prefix>tenant.<tenant>.`. Unproven requests are dead-lettered."
 )
 
 

@@ -5,7 +5,9 @@
     ├── InvalidRequest               a client's request is malformed (not retriable)
     │   ├── UnknownModel             no such logical model is configured
     │   ├── PayloadTooLarge          the body is over the configured limit
-    │   │   └── MessageTooLarge      the request is over the Kafka brokers' message limit
+    │   │   ├── MessageTooLarge      the request is over the Kafka brokers' message limit
+    │   │   ├── FileTooLarge         an uploaded file is over the per-file limit
+    │   │   └── StorageQuotaExceeded a tenant's files would exceed its storage quota
     │   └── WebhookUrlRefused        a webhook URL is not http(s) or not a global address
     ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
     ├── NotFound                     no such request (or not this tenant's)
@@ -13,6 +15,8 @@
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
     ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
     ├── PoisonMessage                a Kafka message cannot be decoded or validated
+    │   └── UnprovenRequest          a Kafka-native request without valid proof of its
+    │                                sender, or asking more than the sender's key allows
     ├── StreamCancelled              the client left while its answer streamed (a worker
     │                                stops the provider call; never reaches a client)
     └── ProviderError                a provider call failed; `status_code` when HTTP
@@ -88,6 +92,36 @@ class MessageTooLarge(PayloadTooLarge):
         self.limit = limit
 
 
+class FileTooLarge(PayloadTooLarge):
+    """An uploaded file is over the per-file limit; refused as soon as the limit is crossed."""
+
+    def __init__(self, limit: int):
+        InvalidRequest.__init__(
+            self,
+            f"The file is over the limit of {limit} bytes per file "
+            "(SLUICE_BATCH_MAX_FILE_BYTES); split it into several files.",
+            code="file_too_large",
+        )
+        self.limit = limit
+
+
+class StorageQuotaExceeded(PayloadTooLarge):
+    """A tenant's stored files would exceed its quota (413, not 429: waiting frees nothing,
+    and clients retry a 429 on their own)."""
+
+    def __init__(self, used: int, quota: int):
+        InvalidRequest.__init__(
+            self,
+            f"This upload does not fit in your file storage quota of {quota} bytes "
+            f"(SLUICE_MAX_FILE_STORAGE_BYTES_PER_TENANT); your files already use {used} "
+            "bytes. Delete files you no longer need (DELETE /v1/files/{file_id}, batch "
+            "output and error files included) and upload again.",
+            code="storage_quota_exceeded",
+        )
+        self.used = used
+        self.quota = quota
+
+
 class WebhookUrlRefused(InvalidRequest):
     """A webhook URL we will not call: not http(s), unresolvable, or not a global address.
 
@@ -136,6 +170,12 @@ class DatabaseUnavailable(SluiceError):
 
 class PoisonMessage(SluiceError):
     """A Kafka message that can never be processed; it belongs in the dead-letter topic."""
+
+
+class UnprovenRequest(PoisonMessage):
+    """A request on a request topic that does not prove who sent it, or that asks for more
+    than the sender's key allows (another tenant, model or reply topic). Not retriable: it
+    goes to the dead letters, with this message as the reason."""
 
 
 class ProviderError(SluiceError):

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -27,6 +27,8 @@ class _Settings(BaseSettings):
 
 
 KafkaEngine = Literal["apache", "tansu"]
+KafkaSecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+KafkaSaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 MIN_ADMIN_KEY_CHARS = 32
 
 
@@ -73,6 +75,48 @@ class KafkaSettings(_Settings):
     # crash (and, on Tansu, a faster first join: it holds JoinGroup for half of this).
     session_timeout_ms: int = Field(default=10_000, ge=1000)
     heartbeat_interval_ms: int = Field(default=1_000, ge=100)
+    # How every Kafka client (producer, consumer, admin) of this process connects; see
+    # broker/kafka/security.py. SASL needs a mechanism, a user and a password; SSL
+    # verifies the brokers against the CA file (or the system's CAs without one).
+    kafka_security_protocol: KafkaSecurityProtocol = "PLAINTEXT"
+    kafka_sasl_mechanism: KafkaSaslMechanism | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None  # a client certificate (mutual TLS)
+    kafka_ssl_keyfile: Path | None = None
+    kafka_ssl_key_password: SecretStr | None = None
+    kafka_ssl_check_hostname: bool = True
+    # Shared by ingress, workers and the batch launcher: what they publish to request
+    # topics is signed with it, and Kafka-native clients get per-key secrets derived from
+    # it (workers/inference/provenance.py). Without it nothing can be verified.
+    kafka_signing_key: SecretStr | None = None
+    # A closed cluster whose every producer is trusted may let workers serve unsigned
+    # requests as today (tenant and reply topic as the message says). Off: production
+    # verifies; a bad signature is refused either way.
+    kafka_trust_unsigned: bool = False
+
+    @field_validator("kafka_signing_key")
+    @classmethod
+    def _signing_key_strong(cls, key: SecretStr | None) -> SecretStr | None:
+        # Whoever guesses it can sign requests as any tenant.
+        if key is not None and len(key.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"SLUICE_KAFKA_SIGNING_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters; "
+                "generate one with `openssl rand -hex 32`")
+        return key
+
+    @model_validator(mode="after")
+    def _sasl_complete(self) -> KafkaSettings:
+        # A half-configured SASL client fails at connect with an opaque handshake error.
+        if self.kafka_security_protocol.startswith("SASL_") and not (
+                self.kafka_sasl_mechanism and self.kafka_sasl_username
+                and self.kafka_sasl_password):
+            raise ValueError(
+                f"SLUICE_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                "SLUICE_KAFKA_SASL_MECHANISM, SLUICE_KAFKA_SASL_USERNAME and "
+                "SLUICE_KAFKA_SASL_PASSWORD")
+        return self
 
 
 class DatabaseSettings(_Settings):
@@ -120,6 +164,9 @@ class WorkerSettings(_Settings):
     # bucket's burst stays left over for interactive calls of other workers.
     batch_slot_share: float = Field(default=0.5, gt=0, le=1)
     batch_budget_margin: float = Field(default=0.5, ge=0, le=1)
+    # Fair share: one tenant may hold at most this share of a worker's slots with
+    # interactive requests; beyond it they wait on the batch topic (workers/inference/pool.py).
+    tenant_slot_share: float = Field(default=0.5, gt=0, le=1)
     budget_log_interval_s: float = Field(default=30.0, gt=0)
     # Replies to an ingress reply topic produced within one slot share a partition (see
     # workers/inference/reply_partitions.py).
@@ -135,6 +182,11 @@ class LedgerSettings(_Settings):
     # `requests.result` (long enough to poll for it), and how often the ledger sweeps it out.
     ledger_result_retention_s: float = Field(default=86_400.0, ge=0)
     ledger_purge_interval_s: float = Field(default=60.0, gt=0)
+    # Admission holds of requests that can no longer finish are released by the same sweep:
+    # older than this (keep it above the longest lane deadline: batch, 24 h), or with no
+    # trace of their request this long after admission.
+    ledger_hold_max_age_s: float = Field(default=25 * 3600.0, gt=0)
+    ledger_hold_orphan_age_s: float = Field(default=3600.0, gt=0)
 
 
 class AppSettings(_Settings):

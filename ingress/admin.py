@@ -102,6 +102,7 @@ class TenantChange(BaseModel):
 
     monthly_budget_usd: Usd | None = None
     monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
+    max_queued_requests: Annotated[int, Field(ge=1)] | None = None
     store_content: bool | None = None
 
 
@@ -112,6 +113,7 @@ def tenant_body(tenant: TenantSettings, account: SpendAccount | None) -> dict[st
         "monthly_budget_usd": str(tenant.monthly_budget_usd)
         if tenant.monthly_budget_usd is not None else None,
         "monthly_budget_tokens": tenant.monthly_budget_tokens,
+        "max_queued_requests": tenant.max_queued_requests,
         "spent_usd": str(account.spent_usd) if account else "0",
         "reserved_usd": str(account.reserved_usd) if account else "0",
         "spent_tokens": account.spent_tokens if account else 0,

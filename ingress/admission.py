@@ -59,7 +59,13 @@ def limits_of(principal: Principal, tenant: TenantSettings) -> Limits:
                        principal.monthly_budget_tokens),
     )
     return Limits(f"key:{principal.api_key_id}", principal.rpm, principal.tpm,
-                  tuple(budget for budget in budgets if budget is not None))
+                  tuple(budget for budget in budgets if budget is not None),
+                  queue_tenant=tenant.name, max_queued=tenant.max_queued_requests)
+
+
+# A full queue frees a place whenever one of the tenant's requests finishes: soon, but
+# nobody can say exactly when. Long enough not to turn a full queue into a retry storm.
+QUEUE_FULL_RETRY_S = 2.0
 
 
 class AdmissionControl:
@@ -106,6 +112,14 @@ class AdmissionControl:
     def _refusal(self, decision: Decision, limits: Limits, charge: Charge) -> LimitExceeded:
         scope, _, limit = (decision.refused_by or "").rpartition(" ")
         who = describe_scope(scope)
+        if limit == "queue_full":
+            holder = who[:1].upper() + who[1:]
+            return LimitExceeded(
+                f"{holder} has {limits.max_queued} requests queued and unfinished, "
+                f"its limit. Retry after {QUEUE_FULL_RETRY_S:.0f} s, once some have "
+                "finished, or ask an admin for a higher limit "
+                "(`sluice tenants set NAME --max-queued N`).",
+                code="queue_full", retry_after_s=QUEUE_FULL_RETRY_S)
         if limit in ("rpm", "tpm"):
             if decision.retry_after_s is not None and decision.retry_after_s < 0:
                 return LimitExceeded(

@@ -1,33 +1,29 @@
 """`/v1/files`: upload (multipart, `purpose=batch`), retrieve, content and delete.
 
-Uploads are parsed by Starlette (python-multipart), which spools the part to a temporary
-file past 1 MiB; from there the content is copied in 1 MiB chunks into the file store, so
-a 200 MB upload never sits in memory whole. Another tenant's file id answers 404.
+Uploads stream: the multipart body is parsed as it arrives (`ingress.multipart`, never
+spooled to a temporary file) and the file part goes into the file store in 1 MiB chunks.
+The per-file limit and the tenant's storage quota are enforced while reading, so an upload
+over either is answered 413 as soon as it crosses it, and nothing of it is kept. Another
+tenant's file id answers 404.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from urllib.parse import quote
 
 from fastapi import FastAPI
-from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 
-from broker.batches.files import CHUNK_BYTES, FileRecord, FileStore
+from broker.batches.files import FileRecord, FileStore
 from broker.errors import InvalidRequest, NotFound
 from ingress.auth import authenticate
 from ingress.envelope import json_response
+from ingress.multipart import FIELDS_ALLOWANCE, MultipartUpload
 from ingress.services import ApiKeyFinder
 
 # Purposes a client may upload; outputs are written by the tracker as `batch_output`.
 _PURPOSES = frozenset({"batch"})
-
-
-async def _chunks(upload: UploadFile) -> AsyncIterator[bytes]:
-    while chunk := await upload.read(CHUNK_BYTES):
-        yield chunk
 
 
 async def _owned(files: FileStore, tenant: str, file_id: str) -> FileRecord:
@@ -46,14 +42,19 @@ def register_file_routes(app: FastAPI, keys: ApiKeyFinder, files: FileStore) -> 
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise InvalidRequest("Upload files as multipart/form-data with 'file' and "
                                  "'purpose'.", param="file")
-        async with request.form(max_files=1, max_fields=16) as form:
-            purpose, upload = form.get("purpose"), form.get("file")
-            if not isinstance(purpose, str) or purpose not in _PURPOSES:
+        upload = MultipartUpload(request, files.settings.batch_max_file_bytes + FIELDS_ALLOWANCE)
+        filename = await upload.file()
+
+        def purpose() -> str:
+            value = upload.fields.get("purpose")
+            if value not in _PURPOSES:
                 raise InvalidRequest("'purpose' must be 'batch'.", param="purpose")
-            if not isinstance(upload, UploadFile):
-                raise InvalidRequest("Missing required parameter: 'file'.", param="file")
-            record = await files.create(tenant, upload.filename or "upload.jsonl", purpose,
-                                        _chunks(upload))
+            return value
+
+        if "purpose" in upload.fields:  # sent first, as clients do: checked before the file
+            purpose()
+        record = await files.upload(tenant, filename or "upload.jsonl", purpose,
+                                    upload.content())
         return json_response(record.body())
 
     @app.get("/v1/files/{file_id}")

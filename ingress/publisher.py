@@ -17,6 +17,7 @@ from broker.kafka import (
     topics_for,
 )
 from broker.settings import KafkaSettings
+from broker.signing import service_headers
 from schemas import InferenceRequest
 from schemas.messages import CancelRequested
 
@@ -75,6 +76,8 @@ class RequestPublisher:
         if traceparent:
             headers.append(("traceparent", traceparent.encode()))
         payload = encode(request)
+        # Signed: workers serve only requests that prove who sent them (broker/signing.py).
+        headers.extend(service_headers(self._kafka, payload))
         try:
             await self._producer.send_and_wait(
                 self._topics.requests(request.model, request.lane),

@@ -1,8 +1,8 @@
-"""`sluice bench sync|async|stream|budget|chaos|lanes|ledger`: one subcommand per benchmark.
+"""`sluice bench sync|async|stream|budget|chaos|lanes|fairness|ledger`: one subcommand each.
 
 Each prints a human summary, then one JSON line to record in docs/BENCHMARKS.md with the
 command that made it. `sync`, `async` and `chaos` drive a running stack (by default the
-one `sluice dev` started); `budget`, `lanes` and `ledger` start what they need.
+one `sluice dev` started); `budget`, `lanes`, `fairness` and `ledger` start what they need.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _kafka_option(parser: argparse.ArgumentParser) -> None:
 def add_bench_commands(commands: Any, handler: MakeHandler) -> None:
     """Add `sluice bench` and its subcommands to the CLI."""
     bench = commands.add_parser("bench", help="measure speed (sync, async, budget, chaos, "
-                                              "lanes, ledger)")
+                                              "lanes, fairness, ledger)")
     kinds = bench.add_subparsers(dest="bench_command", required=True, metavar="KIND")
 
     sync = kinds.add_parser("sync", help="synchronous chat completions: throughput, latency, "
@@ -89,6 +89,18 @@ def add_bench_commands(commands: Any, handler: MakeHandler) -> None:
                        help="interactive requests per second")
     _kafka_option(lanes)
     lanes.set_defaults(handler=handler("sluice.lanes_bench", "run_lanes_bench"))
+
+    fairness = kinds.add_parser("fairness", help="one tenant's synchronous latency idle, then "
+                                                 "behind another tenant's backlog")
+    fairness.add_argument("--rpm", type=int, default=20, help="budget per --window-s")
+    fairness.add_argument("--window-s", type=float, default=1.0)
+    fairness.add_argument("--flood", type=int, default=20000,
+                          help="tenant A's queued asynchronous requests")
+    fairness.add_argument("--requests", type=int, default=30, help="tenant B's requests")
+    fairness.add_argument("--rate", type=float, default=1.0,
+                          help="tenant B's requests per second")
+    _kafka_option(fairness)
+    fairness.set_defaults(handler=handler("sluice.fairness_bench", "run_fairness_bench"))
 
     stream = kinds.add_parser("stream", help="time to first token of streamed answers: "
                                              "through sluicegate against the provider's own")

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -141,6 +142,12 @@ def run_dev(args: argparse.Namespace) -> int:
             "SLUICE_CONFIG": str(config_path),
             "SLUICE_KAFKA_ENGINE": engine,
             "PYTHONUNBUFFERED": "1",
+            # Ingress signs what it publishes and workers verify it (a key per run). The
+            # loopback cluster is closed, so unsigned Kafka-native requests (`sluice
+            # loadgen`, a quick script) are served as well.
+            "SLUICE_KAFKA_SIGNING_KEY": os.environ.get(
+                "SLUICE_KAFKA_SIGNING_KEY", secrets.token_hex(32)),
+            "SLUICE_KAFKA_TRUST_UNSIGNED": os.environ.get("SLUICE_KAFKA_TRUST_UNSIGNED", "true"),
             # One machine, nothing to wait for: faster first joins on Tansu (it holds
             # JoinGroup for half the session timeout) and faster takeover after a crash.
             "SLUICE_SESSION_TIMEOUT_MS": os.environ.get("SLUICE_SESSION_TIMEOUT_MS", "6000"),

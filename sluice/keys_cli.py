@@ -16,9 +16,16 @@ from rich.console import Console
 from rich.table import Table
 
 from broker.errors import ConfigError, InvalidRequest
-from broker.settings import DatabaseSettings
+from broker.settings import DatabaseSettings, KafkaSettings
+from broker.signing import KEY_ID_HEADER, SIGNATURE_HEADER, key_signing_secret
 from broker.stores.database import create_engine
-from broker.stores.keys import KeyLimits, create_api_key, list_api_keys, revoke_api_key
+from broker.stores.keys import (
+    KeyLimits,
+    create_api_key,
+    find_active_key,
+    list_api_keys,
+    revoke_api_key,
+)
 from broker.stores.prices import PriceSpec, list_prices, set_prices
 from broker.stores.usage import parse_duration, parse_time
 
@@ -114,6 +121,25 @@ def run_keys_revoke(args: argparse.Namespace) -> int:
     if not with_engine(lambda e: revoke_api_key(e, args.key_id)):
         raise ConfigError(f"no active key with id {args.key_id!r}")
     print(f"revoked {args.key_id} (edges may accept it for up to 30 s more: their key cache)")
+    return 0
+
+
+def run_keys_signing_secret(args: argparse.Namespace) -> int:
+    """`sluice keys signing-secret ID`: what a Kafka-native client of the key signs with.
+
+    Derived from SLUICE_KAFKA_SIGNING_KEY (broker/signing.py), so it needs that setting.
+    """
+    signing_key = KafkaSettings().kafka_signing_key
+    if signing_key is None:
+        raise ConfigError("SLUICE_KAFKA_SIGNING_KEY is not set: it is what the secret "
+                          "derives from (the same as on ingress and workers)")
+    record = with_engine(lambda e: find_active_key(e, args.key_id))
+    if record is None:
+        raise ConfigError(f"no active key with id {args.key_id!r}")
+    print(key_signing_secret(signing_key, record.id))
+    print(f"(key {record.id}, tenant {record.tenant}: send headers {KEY_ID_HEADER}: "
+          f"{record.id} and {SIGNATURE_HEADER}: hex HMAC-SHA256 of the value with this "
+          "secret)", file=sys.stderr)
     return 0
 
 

@@ -42,6 +42,10 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     revoke = key_commands.add_parser("revoke", help="revoke an API key by id")
     revoke.add_argument("key_id")
     revoke.set_defaults(handler=handler("sluice.keys_cli", "run_keys_revoke"))
+    signing = key_commands.add_parser(
+        "signing-secret", help="print the secret a Kafka-native client of a key signs with")
+    signing.add_argument("key_id")
+    signing.set_defaults(handler=handler("sluice.keys_cli", "run_keys_signing_secret"))
 
     tenants = commands.add_parser("tenants", help="tenant budgets and content storage")
     tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
@@ -51,6 +55,9 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
                             help="USD per calendar month ('none' removes the budget)")
     tenant_set.add_argument("--monthly-budget-tokens", default=None,
                             help="tokens per calendar month ('none' removes the budget)")
+    tenant_set.add_argument("--max-queued", default=None,
+                            help="requests accepted and unfinished at once; more get 429 "
+                                 "queue_full ('none' removes the cap)")
     tenant_set.add_argument("--store-content", choices=("yes", "no"), default=None,
                             help="keep prompt and completion text (default no)")
     tenant_set.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_set"))

@@ -85,6 +85,7 @@ def run_worker(args: argparse.Namespace) -> int:
     from broker.budgets import PostgresBudgetStore
     from broker.stores.database import create_engine
     from workers.inference import InferencePool
+    from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
     from workers.inference.results import PostgresFinalResults
     from workers.providers import ProviderTransports, ProxyEnvironment, build_provider
 
@@ -119,6 +120,8 @@ def run_worker(args: argparse.Namespace) -> int:
             pool = InferencePool(
                 kafka, worker_settings, config, models, providers,
                 PostgresFinalResults(engine), budgets=PostgresBudgetStore(engine),
+                # Kafka-native requests signed by an API key are checked against the keys.
+                provenance=RequestProvenance(kafka, PostgresKeyLookup(engine)),
             )
             await pool.run(stop)
         await engine.dispose()
@@ -131,7 +134,7 @@ def run_ledger(args: argparse.Namespace) -> int:
     from broker.batches.settings import BatchSettings
     from broker.stores.database import create_engine
     from workers.batches import BatchTracker
-    from workers.ledger import ContentRetention, Ledger
+    from workers.ledger import ContentRetention, Ledger, StaleHolds
 
     configure_logging()
     settings = LedgerSettings()
@@ -147,6 +150,8 @@ def run_ledger(args: argparse.Namespace) -> int:
                 Ledger(kafka, settings, engine).run(stop),
                 # Privacy: completion text past its retention (`workers.ledger.retention`).
                 ContentRetention(engine, settings).run(stop),
+                # Holds of requests that can no longer finish (`workers.ledger.holds`).
+                StaleHolds(engine, settings).run(stop),
                 BatchTracker(kafka, BatchSettings(), engine, config).run(stop))
         finally:
             await engine.dispose()

@@ -22,6 +22,16 @@ def _usd_option(raw: str | None) -> Any:
     return None if raw.lower() in _CLEAR else _money(raw, "--monthly-budget-usd")
 
 
+def _count_option(raw: str | None, option: str) -> Any:
+    if raw is None:
+        return ...
+    if raw.lower() in _CLEAR:
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(f"{option}: {raw!r} is not a positive whole number (or 'none')")
+    return int(raw)
+
+
 def _tokens_option(raw: str | None) -> Any:
     if raw is None:
         return ...
@@ -34,19 +44,24 @@ def _tokens_option(raw: str | None) -> Any:
 
 def run_tenants_set(args: argparse.Namespace) -> int:
     """`sluice tenants set NAME [--monthly-budget-usd X] [--monthly-budget-tokens N]
-    [--store-content yes|no]`."""
+    [--max-queued N] [--store-content yes|no]`."""
     changes: dict[str, Any] = {}
     usd, tokens = _usd_option(args.monthly_budget_usd), _tokens_option(args.monthly_budget_tokens)
     if usd is not ...:
         changes["monthly_budget_usd"] = usd
     if tokens is not ...:
         changes["monthly_budget_tokens"] = tokens
+    queued = _count_option(getattr(args, "max_queued", None), "--max-queued")
+    if queued is not ...:
+        changes["max_queued_requests"] = queued
     if args.store_content is not None:
         changes["store_content"] = args.store_content == "yes"
     tenant = with_engine(lambda e: set_tenant(e, args.name, **changes))
     budget = budget_text(tenant.monthly_budget_usd, tenant.monthly_budget_tokens)
     stored = "yes" if tenant.store_content else "no"
-    print(f"tenant {tenant.name}: budget {budget} per month, store content {stored} "
+    cap = tenant.max_queued_requests if tenant.max_queued_requests is not None else "no cap"
+    print(f"tenant {tenant.name}: budget {budget} per month, queued requests {cap}, "
+          f"store content {stored} "
           "(ingress instances apply it within 30 s; `sluice tenants list` shows spend)")
     return 0
 

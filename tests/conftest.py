@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -192,4 +193,8 @@ def kafka_settings(
         background_fetch_max_wait_ms=50,
         session_timeout_ms=3000,
         heartbeat_interval_ms=500,
+        # Ingress signs and workers verify; tests that publish raw requests stay served
+        # unsigned (tests/integration/test_provenance.py turns that off).
+        kafka_signing_key=SecretStr(f"test-signing-key-{uuid.uuid4().hex}"),
+        kafka_trust_unsigned=True,
     )

@@ -1,25 +1,27 @@
 """File storage for the Batch API: metadata in PostgreSQL, content in PostgreSQL or on disk.
 
 Content is always streamed in chunks (about 1 MiB): a 200 MB upload or output file is never
-held in memory whole, in ingress or in the tracker.
+held in memory whole, in ingress or in the tracker. Uploads are bounded while they stream:
+by the per-file limit and by the tenant's storage quota (the sum of its files' sizes, so
+deleting a file frees its share at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterable, AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import delete, insert, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.batches.settings import BatchSettings
 from broker.batches.tables import batch_file_chunks, batch_files
-from broker.errors import PayloadTooLarge
+from broker.errors import FileTooLarge, PayloadTooLarge, StorageQuotaExceeded
 from broker.stores.database import database_errors
 
 CHUNK_BYTES = 1024 * 1024
@@ -179,7 +181,8 @@ class FileStore:
 
     async def create(self, tenant: str, filename: str, purpose: str,
                      chunks: AsyncIterable[bytes]) -> FileRecord:
-        """Store a new file; its metadata row is written once the content is complete.
+        """Store a file the service writes (a batch's output or errors): no quota applies, a
+        finished batch must be able to report.
 
         Raises:
             PayloadTooLarge: the content is over `batch_max_file_bytes`.
@@ -187,10 +190,57 @@ class FileStore:
         file_id = f"file-{uuid.uuid4().hex}"
         store = self._stores[self.settings.batch_file_storage]
         size = await store.write(file_id, chunks, self.settings.batch_max_file_bytes)
+        return await self._record(file_id, tenant, filename, purpose, size, store, quota=None)
+
+    async def upload(self, tenant: str, filename: str, purpose: Callable[[], str],
+                     chunks: AsyncIterable[bytes]) -> FileRecord:
+        """Store a client's upload within the per-file limit and the tenant's storage quota,
+        both enforced while `chunks` is read: an upload over either stops there.
+
+        `purpose` is asked once the content is complete (a multipart body may name it after
+        the file); whatever it or `chunks` raises leaves nothing stored.
+
+        Raises:
+            FileTooLarge: the content is over `batch_max_file_bytes`.
+            StorageQuotaExceeded: the tenant's files would exceed
+                `max_file_storage_bytes_per_tenant`.
+        """
+        cap = self.settings.batch_max_file_bytes
+        quota = self.settings.max_file_storage_bytes_per_tenant
+        with database_errors(self._engine):
+            async with self._engine.connect() as connection:
+                used = await _used_bytes(connection, tenant)
+        if used >= quota:  # refused before a byte is read
+            raise StorageQuotaExceeded(used, quota)
+        file_id = f"file-{uuid.uuid4().hex}"
+        store = self._stores[self.settings.batch_file_storage]
+        try:
+            size = await store.write(file_id, chunks, min(cap, quota - used))
+        except PayloadTooLarge as exc:
+            raise (FileTooLarge(cap) if cap <= quota - used
+                   else StorageQuotaExceeded(used, quota)) from exc
+        try:
+            return await self._record(file_id, tenant, filename, purpose(), size, store,
+                                      quota=quota)
+        except BaseException:
+            await asyncio.shield(store.delete(file_id))
+            raise
+
+    async def _record(self, file_id: str, tenant: str, filename: str, purpose: str,
+                      size: int, store: ContentStore, quota: int | None) -> FileRecord:
+        """Write the metadata row: the file exists from here on."""
         values = {"id": file_id, "tenant": tenant, "filename": filename, "purpose": purpose,
                   "bytes": size, "storage": store.name}
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
+                if quota is not None:
+                    # The tenant's uploads are recorded one at a time (a lock held until
+                    # commit), so two that each fit alone cannot both pass the quota.
+                    await connection.execute(select(func.pg_advisory_xact_lock(
+                        func.hashtextextended(f"sluice.batch_files:{tenant}", 0))))
+                    used = await _used_bytes(connection, tenant)
+                    if used + size > quota:
+                        raise StorageQuotaExceeded(used, quota)
                 row = (await connection.execute(
                     insert(batch_files).values(values).returning(*batch_files.c))).one()
         return FileRecord(**row._mapping)
@@ -208,8 +258,16 @@ class FileStore:
         return self._stores[record.storage].read(record.id)
 
     async def delete(self, record: FileRecord) -> None:
-        """Delete metadata first (the file disappears at once), then the content."""
+        """Delete metadata first (the file disappears, and its bytes leave the tenant's quota,
+        at once), then the content."""
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
                 await connection.execute(delete(batch_files).where(batch_files.c.id == record.id))
         await self._stores[record.storage].delete(record.id)
+
+
+async def _used_bytes(connection: AsyncConnection, tenant: str) -> int:
+    """Bytes of every file the tenant keeps (uploads and outputs)."""
+    used = (await connection.execute(select(func.coalesce(func.sum(batch_files.c.bytes), 0))
+                                     .where(batch_files.c.tenant == tenant))).scalar_one()
+    return int(used)

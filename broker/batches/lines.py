@@ -4,12 +4,14 @@ and error line format of OpenAI's Batch API (no I/O).
 Two kinds of problems are told apart. A structural one (not JSON, no `custom_id`, a `url`
 other than the batch's endpoint, a duplicate `custom_id`, too many lines) fails the whole
 batch during validation, as OpenAI does. A body that is not a valid chat request, or names
-a model the key may not call, becomes that line's entry in the error file (status 400).
+a model the key may not call, becomes that line's entry in the error file (status 400), as
+does a line over `batch_max_line_bytes` (`request_too_large`): it is never assembled.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
+import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,18 +58,103 @@ class InputLine:
     """OpenAI's error code for `problem`, where one fits (`request_too_large`)."""
 
 
-async def split_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[tuple[int, bytes]]:
-    """(1-based line number, bytes) of every non-blank line of a streamed file."""
-    pending, number = b"", 0
-    async for chunk in chunks:
-        parts = (pending + chunk).split(b"\n")
-        pending = parts.pop()
-        for part in parts:
-            number += 1
-            if part.strip():
-                yield number, part
-    if pending.strip():
-        yield number + 1, pending
+@dataclass(frozen=True, slots=True)
+class LongLine:
+    """A line over the per-line cap: its size and first bytes (for its `custom_id`). The rest
+    of it was counted and dropped as it streamed by, never assembled."""
+
+    size: int
+    head: bytes
+
+
+RawLine = bytes | LongLine
+"""A line as split: its bytes, or a `LongLine` when it was over the cap."""
+
+_HEAD_BYTES = 1024  # of a long line, kept to find its custom_id (written first, as a rule)
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*("(?:[^"\\]|\\.)*")')
+
+
+class LineSplitter:
+    """Splits a file into numbered lines as its chunks arrive (pure; the launcher runs it in a
+    thread).
+
+    Linear in the input: a byte is copied at most once into the line being assembled, and a
+    line is assembled only up to `max_bytes` (a 200 MB line costs its first KiB of memory,
+    not 200 MB and then a parse). Blank lines count in the numbering but are not returned.
+    """
+
+    def __init__(self, max_bytes: int):
+        self._max = max_bytes
+        self._pending = bytearray()
+        self._size = 0  # of the line being split, including bytes dropped past the cap
+        self._number = 0
+
+    def feed(self, chunk: bytes) -> list[tuple[int, RawLine]]:
+        """The lines `chunk` completes (1-based number, line)."""
+        lines: list[tuple[int, RawLine]] = []
+        view, start = memoryview(chunk), 0
+        while (end := chunk.find(b"\n", start)) >= 0:
+            self._take(view[start:end])
+            self._finish(lines)
+            start = end + 1
+        self._take(view[start:])
+        return lines
+
+    def end(self) -> list[tuple[int, RawLine]]:
+        """The last line, when the file does not end with a newline."""
+        lines: list[tuple[int, RawLine]] = []
+        if self._size:
+            self._finish(lines)
+        return lines
+
+    def _take(self, part: memoryview) -> None:
+        if self._size + len(part) <= self._max:
+            self._pending += part
+        elif len(self._pending) < _HEAD_BYTES:  # over the cap: keep the head only
+            self._pending += part[:_HEAD_BYTES - len(self._pending)]
+            del self._pending[_HEAD_BYTES:]
+        elif self._size <= self._max:  # just crossed the cap
+            del self._pending[_HEAD_BYTES:]
+        self._size += len(part)
+
+    def _finish(self, lines: list[tuple[int, RawLine]]) -> None:
+        self._number += 1
+        if self._size > self._max:
+            lines.append((self._number, LongLine(self._size, bytes(self._pending))))
+        elif self._pending.strip():
+            lines.append((self._number, bytes(self._pending)))
+        self._pending.clear()
+        self._size = 0
+
+
+def split_lines(chunks: Iterable[bytes], max_bytes: int) -> Iterator[tuple[int, RawLine]]:
+    """Every line of `chunks`, in order (`LineSplitter` over a whole iterable)."""
+    splitter = LineSplitter(max_bytes)
+    for chunk in chunks:
+        yield from splitter.feed(chunk)
+    yield from splitter.end()
+
+
+def check_line(number: int, raw: RawLine, endpoint: str, models: frozenset[str],
+               max_bytes: int) -> InputLine | LineError:
+    """`parse_line`, or for a line over the cap, its entry in the error file."""
+    if isinstance(raw, bytes):
+        return parse_line(number, raw, endpoint, models)
+    return InputLine(number, _custom_id(raw.head), None, (
+        f"This line is {raw.size} bytes, over the limit of {max_bytes} bytes per batch line "
+        "(SLUICE_BATCH_MAX_LINE_BYTES); it was not read."), code="request_too_large")
+
+
+def _custom_id(head: bytes) -> str:
+    """The custom_id of a long line, if its first KiB names it; else "" (never read further)."""
+    found = _CUSTOM_ID.search(head)
+    if found is None:
+        return ""
+    try:
+        value = orjson.loads(found.group(1))
+    except orjson.JSONDecodeError:
+        return ""
+    return value if isinstance(value, str) else ""
 
 
 def parse_line(number: int, raw: bytes, endpoint: str,

@@ -20,6 +20,12 @@ class BatchSettings(BaseSettings):
     batch_file_dir: Path = Path(".sluice/files")
     batch_max_file_bytes: int = Field(default=200 * 1024 * 1024, ge=1)
     batch_max_lines: int = Field(default=50_000, ge=1)
+    # One line is one request: past this it is not read, only answered in the error file
+    # (the interactive body cap, SLUICE_MAX_BODY_BYTES, has the same default).
+    batch_max_line_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    # Bytes of files (uploads and batch outputs) one tenant may keep; uploads past it are
+    # refused until files are deleted. Outputs are always written (a batch must finish).
+    max_file_storage_bytes_per_tenant: int = Field(default=10 * 1024**3, ge=1)
     # How often the tracker looks for batches to launch, finalize or expire.
     batch_poll_interval_s: float = Field(default=0.2, gt=0)
     # A cancelling batch ends `cancelled` at the latest this long after the cancel, even if

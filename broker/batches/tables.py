@@ -66,6 +66,7 @@ batches = Table(
     Column("error_file_id", Text, nullable=True),
     Column("errors", JSONB, nullable=True),
     Column("metadata", JSONB, nullable=True),
+    # While `validating`: the lines launched so far (a relaunch resumes after them).
     Column("total", Integer, nullable=False, server_default="0"),
     Column("completed", Integer, nullable=False, server_default="0"),
     Column("failed", Integer, nullable=False, server_default="0"),

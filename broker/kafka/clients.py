@@ -32,6 +32,7 @@ from pydantic import BaseModel, ValidationError
 
 from broker.errors import BrokerUnavailable, PoisonMessage
 from broker.kafka.memory import MemoryConsumer, MemoryProducer, is_memory, memory_broker
+from broker.kafka.security import client_security, describe, login_refused
 from broker.settings import KafkaSettings
 from schemas import Topics
 
@@ -88,6 +89,7 @@ def new_producer(
         request_timeout_ms=int(settings.publish_timeout_s * 1000),
         max_batch_size=256 * 1024,
         max_request_size=message_limit(settings),
+        **client_security(settings),
     )
 
 
@@ -135,7 +137,7 @@ def new_consumer(
     options.update(overrides)
     if is_memory(settings.kafka_bootstrap):
         return MemoryConsumer(**options)
-    return AIOKafkaConsumer(**options)
+    return AIOKafkaConsumer(**options, **client_security(settings))
 
 
 @dataclass(frozen=True)
@@ -149,12 +151,20 @@ class BrokerFacts:
 
 async def _admin(settings: KafkaSettings) -> AIOKafkaAdminClient:
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap,
-                                request_timeout_ms=int(settings.publish_timeout_s * 1000))
+                                request_timeout_ms=int(settings.publish_timeout_s * 1000),
+                                **client_security(settings))
     try:
         await admin.start()
     except KafkaError as exc:
         await admin.close()  # a half-started client still holds a connection
-        raise BrokerUnavailable(f"cannot reach Kafka at {settings.kafka_bootstrap}") from exc
+        # Name the SASL user and the brokers' reason: a refused login otherwise reads
+        # like a broker that is down.
+        refused = await login_refused(settings)
+        if refused is not None:
+            raise BrokerUnavailable(
+                f"Kafka at {describe(settings)} refused the login: {refused}. Check "
+                "SLUICE_KAFKA_SASL_USERNAME and SLUICE_KAFKA_SASL_PASSWORD") from exc
+        raise BrokerUnavailable(f"cannot reach Kafka at {describe(settings)}: {exc}") from exc
     return admin
 
 

@@ -103,11 +103,14 @@ class Limits:
     rpm: int | None = None
     tpm: int | None = None
     budgets: tuple[Budget, ...] = ()
+    # The tenant whose queue the request counts in, and the cap (None: not counted).
+    queue_tenant: str | None = None
+    max_queued: int | None = None
 
     @property
     def any(self) -> bool:
         """Whether anything is limited (callers without limits skip admission)."""
-        return bool(self.rpm or self.tpm or self.budgets)
+        return bool(self.rpm or self.tpm or self.budgets or self.max_queued is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,7 +127,7 @@ class Charge:
 class Decision:
     """The answer: admitted, or which limit refused and when to retry (None: next period).
 
-    `refused_by` is `<scope> rpm|tpm|monthly_budget_usd|monthly_budget_tokens`.
+    `refused_by` is `<scope> rpm|tpm|monthly_budget_usd|monthly_budget_tokens|queue_full`.
     """
 
     admitted: bool
@@ -159,7 +162,7 @@ class PostgresAdmissionStore:
         "SELECT admitted, refused_by, retry_after_s FROM sluice_admit("
         ":request_id, :rate_scope, :rpm, :tpm, :window, CAST(:scopes AS text[]), "
         "CAST(:usd_limits AS numeric[]), CAST(:token_limits AS numeric[]), :period, "
-        "CAST(:usd AS numeric), :tokens, :now)"
+        "CAST(:usd AS numeric), :tokens, :now, :queue_tenant, :max_queued)"
     )
     _RELEASE = text("SELECT sluice_spend_release(CAST(:ids AS text[]))")
 
@@ -189,6 +192,8 @@ class PostgresAdmissionStore:
             "usd": charge.usd,
             "tokens": charge.tokens,
             "now": self._clock() if self._clock is not None else None,
+            "queue_tenant": limits.queue_tenant if limits.max_queued is not None else None,
+            "max_queued": limits.max_queued,
         }
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
@@ -202,6 +207,38 @@ class PostgresAdmissionStore:
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
                 await connection.execute(self._RELEASE, {"ids": list(request_ids)})
+
+
+# Holds of requests that can no longer finish: older than any request lives, or with no
+# trace of their request long after admission (ingress crashed before publishing, or the
+# message was poison and dead-lettered). Batch holds (under a batch id) end with their
+# batch and are left alone.
+_STALE_HOLDS = text("""
+SELECT sluice_spend_release(array(
+    SELECT h.request_id FROM spend_holds h
+    WHERE NOT EXISTS (SELECT 1 FROM batches b WHERE b.id = h.request_id)
+      AND (h.created_at < now() - make_interval(secs => :max_age_s)
+           OR (h.created_at < now() - make_interval(secs => :orphan_age_s)
+               AND NOT EXISTS (SELECT 1 FROM requests r WHERE r.id = h.request_id)))
+    ORDER BY h.created_at
+    LIMIT :limit))
+""")
+
+
+async def release_stale_holds(engine: AsyncEngine, *, max_age_s: float, orphan_age_s: float,
+                              limit: int = 1000) -> int:
+    """End up to `limit` holds whose requests cannot finish any more; return how many.
+
+    Without this such a hold would keep its budget reserved and its place in the tenant's
+    queue for good.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    parameters = {"max_age_s": max_age_s, "orphan_age_s": orphan_age_s, "limit": limit}
+    with database_errors(engine):
+        async with engine.begin() as connection:
+            return int((await connection.execute(_STALE_HOLDS, parameters)).scalar() or 0)
 
 
 @dataclass(slots=True)
@@ -232,6 +269,8 @@ class MemoryAdmissionStore:
         self.accounts: dict[tuple[str, date], _Account] = {}
         self.windows: dict[str, _Window] = {}
         self.holds: dict[str, tuple[tuple[str, ...], date, Decimal, int]] = {}
+        self.queued: dict[str, int] = {}  # tenant -> requests counted in its queue
+        self._queued_by: dict[str, str] = {}  # request id -> the tenant it counts for
 
     async def admit(self, limits: Limits, charge: Charge) -> Decision:
         """See `AdmissionStore.admit`."""
@@ -248,11 +287,20 @@ class MemoryAdmissionStore:
             if budget.tokens is not None and (account.spent_tokens + account.reserved_tokens
                                               + charge.tokens > budget.tokens):
                 return Decision(False, f"{budget.scope} monthly_budget_tokens")
-        if limits.rpm or limits.tpm:
-            refused = self._count(limits, charge.tokens)
+        rated = bool(limits.rpm or limits.tpm)
+        if rated:
+            refused = self._count(limits, charge.tokens, dry_run=True)
             if refused is not None:
                 return refused
-        if budgets:
+        counted = limits.queue_tenant if limits.max_queued is not None else None
+        if counted is not None and self.queued.get(counted, 0) >= (limits.max_queued or 0):
+            return Decision(False, f"tenant:{counted} queue_full")
+        if rated:
+            self._count(limits, charge.tokens)
+        if counted is not None:
+            self.queued[counted] = self.queued.get(counted, 0) + 1
+            self._queued_by[charge.request_id] = counted
+        if budgets or counted is not None:
             for budget in budgets:
                 account = self.accounts[(budget.scope, period)]
                 account.reserved_usd += charge.usd
@@ -261,7 +309,7 @@ class MemoryAdmissionStore:
             self.holds[charge.request_id] = (scopes, period, charge.usd, charge.tokens)
         return ADMITTED
 
-    def _count(self, limits: Limits, tokens: int) -> Decision | None:
+    def _count(self, limits: Limits, tokens: int, *, dry_run: bool = False) -> Decision | None:
         now = self._clock()
         start = (now // RATE_WINDOW_S) * RATE_WINDOW_S
         window = self.windows.setdefault(limits.key_scope, _Window(start))
@@ -280,6 +328,8 @@ class MemoryAdmissionStore:
                 wait = window_wait(prev, current, cost, limit, elapsed, RATE_WINDOW_S)
                 if wait != 0:
                     return Decision(False, f"{limits.key_scope} {name}", wait)
+        if dry_run:
+            return None
         window.requests += 1
         window.tokens += tokens
         return None
@@ -287,6 +337,9 @@ class MemoryAdmissionStore:
     async def release(self, request_ids: Sequence[str]) -> None:
         """See `AdmissionStore.release` (also what the ledger does for final results)."""
         for request_id in request_ids:
+            counted = self._queued_by.pop(request_id, None)
+            if counted is not None:
+                self.queued[counted] -= 1
             hold = self.holds.pop(request_id, None)
             if hold is None:
                 continue

@@ -191,6 +191,26 @@ async def find_key_limits(engine: AsyncEngine, key_id: str) -> KeyLimits | None:
     return None if row is None else _record(row).limits
 
 
+async def find_active_key(engine: AsyncEngine, key_id: str) -> ApiKeyRecord | None:
+    """The key with id `key_id` if it is neither revoked nor expired, else None.
+
+    For proofs that name a key instead of presenting its secret (signed Kafka-native
+    requests, `broker.signing`); does not stamp `last_used_at`.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    statement = select(*_COLUMNS).where(
+        api_keys.c.id == key_id,
+        api_keys.c.revoked_at.is_(None),
+        or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > func.now()),
+    )
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            row = (await connection.execute(statement)).one_or_none()
+    return None if row is None else _record(row)
+
+
 async def revoke_api_key(engine: AsyncEngine, key_id: str) -> bool:
     """Revoke a key by id; False if there is no such active key.
 

@@ -171,6 +171,8 @@ tenants = Table(
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
     timestamp_column("created_at", now=True),
     Column("monthly_budget_tokens", BigInteger, nullable=True),
+    # Fair share: how many of its requests may be accepted and unfinished at once (0011).
+    Column("max_queued_requests", BigInteger, nullable=True),
 )
 
 # Budgets (migration 0006 holds the SQL functions that change these three tables).
@@ -198,6 +200,8 @@ spend_holds = Table(
     Column("usd", Numeric(20, 10), nullable=False),
     Column("tokens", BigInteger, nullable=False),
     timestamp_column("created_at", now=True),
+    # The tenant whose queue the request counts in (None: not counted).
+    Column("queued_tenant", Text, nullable=True),
     Index(None, "created_at"),
 )
 
@@ -211,6 +215,15 @@ key_rate_windows = Table(
     Column("tokens", Double, nullable=False, server_default="0"),
     Column("prev_requests", Double, nullable=False, server_default="0"),
     Column("prev_tokens", Double, nullable=False, server_default="0"),
+)
+
+# Requests of a tenant accepted and not finished, counted only for tenants with a
+# `max_queued_requests` (migration 0011 holds the SQL that keeps it).
+tenant_queues = Table(
+    "tenant_queues",
+    metadata,
+    Column("tenant", Text, primary_key=True),
+    Column("queued", BigInteger, nullable=False, server_default="0"),
 )
 
 # Daily usage totals, kept by a trigger on `usage_events` (migration 0008): the usage

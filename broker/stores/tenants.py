@@ -30,6 +30,8 @@ class TenantSettings:
     store_content: bool = False
     monthly_budget_usd: Decimal | None = None
     monthly_budget_tokens: int | None = None
+    # Fair share: requests accepted and not finished at once; None: no cap.
+    max_queued_requests: int | None = None
 
 
 _UNSET: Any = object()
@@ -41,6 +43,7 @@ def _settings(row: Any) -> TenantSettings:  # a Row of the tenants table
         store_content=row.store_content,
         monthly_budget_usd=row.monthly_budget_usd,
         monthly_budget_tokens=row.monthly_budget_tokens,
+        max_queued_requests=row.max_queued_requests,
     )
 
 
@@ -51,8 +54,9 @@ async def set_tenant(
     store_content: bool | None = None,
     monthly_budget_usd: Decimal | None = _UNSET,
     monthly_budget_tokens: int | None = _UNSET,
+    max_queued_requests: int | None = _UNSET,
 ) -> TenantSettings:
-    """Create or change a tenant; only the arguments given change (None clears a budget).
+    """Create or change a tenant; only the arguments given change (None clears a limit).
 
     Raises:
         DatabaseUnavailable: PostgreSQL cannot be reached.
@@ -64,6 +68,8 @@ async def set_tenant(
         changes["monthly_budget_usd"] = monthly_budget_usd
     if monthly_budget_tokens is not _UNSET:
         changes["monthly_budget_tokens"] = monthly_budget_tokens
+    if max_queued_requests is not _UNSET:
+        changes["max_queued_requests"] = max_queued_requests
     statement = insert(tenants).values(name=name, **changes)
     statement = (
         statement.on_conflict_do_update(index_elements=[tenants.c.name], set_=changes)

@@ -39,6 +39,7 @@ from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admissi
 from ingress.services import IngressServices, LedgerAccess
 from simulator import SimulatorSettings, create_simulator_app
 from workers.inference import InferencePool
+from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
 from workers.inference.results import PostgresFinalResults
 from workers.ledger import Ledger
 from workers.providers import build_provider
@@ -107,6 +108,7 @@ async def running_stack(
     simulator: SimulatorSettings | None = None,
     ingress: IngressSettings | None = None,
     ingress_kafka: KafkaSettings | None = None,
+    worker: WorkerSettings | None = None,
     tenant: str = "acme",
 ) -> AsyncIterator[Stack]:
     """Start ledger, worker pool and ingress; stop them all on exit."""
@@ -123,8 +125,9 @@ async def running_stack(
         for name, deployment in config.deployments.items()
     }
     stop = asyncio.Event()
-    pool = InferencePool(kafka, WorkerSettings(), config, list(config.models), providers,
-                         PostgresFinalResults(engine))
+    pool = InferencePool(kafka, worker or WorkerSettings(), config, list(config.models), providers,
+                         PostgresFinalResults(engine),
+                         provenance=RequestProvenance(kafka, PostgresKeyLookup(engine)))
     tasks = [
         asyncio.create_task(pool.run(stop)),
         asyncio.create_task(Ledger(kafka, LedgerSettings(), engine).run(stop)),

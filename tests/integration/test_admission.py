@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.settings import BatchSettings
 from broker.clock import FakeClock
-from broker.settings import IngressSettings, KafkaSettings
+from broker.settings import IngressSettings, KafkaSettings, LedgerSettings
 from broker.stores.admission import (
     AdmissionStore,
     Budget,
@@ -32,7 +32,8 @@ from ingress.app import create_app
 from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
 from ingress.services import IngressServices
 from schemas import ChatCompletionRequest, InferenceRequest
-from tests.integration.stack import demo_config, running_stack
+from tests.integration.stack import demo_config, eventually, running_stack
+from workers.ledger import StaleHolds
 
 pytestmark = pytest.mark.integration
 
@@ -74,6 +75,27 @@ async def test_postgres_store_decides_like_the_fake(engine: AsyncEngine) -> None
     assert got == expected
     assert {refused for _, refused in expected} == {
         None, "key:k rpm", "key:k tpm", "key:k monthly_budget_usd"}
+
+
+async def _queue_scenario(store: AdmissionStore, clock: FakeClock) -> list[tuple[bool, str | None]]:
+    """A queue cap of 3 beside a key's RPM: admissions, releases, a release twice."""
+    limits = Limits("key:q", rpm=6, queue_tenant="q", max_queued=3)
+    out = []
+    for step in range(12):
+        decision = await store.admit(limits, Charge(f"q{step}", 10, Decimal(0), AT))
+        out.append((decision.admitted, decision.refused_by))
+        if step % 4 == 3:
+            await store.release([f"q{step - 3}", f"q{step - 3}", f"q{step - 2}"])
+        clock.now += 4
+    return out
+
+
+async def test_postgres_queue_cap_decides_like_the_fake(engine: AsyncEngine) -> None:
+    memory_clock, postgres_clock = FakeClock(9000.0), FakeClock(9000.0)
+    expected = await _queue_scenario(MemoryAdmissionStore(memory_clock), memory_clock)
+    got = await _queue_scenario(PostgresAdmissionStore(engine, postgres_clock), postgres_clock)
+    assert got == expected
+    assert {refused for _, refused in expected} == {None, "tenant:q queue_full", "key:q rpm"}
 
 
 def _request(request_id: str) -> InferenceRequest:
@@ -172,3 +194,75 @@ async def test_long_answers_without_max_tokens_never_overspend_a_budget(
     assert calls == 10
     assert longest == 2000  # the provider was told the cap
     assert total <= budget
+
+
+async def test_a_tenant_queue_cap_refuses_with_queue_full_and_frees_places(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    # The budget gate holds every call after the first (one request per minute), so
+    # requests stay queued until their deadline (3 s) ends them.
+    config = demo_config(rpm=1, window_s=60.0)
+    async with running_stack(kafka_settings, database_url, config=config) as stack:
+        await set_tenant(stack.engine, "acme", max_queued_requests=5)
+        headers = {**stack.auth, "X-Request-Timeout": "3"}
+        responses = await asyncio.gather(*(
+            stack.client.post("/v1/requests", json=BODY, headers=headers) for _ in range(8)))
+        statuses = sorted(response.status_code for response in responses)
+        assert statuses == [202] * 5 + [429] * 3
+        refusal = next(r for r in responses if r.status_code == 429)
+        error = refusal.json()["error"]
+        assert error["code"] == "queue_full"
+        assert "tenant 'acme' has 5 requests queued" in error["message"].lower()
+        assert int(refusal.headers["retry-after"]) >= 1
+        assert await stack.scalar(
+            "SELECT queued FROM tenant_queues WHERE tenant = 'acme'") == 5
+
+        # Each finished request gives its place back, once, whatever its result.
+        await eventually(lambda: stack.scalar(
+            "SELECT queued = 0 FROM tenant_queues WHERE tenant = 'acme'"), timeout_s=30)
+        assert await stack.scalar(
+            "SELECT count(*) FROM requests WHERE tenant = 'acme' AND status = 'queued'") == 0
+        again = await stack.client.post("/v1/requests", json=BODY, headers=stack.auth)
+        assert again.status_code == 202, again.text
+
+
+async def test_holds_of_requests_that_cannot_finish_are_swept(engine: AsyncEngine) -> None:
+    store = PostgresAdmissionStore(engine)
+    limits = Limits("key:s", budgets=(Budget("tenant:sweep", usd=Decimal(100)),),
+                    queue_tenant="sweep", max_queued=10)
+    for request_id in ("sw_orphan", "sw_queued", "sw_ancient", "batch_sw"):
+        assert (await store.admit(limits, Charge(request_id, 10, Decimal(1), AT))).admitted
+    async with engine.begin() as connection:
+        await connection.execute(text(
+            "INSERT INTO requests (id, tenant, model, status, created_at) VALUES "
+            "('sw_queued', 'sweep', 'm', 'queued', now()), "
+            "('sw_ancient', 'sweep', 'm', 'queued', now())"))
+        await connection.execute(text(
+            "INSERT INTO batches (id, tenant, models, endpoint, input_file_id, "
+            "completion_window, status, expires_at) VALUES ('batch_sw', 'sweep', '{m}', "
+            "'/v1/chat/completions', 'file', '24h', 'in_progress', now())"))
+        await connection.execute(text(
+            "UPDATE spend_holds SET created_at = now() - interval '2 hours' "
+            "WHERE request_id IN ('sw_orphan', 'sw_queued', 'batch_sw')"))
+        await connection.execute(text(
+            "UPDATE spend_holds SET created_at = now() - interval '30 hours' "
+            "WHERE request_id = 'sw_ancient'"))
+    released = await StaleHolds(engine, LedgerSettings()).sweep()
+    assert released == 2
+    held = set(await _scalars(engine, "SELECT request_id FROM spend_holds "
+                               "WHERE request_id LIKE '%sw%'"))
+    # A request still queued within its lifetime and a running batch keep theirs.
+    assert held == {"sw_queued", "batch_sw"}
+    assert await _scalar(engine, "SELECT queued FROM tenant_queues WHERE tenant = 'sweep'") == 2
+    assert await _scalar(engine, "SELECT reserved_usd FROM spend_accounts "
+                         "WHERE scope = 'tenant:sweep'") == Decimal(2)
+
+
+async def _scalars(engine: AsyncEngine, sql: str) -> list[object]:
+    async with engine.connect() as connection:
+        return list((await connection.execute(text(sql))).scalars())
+
+
+async def _scalar(engine: AsyncEngine, sql: str) -> object:
+    async with engine.connect() as connection:
+        return (await connection.execute(text(sql))).scalar()

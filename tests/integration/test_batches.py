@@ -9,28 +9,43 @@ from __future__ import annotations
 
 import asyncio
 import json
+import random
+import string
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from openai import AsyncOpenAI, NotFoundError
 from openai.types import Batch
 from sqlalchemy import text
 
+from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
 from broker.errors import DatabaseUnavailable
+from broker.estimates import Estimator
+from broker.kafka import (
+    KafkaError,
+    TopicPartition,
+    new_consumer,
+    new_producer,
+    partition_ids,
+    read_present,
+)
 from broker.settings import KafkaSettings
 from broker.stores.keys import create_api_key
 from broker.stores.tenants import set_tenant
-from schemas import ChatCompletionRequest
+from broker.tokens import encoding_for_model
+from schemas import ChatCompletionRequest, Lane, Topics
 from simulator import SimulatorSettings
 from simulator.answers import simulate_completion
 from tests.integration.stack import Stack, demo_config, eventually, running_stack
-from workers.batches import BatchTracker
+from workers.batches import BatchTracker, launcher, validation
 from workers.batches.budget import release_batch
+from workers.batches.claims import claim
 
 pytestmark = pytest.mark.integration
 
@@ -54,12 +69,14 @@ def _sdk(stack: Stack, api_key: str | None = None) -> AsyncOpenAI:
 
 @asynccontextmanager
 async def batch_stack(kafka: KafkaSettings, database_url: str,
+                      tracker_kafka: KafkaSettings | None = None,
                       **options: Any) -> AsyncIterator[Stack]:
     """`running_stack` plus the batch tracker, as `sluice ledger` runs it."""
     async with running_stack(kafka, database_url, **options) as stack:
         stop = asyncio.Event()
         tracker = asyncio.create_task(BatchTracker(
-            kafka, BatchSettings(batch_poll_interval_s=0.05, batch_cancel_grace_s=10),
+            tracker_kafka or kafka,
+            BatchSettings(batch_poll_interval_s=0.05, batch_cancel_grace_s=10),
             stack.engine, options.get("config") or demo_config()).run(stop))
         try:
             yield stack
@@ -354,3 +371,150 @@ async def test_a_file_named_outside_latin_1_downloads_under_its_name(
     disposition = response.headers["content-disposition"]
     assert disposition.startswith('attachment; filename="donn_es')
     assert "filename*=UTF-8''donn%C3%A9es%E2%80%94" in disposition
+
+
+def _words(count: int) -> str:
+    """A prompt of `count` varied words (tokenizers make short work of repeated ones)."""
+    vocabulary = ["".join(random.Random(i).choices(string.ascii_lowercase, k=2 + i % 8))
+                  for i in range(5000)]
+    rng = random.Random(7)
+    return " ".join(rng.choice(vocabulary) for _ in range(count))
+
+
+async def test_launching_a_large_file_leaves_the_event_loop_free(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The tracker shares `sluice ledger`'s event loop, as it shares the test's here. Two
+    # 12 MB lines (allowed here) took about 1 s each to parse and count on that loop,
+    # stalling the ledger's consumer that long; in a worker thread the loop stays free.
+    # (0.5 s is generous: this checks blocking, not speed.)
+    monkeypatch.setenv("SLUICE_BATCH_MAX_LINE_BYTES", str(32 * 1024 * 1024))
+    checked_on: set[str] = set()
+    check = validation.check_line
+
+    def recording_check(*args: Any) -> Any:
+        checked_on.add(threading.current_thread().name)
+        return check(*args)
+
+    monkeypatch.setattr(validation, "check_line", recording_check)
+    prompt = _words(1_800_000)
+    lines = [_line(f"big{i}", prompt) for i in range(2)] + [_line("small", "hi")]
+    # Over Kafka's limit, the large lines end in the error file: no worker (sharing this
+    # loop too) ever counts them.
+    limited = kafka_settings.model_copy(update={"max_message_bytes": 1024 * 1024})
+    async with batch_stack(kafka_settings, database_url, tracker_kafka=limited) as stack:
+        sdk = _sdk(stack)
+        file_id = await _upload(sdk, lines, "large.jsonl")
+        lag, probing = 0.0, True
+
+        async def probe() -> None:
+            nonlocal lag
+            while probing:
+                started = time.monotonic()
+                await asyncio.sleep(0.01)
+                lag = max(lag, time.monotonic() - started - 0.01)
+
+        encoding_for_model(MODEL).count("loaded once, before probing")
+        prober = asyncio.create_task(probe())
+        created = await _create(sdk, file_id)
+        launched = await _until(sdk, created.id, FINAL, timeout_s=90)
+        probing = False
+        await prober
+        errors = await _lines(sdk, launched.error_file_id)
+    assert launched.status == "completed", launched
+    assert sorted(e["custom_id"] for e in errors) == ["big0", "big1"]
+    print(f"longest event loop stall while launching: {lag:.3f} s")
+    assert lag < 0.5, f"the event loop stalled for {lag:.2f} s"
+    assert checked_on and threading.main_thread().name not in checked_on
+
+
+async def test_a_line_over_the_line_limit_is_answered_in_the_error_file(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SLUICE_BATCH_MAX_LINE_BYTES", "4096")
+    lines = [_line("a", "hi"), _line("long", "x " * 10_000), _line("b", "there")]
+    async with batch_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        batch = await _until(sdk, (await _create(sdk, await _upload(sdk, lines))).id, FINAL)
+        assert batch.status == "completed", batch
+        assert batch.request_counts is not None
+        assert (batch.request_counts.completed, batch.request_counts.failed) == (2, 1)
+        (error,) = await _lines(sdk, batch.error_file_id)
+    assert error["custom_id"] == "long" and error["response"]["status_code"] == 400
+    body = error["response"]["body"]["error"]
+    assert body["code"] == "request_too_large"
+    assert "over the limit of 4096 bytes per batch line" in body["message"]
+
+
+class RefusingProducer:
+    """A producer whose Kafka stops taking messages after the first `after`: `send` raises,
+    or (`mode="ack"`) every later message's acknowledgement fails."""
+
+    def __init__(self, producer: Any, after: int, mode: str):
+        self._producer = producer
+        self._left = after
+        self._mode = mode
+
+    async def send(self, topic: str, value: bytes, **options: Any) -> asyncio.Future[Any]:
+        if self._left > 0:
+            self._left -= 1
+            return await self._producer.send(topic, value, **options)
+        if self._mode == "send":
+            raise KafkaError("the brokers refused the message (injected)")
+        failed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        failed.set_exception(KafkaError("the brokers did not acknowledge (injected)"))
+        return failed
+
+
+async def _published_keys(kafka: KafkaSettings, topic: str) -> list[bytes]:
+    """Keys of every message on `topic`, from its beginning."""
+    consumer = new_consumer(kafka, client_id="count", group_id=None)
+    await consumer.start()
+    try:
+        partitions = [TopicPartition(topic, p) for p in await partition_ids(kafka, topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        return [bytes(record.key or b"") async for record in read_present(consumer, partitions)]
+    finally:
+        await consumer.stop()
+
+
+@pytest.mark.parametrize("mode", ["send", "ack"])
+async def test_an_interrupted_launch_resumes_instead_of_publishing_again(
+    kafka_settings: KafkaSettings, database_url: str, monkeypatch: pytest.MonkeyPatch,
+    mode: str,
+) -> None:
+    monkeypatch.setattr(launcher, "CHUNK_LINES", 100)
+    lines = [_line(f"l{i}", f"Question {i}?") for i in range(250)]
+    # No tracker runs: the test launches the batch itself, twice.
+    async with running_stack(kafka_settings, database_url) as stack:
+        sdk = _sdk(stack)
+        created = await _create(sdk, await _upload(sdk, lines))
+        files = FileStore(stack.engine, BatchSettings())
+        producer = new_producer(kafka_settings, client_id="test-launch")
+        await producer.start()
+        try:
+            refusing = RefusingProducer(producer, after=150, mode=mode)
+            first = launcher.Launcher(stack.engine, files, cast(Any, refusing), kafka_settings,
+                                      Estimator(demo_config()))
+            with pytest.raises(KafkaError):
+                await first.launch(await claim(stack.engine, created.id))
+            # The first 150 lines are launched; line 151 is where Kafka stopped.
+            assert await stack.scalar("SELECT total FROM batches WHERE id = :id",
+                                      id=created.id) == 150
+            assert await stack.scalar("SELECT status FROM batches WHERE id = :id",
+                                      id=created.id) == "validating"
+            async with stack.engine.begin() as connection:  # the claim went stale
+                await connection.execute(text("UPDATE batches SET claimed_at = NULL"))
+            again = launcher.Launcher(stack.engine, files, producer, kafka_settings,
+                                      Estimator(demo_config()))
+            await again.launch(await claim(stack.engine, created.id))
+        finally:
+            await producer.stop()
+        batch = await sdk.batches.retrieve(created.id)
+        assert batch.status in ("in_progress", "completed"), batch
+        assert batch.request_counts is not None and batch.request_counts.total == 250
+        topic = Topics(kafka_settings.topic_prefix).requests(MODEL, Lane.BATCH)
+        keys = await _published_keys(kafka_settings, topic)
+        assert len(keys) == 250, f"{len(keys) - len(set(keys))} lines published twice"
+        assert set(keys) == {launcher.request_id(created.id, n).encode() for n in range(1, 251)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +51,7 @@ def test_kafka_is_a_cluster_that_survives_losing_a_broker(compose: dict[str, Any
         voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
         assert sorted(voter.split("@")[1] for voter in voters) == sorted(
             f"{broker}:9093" for broker in brokers)
-        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"PLAINTEXT://{name}:9092"
+        assert env["KAFKA_ADVERTISED_LISTENERS"] == f"SASL_PLAINTEXT://{name}:9092"
         assert env["KAFKA_DEFAULT_REPLICATION_FACTOR"] == 3
         assert env["KAFKA_MIN_INSYNC_REPLICAS"] == 2
         assert env["KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR"] == 3
@@ -138,3 +139,94 @@ def test_postgres_is_not_published_and_has_no_password_in_the_file(
         url = (spec.get("environment") or {}).get("SLUICE_DATABASE_URL")
         if url is not None:
             assert required in url, name
+
+
+KAFKA_SERVICES = ("ingress", "worker", "ledger", "deliver")
+
+
+def _acl_lines(compose: dict[str, Any]) -> list[str]:
+    script = compose["services"]["acls"]["command"][-1]
+    return [line.strip() for line in script.splitlines() if line.strip().startswith("acl ")]
+
+
+def _granted(compose: dict[str, Any], user: str, operation: str, topic: str) -> bool:
+    """Whether an ACL line lets `user` do `operation` on `topic` (literal or by prefix)."""
+    for line in _acl_lines(compose):
+        words = line.split()
+        if words[1] != user or f"--operation {operation}" not in line:
+            continue
+        named = [words[i + 1] for i, word in enumerate(words) if word == "--topic"]
+        prefixed = "--resource-pattern-type prefixed" in line
+        if any(topic.startswith(name) if prefixed else topic == name for name in named):
+            return True
+    return False
+
+
+def test_brokers_require_sasl_and_deny_by_default(compose: dict[str, Any]) -> None:
+    for name, spec in _brokers(compose).items():
+        env = spec["environment"]
+        assert env["KAFKA_LISTENERS"].startswith("SASL_PLAINTEXT://"), name
+        assert "PLAINTEXT://" not in env["KAFKA_LISTENERS"].replace("SASL_PLAINTEXT://", "")
+        assert env["KAFKA_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-256"
+        assert env["KAFKA_AUTHORIZER_CLASS_NAME"].endswith("StandardAuthorizer")
+        assert env["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+        assert set(env["KAFKA_SUPER_USERS"].split(";")) == {"User:broker", "User:admin"}
+        # Each service principal is a SCRAM user, created when storage is formatted.
+        users = re.findall(r"name=([a-z]+),password=\$\{SLUICE_KAFKA_[A-Z]+_PASSWORD:\?",
+                           env["SCRAM_USERS"])
+        assert set(users) == {"broker", "admin", *KAFKA_SERVICES}
+        assert "$$SCRAM_USERS" in spec["command"][-1]
+
+
+def test_every_kafka_client_logs_in_as_its_own_principal(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    for name in KAFKA_SERVICES:
+        env = services[name]["environment"]
+        settings = KafkaSettings(**{key.removeprefix("SLUICE_").lower(): value
+                                    for key, value in env.items()
+                                    if key.startswith("SLUICE_KAFKA_SASL_")
+                                    or key == "SLUICE_KAFKA_SECURITY_PROTOCOL"})
+        assert settings.kafka_security_protocol == "SASL_PLAINTEXT", name
+        assert settings.kafka_sasl_mechanism == "SCRAM-SHA-256", name
+        assert settings.kafka_sasl_username == name
+        assert env["SLUICE_KAFKA_SASL_PASSWORD"].startswith(
+            f"${{SLUICE_KAFKA_{name.upper()}_PASSWORD:?"), name
+        # Requests are signed by ingress and the batch launcher, verified by workers.
+        assert env["SLUICE_KAFKA_SIGNING_KEY"].startswith("${SLUICE_KAFKA_SIGNING_KEY:?")
+        assert "SLUICE_KAFKA_TRUST_UNSIGNED" not in env
+        assert services[name]["depends_on"]["acls"]["condition"] == (
+            "service_completed_successfully")
+
+
+def test_acls_grant_each_principal_only_its_topics(compose: dict[str, Any]) -> None:
+    requests, results, usage = "sluice.requests.gpt-4o", "sluice.results", "sluice.usage"
+    replies, native = "sluice.replies.ingress-1", "sluice.tenant.billing.replies"
+    expected = {
+        # (user, operation, topic): allowed?
+        ("ingress", "Write", requests): True,
+        ("ingress", "Read", replies): True,
+        ("ingress", "Write", results): False,
+        ("ingress", "Read", requests): False,
+        ("worker", "Read", requests): True,
+        ("worker", "Write", results): True,
+        ("worker", "Write", usage): True,
+        ("worker", "Write", "sluice.dead-letter"): True,
+        ("worker", "Write", replies): True,
+        ("worker", "Write", native): True,
+        ("worker", "Read", results): False,
+        ("ledger", "Read", results): True,
+        ("ledger", "Read", usage): True,
+        ("ledger", "Read", requests): True,
+        ("ledger", "Write", results): False,
+        ("ledger", "Write", usage): False,
+        ("deliver", "Read", results): True,
+        ("deliver", "Write", requests): False,
+        ("deliver", "Read", usage): False,
+    }
+    found = {case: _granted(compose, *case) for case in expected}
+    assert found == expected
+    for user in KAFKA_SERVICES:  # nobody but the services may forge results or usage
+        assert not _granted(compose, user, "Write", "sluice.results") or user == "worker"
+    deps = compose["services"]["acls"]["depends_on"]
+    assert {name for name, dep in deps.items()
+            if dep["condition"] == "service_healthy"} == set(_brokers(compose))

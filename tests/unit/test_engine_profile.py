@@ -36,7 +36,8 @@ async def test_producers_are_idempotent_except_on_tansu(engine: str, idempotent:
 async def test_replies_go_by_key_on_apache_kafka_and_by_slot_on_tansu() -> None:
     config = demo_config()
     pools = {
-        engine: InferencePool(KafkaSettings(kafka_engine=engine), WorkerSettings(), config,  # type: ignore[arg-type]
+        engine: InferencePool(KafkaSettings(kafka_engine=engine, kafka_trust_unsigned=True),  # type: ignore[arg-type]
+                              WorkerSettings(), config,
                               list(config.models), {}, NoResultsOfRecord())
         for engine in ("apache", "tansu")
     }

@@ -4,10 +4,21 @@ Two passes over the streamed file. The first only checks (and remembers custom i
 batch that fails validation publishes nothing. The second writes one `batch_requests` row
 per line, with deterministic request ids (a relaunch after a crash inserts nothing twice),
 and publishes each valid line to `<prefix>requests.<model>.batch` with `lane=batch`.
+
+Parsing and token counting run in a worker thread, a chunk of the file at a time
+(`workers.batches.validation`): the tracker shares the ledger's event loop.
+
+A launch resumes. While a batch is `validating`, its `total` counts the lines already
+launched: rows written and every message before them acknowledged by Kafka. It grows after
+each chunk of lines, and after a failure to the lines before the first one Kafka did not
+take. A relaunch (another attempt once the claim is stale) skips validation and admission
+when `total` is above 0 — both passed before anything was published — and publishes only
+the lines after it, so workers never see (and bill) an earlier line twice.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -17,8 +28,8 @@ from sqlalchemy import Row, case, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.batches.files import FileStore
-from broker.batches.lines import InputLine, LineError, error_envelope, parse_line, split_lines
+from broker.batches.files import FileRecord, FileStore
+from broker.batches.lines import InputLine, LineError, error_envelope
 from broker.batches.tables import batch_requests, batches
 from broker.estimates import Estimator
 from broker.kafka import (
@@ -27,19 +38,22 @@ from broker.kafka import (
     fits,
     message_limit,
     topics_for,
-    wait_all,
 )
 from broker.settings import KafkaSettings
+from broker.signing import service_headers
 from broker.stores.database import database_errors
 from broker.stores.prices import PriceBook, list_prices
 from schemas import InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
+from workers.batches.validation import MAX_ERRORS, LineParser, Validation
 
 log = logging.getLogger("sluice.batches")
 
 CHUNK_LINES = 1000
-MAX_ERRORS = 100
+
+Outgoing = list[tuple[int, InferenceRequest, bytes, list[tuple[str, bytes]]]]
+"""Messages of a chunk of lines: (index of the line in the chunk, message, payload, headers)."""
 
 
 def request_id(batch_id: str, line: int) -> str:
@@ -66,52 +80,37 @@ class Launcher:
             await self._fail(batch, [LineError("file_not_found", 0,
                                                "The input file was deleted.", "input_file_id")])
             return
-        models = frozenset(batch.models)
-        limit = self._files.settings.batch_max_lines
-        # Both lists are capped: a 50,000-line file with a wrong url needs 100 examples, not
-        # 50,000. `fatal_seen` still fails the batch when the cap dropped every fatal one.
-        fatal: list[LineError] = []
-        invalid: list[LineError] = []
-        seen: set[str] = set()
-        estimate = BatchEstimate(await self._prices(), self._estimator)
-        total = valid = 0
-        fatal_seen = False
-        async for number, raw in split_lines(self._files.read(record)):
-            total += 1
-            if total > limit:
-                fatal.append(LineError("too_many_lines", number,
-                                       f"The file has more than {limit} lines."))
+        if batch.total == 0:  # else an earlier attempt validated and admitted it
+            errors = await self._validate(batch, record)
+            if errors is not None:
+                await self._fail(batch, errors)
+                return
+        total = await self._publish(batch, record)
+        log.info("batch %s launched: %d lines", batch.id, total)
+
+    async def _validate(self, batch: Row[Any], record: FileRecord) -> list[LineError] | None:
+        """The first pass and the budget hold: what fails the batch, or None."""
+        settings = self._files.settings
+        validation = Validation(batch.endpoint, frozenset(batch.models),
+                                settings.batch_max_lines, settings.batch_max_line_bytes,
+                                BatchEstimate(await self._prices(), self._estimator))
+        complete = True
+        async for chunk in self._files.read(record):
+            if not await asyncio.to_thread(validation.feed, chunk):
+                complete = False
                 break
-            parsed = parse_line(number, raw, batch.endpoint, models)
-            if isinstance(parsed, InputLine) and parsed.custom_id in seen:
-                parsed = LineError("duplicate_custom_id", number, "The custom_id "
-                                   f"'{parsed.custom_id}' is not unique in the file.",
-                                   "custom_id")
-            if isinstance(parsed, LineError):
-                fatal_seen = True
-                if len(fatal) < MAX_ERRORS:
-                    fatal.append(parsed)
-                continue
-            seen.add(parsed.custom_id)
-            if parsed.body is not None:
-                valid += 1
-                estimate.add(parsed.body)
-            elif len(invalid) < MAX_ERRORS:
-                # Reported in `errors` only if no line at all is valid (else: error file).
-                invalid.append(LineError("invalid_request", number, parsed.problem or "",
-                                         "body"))
-        if total == 0:
-            fatal = [LineError("empty_file", 0, "The input file has no lines.")]
-        if fatal or fatal_seen or valid == 0:
-            await self._fail(batch, fatal or invalid)
-            return
+        if complete:
+            await asyncio.to_thread(validation.end)
+        errors = validation.errors()
+        if errors is not None:
+            return errors
         limits = await batch_limits(self._engine, batch.tenant, batch.api_key_id)
-        refusal = await admit_batch(self._engine, batch.id, limits, estimate)
+        refusal = await admit_batch(self._engine, batch.id, limits, validation.estimate)
         if refusal is not None:
-            await self._fail(batch, [LineError("insufficient_quota", 0, refusal)])
-            return
-        await self._publish(batch, record)
-        log.info("batch %s launched: %d lines, %d valid", batch.id, total, valid)
+            return [LineError("insufficient_quota", 0, refusal)]
+        log.info("batch %s valid: %d lines, %d valid", batch.id, validation.total,
+                 validation.valid)
+        return None
 
     async def _prices(self) -> PriceBook:
         with database_errors(self._engine):
@@ -121,29 +120,68 @@ class Launcher:
         await release(self._engine, batch.id, status="failed", failed_at=func.now(),
                       errors=[e.body() for e in errors[:MAX_ERRORS]])
 
-    async def _publish(self, batch: Row[Any], record: Any) -> None:
-        models = frozenset(batch.models)
-        chunk: list[InputLine] = []
-        total = 0
-        async for number, raw in split_lines(self._files.read(record)):
-            parsed = parse_line(number, raw, batch.endpoint, models)
-            assert isinstance(parsed, InputLine)  # the first pass refused everything else
-            chunk.append(parsed)
-            total += 1
-            if len(chunk) >= CHUNK_LINES:
-                await self._send(batch, chunk)
-                chunk = []
-        if chunk:
-            await self._send(batch, chunk)
+    async def _publish(self, batch: Row[Any], record: FileRecord) -> int:
+        """The second pass, from where an earlier attempt stopped; the batch's line count."""
+        done = int(batch.total)
+        parser = LineParser(batch.endpoint, frozenset(batch.models),
+                            self._files.settings.batch_max_line_bytes, skip=done)
+        pending: list[InputLine] = []
+        async for data in self._files.read(record):
+            pending += await asyncio.to_thread(parser.feed, data)
+            while len(pending) >= CHUNK_LINES:
+                done = await self._send(batch, pending[:CHUNK_LINES], done)
+                del pending[:CHUNK_LINES]
+        pending += await asyncio.to_thread(parser.end)
+        if pending:
+            done = await self._send(batch, pending, done)
         # A cancel that arrived meanwhile wins: the batch stays `cancelling`.
         launched = batches.c.status == "validating"
-        await release(self._engine, batch.id, total=total,
+        await release(self._engine, batch.id, total=done,
                       status=case((launched, "in_progress"), else_=batches.c.status),
                       in_progress_at=case((launched, func.now()), else_=None))
+        return done
 
-    async def _send(self, batch: Row[Any], lines: list[InputLine]) -> None:
+    async def _send(self, batch: Row[Any], lines: list[InputLine], done: int) -> int:
+        """Record and publish `lines`, which follow the first `done`; the lines done now."""
         now = datetime.now(UTC)
-        outgoing: list[tuple[InferenceRequest, bytes]] = []
+        lines, outgoing = await asyncio.to_thread(self._messages, batch, lines, now)
+        rows = [_row(batch.id, line, now) for line in lines]
+        with database_errors(self._engine):
+            async with self._engine.begin() as connection:
+                await connection.execute(insert(batch_requests).on_conflict_do_nothing(), rows)
+                # Still ours: a long launch must not look abandoned to another tracker.
+                await connection.execute(update(batches).where(batches.c.id == batch.id)
+                                         .values(claimed_at=func.now()))
+        futures: list[asyncio.Future[Any]] = []
+        refused: Exception | None = None
+        for _, message, payload, headers in outgoing:
+            try:
+                futures.append(await self._producer.send(
+                    self._topics.requests(message.model, Lane.BATCH), payload,
+                    key=message.id.encode(), headers=headers))
+            except Exception as exc:  # whatever the client raises: recorded, then raised
+                refused = exc
+                break
+        acks = await asyncio.gather(*futures, return_exceptions=True)
+        failed = next((i for i, ack in enumerate(acks) if isinstance(ack, BaseException)), None)
+        if failed is None and refused is None:
+            await self._progress(batch.id, done + len(lines))
+            return done + len(lines)
+        # The lines before the first message Kafka did not take are launched. One it took
+        # after that is sent again by the relaunch: only the unacknowledged tail repeats.
+        first = failed if failed is not None else len(futures)
+        await self._progress(batch.id, done + outgoing[first][0])
+        error = acks[first] if failed is not None else refused
+        assert isinstance(error, BaseException)
+        raise error
+
+    def _messages(self, batch: Row[Any], lines: list[InputLine],
+                  now: datetime) -> tuple[list[InputLine], Outgoing]:
+        """The signed messages of `lines` (encoding and signing a large line is CPU work: run
+        in a thread), and the lines, those Kafka could never take now answered in the error
+        file."""
+        lines = list(lines)
+        outgoing: Outgoing = []
         for index, line in enumerate(lines):
             if line.body is None:
                 continue
@@ -153,27 +191,23 @@ class Launcher:
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
                 metadata={"batch_id": batch.id, "custom_id": line.custom_id})
             payload = encode(message)
-            if fits(self._kafka, message.id.encode(), payload, self._headers(batch.id)):
-                outgoing.append((message, payload))
+            # Signed like ingress's: workers serve only proven requests.
+            signed = [*self._headers(batch.id), *service_headers(self._kafka, payload)]
+            if fits(self._kafka, message.id.encode(), payload, signed):
+                outgoing.append((index, message, payload, signed))
             else:  # answered in the error file, like any other line Kafka cannot take
                 lines[index] = replace(line, body=None, problem=(
                     f"The request is {len(payload)} bytes once queued, over the Kafka "
                     f"brokers' limit of {message_limit(self._kafka)} bytes "
                     "(message.max.bytes)."), code="request_too_large")
-        rows = [_row(batch.id, line, now) for line in lines]
+        return lines, outgoing
+
+    async def _progress(self, batch_id: str, done: int) -> None:
+        """Record that the first `done` lines are launched (a relaunch starts after them)."""
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
-                await connection.execute(insert(batch_requests).on_conflict_do_nothing(), rows)
-                # Still ours: a long launch must not look abandoned to another tracker.
-                await connection.execute(update(batches).where(batches.c.id == batch.id)
-                                         .values(claimed_at=func.now()))
-        futures = [
-            await self._producer.send(
-                self._topics.requests(message.model, Lane.BATCH), payload,
-                key=message.id.encode(), headers=self._headers(batch.id))
-            for message, payload in outgoing
-        ]
-        await wait_all(futures)
+                await connection.execute(update(batches).where(batches.c.id == batch_id)
+                                         .values(total=done, claimed_at=func.now()))
 
     @staticmethod
     def _headers(batch_id: str) -> list[tuple[str, bytes]]:

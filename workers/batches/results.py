@@ -1,7 +1,9 @@
 """Each batch line's final answer, from `<prefix>results` into `batch_requests`.
 
 Only results whose request id is a batch line's are looked at. The update applies to a line
-still `queued`, so a redelivered or duplicate result changes nothing, and offsets are
+still `queued` of a batch of the result's tenant (a result naming another tenant is logged
+and changes nothing: batch ids are not secrets to every producer), so a redelivered or
+duplicate result changes nothing either, and offsets are
 committed only after the database commit (`broker.kafka.ApplyLoop`: at-least-once
 delivery, one effect).
 """
@@ -11,11 +13,11 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, exists, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.lines import answer_of
-from broker.batches.tables import batch_requests
+from broker.batches.tables import batch_requests, batches
 from broker.errors import PoisonMessage
 from broker.kafka import Record, decode
 from broker.stores.database import database_errors
@@ -27,7 +29,9 @@ PREFIX = b"batch_req_"
 
 _RECORD = (
     update(batch_requests)
-    .where(batch_requests.c.request_id == bindparam("b_id"), batch_requests.c.status == "queued")
+    .where(batch_requests.c.request_id == bindparam("b_id"), batch_requests.c.status == "queued",
+           exists().where(batches.c.id == batch_requests.c.batch_id,
+                          batches.c.tenant == bindparam("b_tenant")))
     .values(status=bindparam("b_status"), status_code=bindparam("b_code"),
             body=bindparam("b_body", type_=batch_requests.c.body.type),
             finished_at=bindparam("b_finished"))
@@ -49,7 +53,8 @@ def line_updates(records: list[Record]) -> list[dict[str, Any]]:
         status, code, body = answer_of(result)
         updates[result.request_id] = {"b_id": result.request_id, "b_status": status,
                                       "b_code": code, "b_body": body,
-                                      "b_finished": result.finished_at}
+                                      "b_finished": result.finished_at,
+                                      "b_tenant": result.tenant}
     return list(updates.values())
 
 
@@ -63,4 +68,7 @@ async def record_results(engine: AsyncEngine, records: list[Record]) -> None:
     if updates:
         with database_errors(engine):
             async with engine.begin() as connection:
-                await connection.execute(_RECORD, updates)
+                changed = (await connection.execute(_RECORD, updates)).rowcount
+        if 0 <= changed < len(updates):  # redelivered (already final), or another tenant's
+            log.info("%d of %d batch-line results changed nothing (already final, or naming "
+                     "another tenant than the batch's)", len(updates) - changed, len(updates))

@@ -9,6 +9,10 @@ its slots are full and keeps polling). Batch reservations also ask for a margin
 (`batch_budget_margin` of a bucket's burst) so interactive calls of *other* workers win
 the next refill. When PostgreSQL cannot be reached the gate fails closed: it waits and
 asks again, sending nothing.
+
+Within a lane, tenants take turns by tokens (`workers.inference.fair_queue`): a tenant
+with a thousand requests waiting here and one with a single request alternate, instead
+of the single request waiting for the thousand.
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +29,7 @@ from broker.budgets import Backoff, BucketShape, BudgetStore, Vector
 from broker.budgets.signals import RateLimitSignal
 from broker.config import DeploymentConfig
 from schemas import Lane
+from workers.inference.fair_queue import FairQueue
 
 log = logging.getLogger("sluice.worker.budgets")
 
@@ -59,14 +63,31 @@ class Reservation:
     lease: float
 
 
+@dataclass(frozen=True, slots=True)
+class _Waiter:
+    costs: Vector
+    future: asyncio.Future[Reservation]
+
+
+def _tokens(waiter: _Waiter) -> float:
+    # Turns are shared by tokens; a call that counts none still takes a little of a turn.
+    return max(1.0, waiter.costs[1])
+
+
+def _gave_up(waiter: _Waiter) -> bool:
+    return waiter.future.done()  # its caller gave up (deadline, failover)
+
+
 class _Gate:
     def __init__(self, name: str, shape: BucketShape, store: BudgetStore, margin: float):
         self.name = name
         self.shape = shape
         self._store = store
         self._margin = margin
-        self.queues: dict[Lane, deque[tuple[Vector, asyncio.Future[Reservation]]]] = {
-            Lane.INTERACTIVE: deque(), Lane.BATCH: deque(),
+        # Within a lane tenants take turns (`FairQueue`): one tenant's backlog does not
+        # hold the others' requests behind it.
+        self.queues: dict[Lane, FairQueue[_Waiter]] = {
+            lane: FairQueue(_tokens, _gave_up) for lane in (Lane.INTERACTIVE, Lane.BATCH)
         }
         self._arrived = asyncio.Event()
         self._interactive_arrived = asyncio.Event()
@@ -74,11 +95,11 @@ class _Gate:
         self.store_failures = 0
 
     def waiting(self, lane: Lane) -> int:
-        return sum(1 for _, future in self.queues[lane] if not future.done())
+        return len(self.queues[lane])
 
-    async def acquire(self, costs: Vector, lane: Lane) -> Reservation:
+    async def acquire(self, costs: Vector, lane: Lane, tenant: str = "") -> Reservation:
         future: asyncio.Future[Reservation] = asyncio.get_running_loop().create_future()
-        self.queues[lane].append((costs, future))
+        self.queues[lane].push(tenant, _Waiter(costs, future))
         self._arrived.set()
         if lane is Lane.INTERACTIVE:
             self._interactive_arrived.set()
@@ -86,13 +107,11 @@ class _Gate:
             self._task = asyncio.create_task(self._run())
         return await future
 
-    def _head(self) -> tuple[Lane, Vector, asyncio.Future[Reservation]] | None:
+    def _head(self) -> tuple[Lane, str, _Waiter] | None:
         for lane in (Lane.INTERACTIVE, Lane.BATCH):
-            queue = self.queues[lane]
-            while queue and queue[0][1].done():  # its caller gave up (deadline, failover)
-                queue.popleft()
-            if queue:
-                return lane, queue[0][0], queue[0][1]
+            head = self.queues[lane].head()
+            if head is not None:
+                return lane, head[0], head[1]
         return None
 
     async def _run(self) -> None:
@@ -102,12 +121,12 @@ class _Gate:
                 self._arrived.clear()
                 await self._arrived.wait()
                 continue
-            lane, costs, future = head
+            lane, tenant, waiter = head
             if lane is Lane.INTERACTIVE:
                 self._interactive_arrived.clear()
             margin = self._margin if lane is Lane.BATCH else 0.0
             try:
-                grant = await self._store.reserve(self.name, self.shape, costs, margin)
+                grant = await self._store.reserve(self.name, self.shape, waiter.costs, margin)
             except Exception as exc:  # fail closed: nothing is sent without a reservation
                 self.store_failures += 1
                 log.warning("budget store unavailable for %s (%s); holding requests",
@@ -115,12 +134,12 @@ class _Gate:
                 await asyncio.sleep(_STORE_RETRY_S)
                 continue
             if grant.granted:
-                reservation = Reservation(self.name, costs, grant.lease)
-                if future.done():  # gave up while we asked: give the budget back
+                reservation = Reservation(self.name, waiter.costs, grant.lease)
+                if waiter.future.done():  # gave up while we asked: give the budget back
                     await self._give_back(reservation)
                 else:
-                    self.queues[lane].popleft()
-                    future.set_result(reservation)
+                    self.queues[lane].pop(tenant)
+                    waiter.future.set_result(reservation)
                 continue
             # A little jitter keeps the workers sharing a budget from asking in lockstep.
             pause = min(grant.wait_s, _MAX_SLEEP_S) * (1 + 0.05 * random.random())
@@ -139,9 +158,8 @@ class _Gate:
         if self._task is not None:
             self._task.cancel()
         for queue in self.queues.values():
-            for _, future in queue:
-                future.cancel()
-            queue.clear()
+            for waiter in queue.drain():
+                waiter.future.cancel()
 
 
 class BudgetGates:
@@ -169,10 +187,14 @@ class BudgetGates:
         """Requests of `lane` waiting here for budget."""
         return sum(gate.waiting(lane) for gate in self.gates.values())
 
-    async def acquire(self, deployment: str, costs: Vector, lane: Lane) -> Reservation | None:
-        """Wait for budget (cancel or time out the await to give up); None: no budget set."""
+    async def acquire(self, deployment: str, costs: Vector, lane: Lane,
+                      tenant: str = "") -> Reservation | None:
+        """Wait for budget (cancel or time out the await to give up); None: no budget set.
+
+        Tenants waiting in one lane take turns by tokens (`FairQueue`).
+        """
         gate = self.gates.get(deployment)
-        return None if gate is None else await gate.acquire(costs, lane)
+        return None if gate is None else await gate.acquire(costs, lane, tenant)
 
     async def settle(self, reservation: Reservation | None, used: Vector | None) -> None:
         """Charge what the call used (`None`: nothing, the call failed); never raises."""

@@ -12,6 +12,14 @@ interactive request waits for budget in this worker and batch holds less than
 `batch_slot_share` of the slots, so interactive always finds room; at the gates
 (`workers.inference.lanes`) interactive goes first too. Nothing has to wake batch up:
 its consumer re-checks whenever a slot frees, and at least twice a second.
+
+Fair share between tenants: a topic is one FIFO, so a tenant that queued thousands of
+requests would have every other tenant's requests wait behind them. One tenant may hold
+at most `tenant_slot_share` of a worker's slots with interactive requests; a request of a
+tenant at its share is moved to the model's batch topic (acknowledged there before its
+offset counts as done) and served from there with the spare capacity. So the interactive
+topic never holds a backlog of one tenant in front of the others, and at the gates
+tenants take turns (`workers.inference.fair_queue`).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from typing import Any, TypeAlias
 
@@ -54,6 +63,7 @@ from workers.inference.background import Background
 from workers.inference.lanes import BudgetGates
 from workers.inference.outcomes import publish_outcome, too_large_to_publish
 from workers.inference.processor import Outcome, RequestProcessor
+from workers.inference.provenance import RequestProvenance
 from workers.inference.reply_partitions import StickyReplyPartitions
 from workers.inference.results import FinalResults
 from workers.providers import Provider
@@ -61,6 +71,8 @@ from workers.providers import Provider
 log = logging.getLogger("sluice.worker")
 
 CLOCK_SKEW_S = 5.0
+# Marks a request a worker moved to the batch topic because its tenant was over its share.
+OVERFLOW_HEADER = "x-sluice-overflow"
 
 
 def may_be_redelivery(timestamp_ms: int, assigned_at: float | None) -> bool:
@@ -169,24 +181,68 @@ class _ModelConsumer:
                 try:
                     request = decode(InferenceRequest, record)
                     self._check_model(request)
+                    # Who sent it: unproven ones (UnprovenRequest) are dead-lettered too.
+                    request = await self.pool.provenance.verify(record, request)
                 except PoisonMessage as exc:
                     self.pool.track(self._dead_letter(tp, record, str(exc)), self.lane)
                     continue
                 decoded.append((tp, record, request))
         done = await self._already_final(decoded)
+        overflow: list[tuple[TopicPartition, Record, InferenceRequest]] = []
         for tp, record, request in decoded:
             if request.id in done:
                 log.info("request %s already has a final result; not calling again", request.id)
                 self.tracker.finished(tp, record.offset)
-                continue
-            self.pool.track(self._handle(tp, record, request), self.lane)
+            elif self.lane is Lane.INTERACTIVE and self.pool.over_fair_share(request.tenant):
+                overflow.append((tp, record, request))
+            else:
+                self.pool.track(self._handle(tp, record, request), self.lane, request.tenant)
+        if overflow:
+            self.pool.track(self._overflow(overflow), self.lane)
+
+    async def _overflow(self, items: list[tuple[TopicPartition, Record, InferenceRequest]],
+                        ) -> None:
+        # Their tenants hold their share of this worker already: the requests wait on the
+        # model's batch topic instead of in front of other tenants' requests here. They keep
+        # their ids, reply_to and deadlines; only their priority changes. Sent together
+        # (one produce request per partition, not one per message), so a burst of one
+        # tenant is moved out of the way at Kafka's pace.
+        topic = self.pool.topics.requests(self.model, Lane.BATCH)
+
+        async def send(batch: list[tuple[TopicPartition, Record, InferenceRequest]]) -> None:
+            deliveries = [await self.pool.producer.send(
+                topic, record.value, key=record.key,
+                headers=[*record.headers, (OVERFLOW_HEADER, b"1")]) for _, record, _ in batch]
+            await asyncio.gather(*deliveries)
+
+        moved = items
+        try:
+            await self.pool.publish_with_retry(lambda: send(items))
+        except KafkaError as exc:
+            if not is_too_large(exc):
+                raise
+            moved = []
+            for item in items:  # our header tipped one over: serve that one here
+                try:
+                    await self.pool.publish_with_retry(lambda: send([item]))  # noqa: B023
+                    moved.append(item)
+                except KafkaError as single:
+                    if not is_too_large(single):
+                        raise
+                    await self._handle(*item)
+        self.pool.overflowed += len(moved)
+        for tp, record, _ in moved:
+            self.tracker.finished(tp, record.offset)
 
     async def _already_final(
         self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
     ) -> set[str]:
+        # A moved request may have been moved twice (a publish retried after a lost
+        # acknowledgement): its copies are checked like redeliveries.
         suspects = [
             request.id for tp, record, request in decoded
             if may_be_redelivery(record.timestamp, self.assigned_at.get(tp))
+            or header(record, OVERFLOW_HEADER) is not None
         ]
         if not suspects:
             return set()
@@ -219,7 +275,10 @@ class _ModelConsumer:
         self.tracker.finished(tp, record.offset)
 
     async def _handle(self, tp: TopicPartition, record: Record, request: InferenceRequest) -> None:
-        outcome = await self.pool.processor.process(request)
+        # A request moved here for fair share waits for budget like the batch work it
+        # queued with (its deadline stays its own lane's).
+        moved = self.lane is Lane.BATCH and header(record, OVERFLOW_HEADER) is not None
+        outcome = await self.pool.processor.process(request, Lane.BATCH if moved else None)
         reply_to = request.reply_to or header(record, "reply_to")
         try:
             await self.pool.publish_with_retry(
@@ -268,8 +327,10 @@ class InferencePool:
         *,
         budgets: BudgetStore | None = None,
         drain_timeout_s: float = 30.0,
+        provenance: RequestProvenance | None = None,
     ):
         self.kafka = kafka
+        self.provenance = provenance or RequestProvenance(kafka)
         self.worker_settings = worker_settings
         self.config = config
         self.models = list(models)
@@ -282,6 +343,11 @@ class InferencePool:
         self.final_results = final_results
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
+        # Fair share: one tenant holds at most this many interactive slots of this worker;
+        # the rest of its requests overflow to the batch topic (`_ModelConsumer._overflow`).
+        self.tenant_cap = max(1, int(self.slots.size * worker_settings.tenant_slot_share))
+        self.tenant_used: Counter[str] = Counter()
+        self.overflowed = 0
         self.producer: Producer = new_producer(
             kafka, client_id="sluice-worker", linger_ms=0
         )
@@ -304,6 +370,7 @@ class InferencePool:
             "models": self.models,
             "breakers": self.processor.breakers.snapshot(),
             "in_flight": self.slots.used,
+            "overflowed_to_batch": self.overflowed,
             "ready": self.ready(),
             "budgets": self.budgets.last_snapshot,
         }
@@ -323,17 +390,32 @@ class InferencePool:
         share = int(self.slots.size * self.worker_settings.batch_slot_share)
         return max(0, min(free, share - self.lane_used[Lane.BATCH]))
 
-    def track(self, work: Coroutine[Any, Any, None], lane: Lane = Lane.INTERACTIVE) -> None:
-        """Run `work` as a task that holds one slot (of `lane`) until it ends."""
+    def over_fair_share(self, tenant: str) -> bool:
+        """Whether `tenant` already holds its share of this worker's interactive slots."""
+        return self.tenant_used[tenant] >= self.tenant_cap
+
+    def track(self, work: Coroutine[Any, Any, None], lane: Lane = Lane.INTERACTIVE,
+              tenant: str | None = None) -> None:
+        """Run `work` as a task that holds one slot (of `lane`, of `tenant`) until it ends.
+
+        Only interactive slots count towards a tenant's share.
+        """
+        counted = tenant if lane is Lane.INTERACTIVE else None
         self.slots.used += 1
         self.lane_used[lane] += 1
+        if counted is not None:
+            self.tenant_used[counted] += 1
         task = asyncio.create_task(work)
         self._tasks.add(task)
-        task.add_done_callback(lambda done: self._task_done(done, lane))
+        task.add_done_callback(lambda done: self._task_done(done, lane, counted))
 
-    def _task_done(self, task: asyncio.Task[None], lane: Lane) -> None:
+    def _task_done(self, task: asyncio.Task[None], lane: Lane, tenant: str | None) -> None:
         self._tasks.discard(task)
         self.lane_used[lane] -= 1
+        if tenant is not None:
+            self.tenant_used[tenant] -= 1
+            if not self.tenant_used[tenant]:
+                del self.tenant_used[tenant]
         self.slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("request task failed", exc_info=task.exception())

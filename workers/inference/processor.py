@@ -34,6 +34,7 @@ from schemas import (
     ErrorInfo,
     InferenceRequest,
     InferenceResult,
+    Lane,
     RequestStatus,
     UsageEvent,
 )
@@ -103,8 +104,12 @@ class RequestProcessor:
         self.budgets = budgets
         self._emit = emit
 
-    async def process(self, request: InferenceRequest) -> Outcome:
-        """Answer `request`; never raises for provider failures (they become outcomes)."""
+    async def process(self, request: InferenceRequest, priority: Lane | None = None) -> Outcome:
+        """Answer `request`; never raises for provider failures (they become outcomes).
+
+        `priority`: the lane it waits in for budget, when not its own (a request moved to
+        the batch topic for fair share waits there like batch work).
+        """
         if self.cancelled.is_cancelled(request.id, request.tenant):
             error = ErrorInfo(type="cancelled", code="cancelled",
                               message="The request was cancelled before it started.")
@@ -128,7 +133,7 @@ class RequestProcessor:
             wait = remaining if index == len(order) - 1 else min(remaining,
                                                                  FAILOVER_BUDGET_WAIT_S)
             try:
-                reservation = await self._reserve(request, name, wait)
+                reservation = await self._reserve(request, name, wait, priority)
             except TimeoutError:
                 continue
             if self.cancelled.is_cancelled(request.id, request.tenant):
@@ -234,13 +239,14 @@ class RequestProcessor:
                              provider=provider.name, attempts=request.attempt + calls)
         return Outcome(result, [usage])
 
-    async def _reserve(self, request: InferenceRequest, name: str,
-                       wait_s: float) -> Reservation | None:
+    async def _reserve(self, request: InferenceRequest, name: str, wait_s: float,
+                       priority: Lane | None = None) -> Reservation | None:
         """Budget for one call to `name`; raises TimeoutError after `wait_s` without it."""
         if self.budgets is None or name not in self.budgets.gates:
             return None
         async with asyncio.timeout(wait_s):
-            return await self.budgets.acquire(name, self.estimate(request, name), request.lane)
+            return await self.budgets.acquire(name, self.estimate(request, name),
+                                              priority or request.lane, request.tenant)
 
     async def _settle(self, reservation: Reservation | None, used: Vector | None) -> None:
         if self.budgets is not None:

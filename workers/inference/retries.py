@@ -36,6 +36,7 @@ from broker.kafka import (
 )
 from broker.kafka.offsets import OffsetTracker
 from broker.settings import KafkaSettings
+from broker.signing import service_headers, without_signature
 from schemas import InferenceRequest, Topics
 from workers.inference.processor import Retry
 
@@ -168,8 +169,7 @@ class RetryScheduler:
             try:
                 if target:
                     await self._producer.send_and_wait(
-                        target, record.value, key=record.key,
-                        headers=[(k, v) for k, v in (record.headers or ()) if k != NOT_BEFORE],
+                        target, record.value, key=record.key, headers=self._signed(record),
                     )
             except KafkaError as exc:
                 log.warning("republishing a retry failed (%s); trying again in 1s", exc)
@@ -178,6 +178,14 @@ class RetryScheduler:
             heapq.heappop(self._held)
             self._tracker.finished(tp, record.offset)
             self.republished += 1
+
+    def _signed(self, record: Record) -> list[tuple[str, bytes]]:
+        # A retry is the request as a worker re-encoded it (next attempt), so the sender's
+        # signature no longer matches: it goes back signed by us. Only workers may write
+        # retry topics (the ACLs in compose.yaml), and they write only requests they had
+        # verified; that is what makes signing what we read here sound.
+        headers = [(k, v) for k, v in (record.headers or ()) if k != NOT_BEFORE]
+        return [*without_signature(headers), *service_headers(self._kafka, record.value or b"")]
 
     def _target_of(self, record: Record) -> str | None:
         # A retry without our header (written by hand, or by an older worker): route it by

@@ -3,9 +3,11 @@
 `Ledger` is the service (on `broker.kafka.ApplyLoop`); `rows` holds its pure helpers
 (decoding, deduplication) and `store` its idempotent SQL. Privacy: `content` stores prompts only for
 tenants with `store_content`, and `ContentRetention` (run beside the ledger) removes other
-tenants' completion text once it is past retention.
+tenants' completion text once it is past retention; `StaleHolds` releases admission holds of
+requests that can no longer finish.
 """
 
+from workers.ledger.holds import StaleHolds
 from workers.ledger.retention import ContentRetention
 from workers.ledger.rows import (
     Kind,
@@ -26,6 +28,7 @@ __all__ = [
     "LedgerBatch",
     "LedgerRow",
     "Poison",
+    "StaleHolds",
     "classify",
     "plan_batch",
     "subscription_pattern",

@@ -11,10 +11,15 @@
   an insert and an update. A final result also ends its request's admission hold
   (a succeeded one once its usage is recorded too: see `_settling`), which PostgreSQL
   deletes once: a redelivered record releases nothing.
+- tenants: a request id belongs to the tenant that recorded it first. A result or usage
+  event naming another tenant for it is refused (dead-lettered, `_foreign`), and every
+  statement also matches on tenant, so even a race between ledgers cannot let one
+  tenant's record write into another's request.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from functools import cache
 from typing import Any
@@ -29,6 +34,8 @@ from broker.stores.database import database_errors, is_data_error, sqlstate
 from broker.stores.tables import requests, usage_events
 from workers.ledger.pricing import price_usage
 from workers.ledger.rows import Kind, LedgerBatch, LedgerRow, Poison
+
+log = logging.getLogger("sluice.ledger")
 
 # Each statement is built once and executed with many parameter sets: SQLAlchemy compiles
 # it once and caches it. A multi-row VALUES list sized per batch was compiled anew for
@@ -91,7 +98,7 @@ def request_statement() -> Insert:
     return statement.on_conflict_do_update(
         index_elements=[requests.c.id],
         set_={"lane": statement.excluded.lane, "updated_at": func.now()},
-        where=requests.c.lane.is_(None),
+        where=requests.c.lane.is_(None) & (requests.c.tenant == statement.excluded.tenant),
     )
 
 
@@ -107,7 +114,7 @@ def result_statement() -> Insert:
             "finished_at": statement.excluded.finished_at,
             "updated_at": func.now(),
         },
-        where=requests.c.status == "queued",
+        where=(requests.c.status == "queued") & (requests.c.tenant == statement.excluded.tenant),
     )
 
 
@@ -134,7 +141,7 @@ def answered_statement() -> Insert:
             "finished_at": final("finished_at"),
             "updated_at": func.now(),
         },
-        where=queued | requests.c.lane.is_(None),
+        where=(queued | requests.c.lane.is_(None)) & (requests.c.tenant == new.tenant),
     )
 
 
@@ -155,7 +162,10 @@ def pair_answered(
     does not carry).
     """
     lanes = {row.key: row.values["lane"] for row in queued}
-    answered = {row.key for row in finals if row.key in lanes}
+    tenants = {row.key: row.values["tenant"] for row in queued}
+    # A result naming another tenant is no answer to the request (see `_foreign`).
+    answered = {row.key for row in finals
+                if row.key in lanes and tenants[row.key] == row.values["tenant"]}
     return (
         [row for row in queued if row.key not in answered],
         [row for row in finals if row.key not in answered],
@@ -241,6 +251,43 @@ async def _settling(connection: AsyncConnection, batch: LedgerBatch) -> list[str
     return sorted(settling)
 
 
+def _request_of(row: LedgerRow) -> str:
+    return str(row.values["request_id"]) if row.kind is Kind.USAGE else row.key
+
+
+async def _foreign(connection: AsyncConnection, batch: LedgerBatch) -> tuple[LedgerBatch,
+                                                                             list[Poison]]:
+    """The batch without the results and usage events that name another tenant than
+    their request's, and those as poison.
+
+    A request belongs to the tenant that recorded it (in PostgreSQL, or else in this
+    batch). Only workers write results and usage, from verified requests; one naming
+    another tenant is forged or broken, and recording it would finish, or charge, another
+    tenant's request. One indexed look-up per batch.
+    """
+    claims = [*batch.rows[Kind.RESULT], *batch.rows[Kind.USAGE]]
+    if not claims:
+        return batch, []
+    owners = {row.key: row.values["tenant"] for row in batch.rows[Kind.REQUEST]}
+    recorded = await connection.execute(
+        text("SELECT id, tenant FROM requests WHERE id = ANY(CAST(:ids AS TEXT[]))"),
+        {"ids": sorted({_request_of(row) for row in claims})})
+    owners.update({row[0]: row[1] for row in recorded})
+    refused: list[Poison] = []
+    kept = LedgerBatch(poison=batch.poison)
+    for kind, rows in batch.rows.items():
+        for row in rows:
+            owner = owners.get(_request_of(row)) if kind is not Kind.REQUEST else None
+            if owner is None or owner == row.values["tenant"]:
+                kept.rows[kind].append(row)
+                continue
+            reason = (f"{kind.value} for request {_request_of(row)} names tenant "
+                      f"'{row.values['tenant']}', but the request belongs to tenant '{owner}'")
+            log.warning("ledger: refusing %s", reason)
+            refused.append(Poison(row.record, reason))
+    return kept, refused
+
+
 async def _release_for(connection: AsyncConnection, kind: Kind, row: LedgerRow) -> None:
     # One by one (after a refused batch): the holds `_settling` would release for this row.
     single = LedgerBatch()
@@ -263,9 +310,11 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
     """
     # Kind's order puts requests before results: a result in the same batch then finds
     # (and finalises) the queued row instead of racing it.
+    foreign: list[Poison] = []
     with database_errors(engine):
         try:
             async with engine.begin() as connection:
+                batch, foreign = await _foreign(connection, batch)
                 usage = batch.rows[Kind.USAGE]
                 await price_usage(connection, usage)
                 settling = await _settling(connection, batch)
@@ -279,11 +328,11 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 await _write(connection, Kind.RESULT, unanswered_results)
                 if settling:
                     await connection.execute(RELEASE_STATEMENT, {"request_ids": settling})
-            return []
+            return foreign
         except DBAPIError as exc:
             if not is_data_error(exc):
                 raise
-        return await _write_one_by_one(engine, batch)
+        return [*foreign, *await _write_one_by_one(engine, batch)]
 
 
 async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
