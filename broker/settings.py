@@ -50,6 +50,10 @@ class KafkaSettings(_Settings):
     # `min.insync.replicas` of created topics; None takes the brokers' default. With
     # acks=all a write then needs this many copies before anyone is told "accepted".
     topic_min_insync_replicas: int | None = Field(default=None, ge=1)
+    # How far back a cancel still matters: at least the longest lane deadline (batch, 24 h)
+    # plus retries. The cancels topic keeps markers this long (`retention.ms`), and a
+    # starting worker reads only this far back instead of the topic's whole history.
+    cancel_lookback_s: float = Field(default=25 * 3600.0, gt=0)
     # The largest record the brokers accept; None asks them (`message.max.bytes`) at start.
     max_message_bytes: int | None = Field(default=None, ge=1024)
     # An ingress instance's reply topic has one reader, but on the embedded broker each
@@ -136,6 +140,8 @@ class IngressSettings(_Settings):
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
     # Long polls (`GET /v1/requests/{id}?wait=`) one tenant may hold open on an instance.
     max_long_polls_per_tenant: int = Field(default=100, ge=1)
+    # uvicorn's limit_concurrency: connections and requests in flight before 503s.
+    max_connections: int = Field(default=4096, ge=16)
     public_url: str | None = None
     # SLUICE_ADMIN_KEY: guards /v1/admin/* and tenant-wide usage; unset disables them.
     admin_key: SecretStr | None = None

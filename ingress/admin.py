@@ -103,6 +103,7 @@ class TenantChange(BaseModel):
     monthly_budget_usd: Usd | None = None
     monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
     max_queued_requests: Annotated[int, Field(ge=1)] | None = None
+    weight: Annotated[float, Field(gt=0)] | None = None
     store_content: bool | None = None
 
 
@@ -114,6 +115,7 @@ def tenant_body(tenant: TenantSettings, account: SpendAccount | None) -> dict[st
         if tenant.monthly_budget_usd is not None else None,
         "monthly_budget_tokens": tenant.monthly_budget_tokens,
         "max_queued_requests": tenant.max_queued_requests,
+        "weight": tenant.weight,
         "spent_usd": str(account.spent_usd) if account else "0",
         "reserved_usd": str(account.reserved_usd) if account else "0",
         "spent_tokens": account.spent_tokens if account else 0,
@@ -181,6 +183,8 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         fields = {field: getattr(change, field) for field in change.model_fields_set}
         if fields.get("store_content", False) is None:
             raise InvalidRequest("store_content must be true or false.", param="store_content")
+        if "weight" in fields and fields["weight"] is None:
+            fields["weight"] = 1.0  # null: back to the default share
         tenant = await set_tenant(engine, name, **fields)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
         return json_response(tenant_body(tenant, accounts.get(f"tenant:{name}")))

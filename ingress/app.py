@@ -225,6 +225,7 @@ class Ingress:
             stored = await wait_until_final(
                 self.services.requests, request_id, principal.tenant,
                 wait_s if may_wait else 0.0, accepted_here=recent_tenant == principal.tenant,
+                announcements=self.services.announcements,
             )
         if stored is not None and stored.tenant == principal.tenant:
             return json_response(request_state(
@@ -302,6 +303,9 @@ def create_app(services: IngressServices) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        announcements = services.announcements
+        if announcements is not None:
+            await announcements.start()
         await ingress.replies.start()
         await ingress.publisher.start()
         if ingress.publisher.ready:  # with Kafka away we serve 503s instead of waiting
@@ -309,6 +313,8 @@ def create_app(services: IngressServices) -> FastAPI:
         yield
         await ingress.publisher.stop()
         await ingress.replies.stop()
+        if announcements is not None:
+            await announcements.stop()
 
     # FastAPI's native OpenTelemetry hook probes the environment on every request (7% of
     # ingress CPU in the profile) although no OpenTelemetry provider is configured.

@@ -21,16 +21,33 @@ async def authenticate(request: Request, keys: ApiKeyFinder) -> Principal:
     if scheme.lower() != "bearer" or not secret.strip():
         raise AuthenticationFailed("Malformed Authorization header; use 'Bearer <key>'.")
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
+    if throttle is None:
+        principal = await keys.principal(secret.strip())
+    else:
+        principal = await _throttled(request, keys, secret.strip(), throttle)
+    if principal is None:
+        shown = secret.strip()[:14]
+        raise AuthenticationFailed(f"Incorrect API key provided: {shown}…")
+    return principal
+
+
+async def _throttled(request: Request, keys: ApiKeyFinder, secret: str,
+                     throttle: LoginThrottle) -> Principal | None:
+    known = await keys.principal(secret, cached_only=True)
+    if known is not None:
+        return known
     source = request.client.host if request.client is not None else "unknown"
-    wait_s = throttle.retry_after_s(source) if throttle is not None else None
-    principal = await keys.principal(secret.strip(), cached_only=wait_s is not None)
-    if principal is None and wait_s is not None:
+    wait_s = throttle.retry_after_s(source)
+    if wait_s is not None:
         raise LimitExceeded(
             "Too many failed authentications from your address; retry later with a valid "
             "key.", code="too_many_failed_logins", retry_after_s=wait_s)
-    if principal is None:
-        if throttle is not None:
-            throttle.failed(source)
-        shown = secret.strip()[:14]
-        raise AuthenticationFailed(f"Incorrect API key provided: {shown}…")
+    key = hash(secret)  # this process's own hash: the secret itself is not kept
+    attempt = throttle.attempt(source, key)  # counted now: concurrent guesses see it
+    try:
+        principal = await keys.principal(secret)
+    except BaseException:  # the database failed (or we were cancelled): no failed login
+        throttle.settle(source, key, attempt, valid=True)
+        raise
+    throttle.settle(source, key, attempt, valid=principal is not None)
     return principal

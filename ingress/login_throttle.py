@@ -4,7 +4,9 @@ A caller that keeps presenting unknown keys costs a database lookup each (the ke
 only remembers what it has looked up). After `limit` failures from one address within
 `window_s`, that address's unknown keys are refused with 429 and `Retry-After` without
 asking the database; keys the cache knows still work, so clients sharing an address with
-a guesser (behind one load balancer) keep working.
+a guesser (behind one load balancer) keep working. A lookup counts as a failure from the
+moment it starts (and is forgiven if the key turns out valid), so a guesser sending
+hundreds of keys at once gets `limit` lookups, not hundreds.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class LoginThrottle:
         self._max_sources = max_sources
         self._clock = clock
         self._failures: dict[str, deque[float]] = {}
+        self._pending: dict[tuple[str, int], float] = {}  # lookups in flight
 
     def retry_after_s(self, source: str) -> float | None:
         """Seconds until `source` may be asked about unknown keys again, or None now."""
@@ -32,14 +35,29 @@ class LoginThrottle:
             return None
         return max(0.0, failures[0] + self._window_s - self._clock())
 
-    def failed(self, source: str) -> None:
-        """Count one failed authentication from `source`."""
+    def attempt(self, source: str, key: int) -> float:
+        """Count a lookup of key `key` (a hash of it) from `source` as failed until it is
+        `settle`d valid. Concurrent lookups of one key count once (a service starting
+        with a cold cache sends many requests with one valid key at once)."""
+        pending = self._pending.get((source, key))
+        if pending is not None:
+            return pending
         failures = self._recent(source)
         if failures is None:
             while len(self._failures) >= self._max_sources:
                 self._failures.pop(next(iter(self._failures)))  # the oldest source
             failures = self._failures[source] = deque()
-        failures.append(self._clock())
+        stamp = self._clock()
+        failures.append(stamp)
+        self._pending[(source, key)] = stamp
+        return stamp
+
+    def settle(self, source: str, key: int, stamp: float, *, valid: bool) -> None:
+        """The lookup counted at `stamp` ended; a valid key was no failure."""
+        self._pending.pop((source, key), None)
+        failures = self._failures.get(source)
+        if valid and failures is not None and stamp in failures:
+            failures.remove(stamp)
 
     def _recent(self, source: str) -> deque[float] | None:
         failures = self._failures.get(source)

@@ -1,24 +1,30 @@
 """Long polling: `GET /v1/requests/{id}?wait=30` answers as soon as the request is final.
 
 Any ingress instance can be asked, and the result of record lives in PostgreSQL (written by
-the ledger), so the wait polls the database with a growing interval: a waiting client costs
-a handful of indexed lookups per second at most, whichever instance accepted its request.
+the ledger). The ledger announces each final result (`broker.stores.notifications`) and the
+wait is woken by that, looking in the database only then and every few seconds as a
+fallback. While announcements are not coming (the listening connection is down, or there
+is none) the wait polls with a growing interval instead: a handful of indexed lookups per
+second at most.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from broker.errors import InvalidRequest
-from ingress.services import RequestFinder, StoredRequest
+from ingress.services import RequestFinder, ResultAnnouncements, StoredRequest
 from schemas import RequestStatus
 
 MAX_WAIT_S = 60.0
 _FIRST_INTERVAL_S = 0.05
 _MAX_INTERVAL_S = 0.5
+# While announcements flow, a poll looks in the database itself only this often.
+_ANNOUNCED_INTERVAL_S = 5.0
 # A request accepted by another instance is recorded by the ledger within milliseconds;
 # an id still unknown after this long does not exist, and waiting longer helps nobody.
 UNKNOWN_GRACE_S = 2.0
@@ -72,6 +78,7 @@ async def wait_until_final(
     *,
     accepted_here: bool,
     grace_s: float = UNKNOWN_GRACE_S,
+    announcements: ResultAnnouncements | None = None,
 ) -> StoredRequest | None:
     """The stored request once final, or as it stands when `wait_s` has passed.
 
@@ -82,16 +89,23 @@ async def wait_until_final(
     started = time.monotonic()
     deadline = started + wait_s
     interval = _FIRST_INTERVAL_S
-    while True:
-        stored = await requests.find(request_id)
-        if stored is not None and (
-            stored.tenant != tenant or stored.status != RequestStatus.QUEUED
-        ):
-            return stored
-        now = time.monotonic()
-        remaining = deadline - now
-        unknown = stored is None and not accepted_here
-        if remaining <= 0 or (unknown and now - started >= grace_s):
-            return stored
-        await asyncio.sleep(min(interval, remaining))
-        interval = min(interval * 1.5, _MAX_INTERVAL_S)
+    # Watch before the first look: an announcement in between is not missed.
+    with (announcements.watch(request_id) if announcements is not None
+          else contextlib.nullcontext(asyncio.Event())) as announced:
+        while True:
+            announced.clear()
+            stored = await requests.find(request_id)
+            if stored is not None and (
+                stored.tenant != tenant or stored.status != RequestStatus.QUEUED
+            ):
+                return stored
+            now = time.monotonic()
+            remaining = deadline - now
+            unknown = stored is None and not accepted_here
+            if remaining <= 0 or (unknown and now - started >= grace_s):
+                return stored
+            listening = announcements is not None and announcements.listening
+            pause = _ANNOUNCED_INTERVAL_S if listening and not unknown else interval
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(announced.wait(), min(pause, remaining))
+            interval = min(interval * 1.5, _MAX_INTERVAL_S)

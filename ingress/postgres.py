@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from broker.config import SluiceConfig
-from broker.stores.admission import PostgresAdmissionStore
 from broker.stores.keys import ApiKeyCache
-from broker.stores.prices import PriceCache
 from broker.stores.requests import RequestRecord, get_request
-from broker.stores.tenants import TenantCache
-from ingress.admission import AdmissionControl
 from ingress.services import Principal
 
 
@@ -42,9 +37,3 @@ class PostgresRequests:
     async def find(self, request_id: str) -> RequestRecord | None:
         """The request, or None if the ledger has not seen it yet."""
         return await get_request(self._engine, request_id)
-
-
-def postgres_admission(engine: AsyncEngine, config: SluiceConfig) -> AdmissionControl:
-    """Admission with state, tenant budgets and prices in PostgreSQL (the latter two cached)."""
-    return AdmissionControl(PostgresAdmissionStore(engine), TenantCache(engine),
-                            PriceCache(engine), config)

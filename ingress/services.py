@@ -6,10 +6,12 @@ in-memory ones.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -103,6 +105,27 @@ class RequestFinder(Protocol):
         ...
 
 
+class ResultAnnouncements(Protocol):
+    """Final results as the ledger announces them (`broker.stores.notifications`)."""
+
+    @property
+    def listening(self) -> bool:
+        """Whether announcements are coming now (else waiters must look themselves)."""
+        ...
+
+    def watch(self, request_id: str) -> AbstractContextManager[asyncio.Event]:
+        """An event set when `request_id` is announced final, while the block runs."""
+        ...
+
+    async def start(self) -> None:
+        """Start listening (in the background)."""
+        ...
+
+    async def stop(self) -> None:
+        """Stop listening."""
+        ...
+
+
 class RecentlyAccepted:
     """Ids this instance handed out for polling lately (202, or 504 before the answer came),
     so a poll right after does not answer 404.
@@ -162,8 +185,10 @@ class IngressServices:
     batches: BatchSettings
     # Admin keys API and usage queries (ingress/admin.py); None leaves those routes out.
     ledger: LedgerAccess | None = None
-    # Key rate limits and monthly budgets (ingress/admission.py); None admits everything.
+    # Key rate limits and monthly budgets (broker/admission.py); None admits everything.
     admission: Admission | None = None
+    # Wakes long polls when their result is recorded; None: long polls poll.
+    announcements: ResultAnnouncements | None = None
 
     def ingress_id(self) -> str:
         """This instance's id, naming its reply topic."""

@@ -58,6 +58,9 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     tenant_set.add_argument("--max-queued", default=None,
                             help="requests accepted and unfinished at once; more get 429 "
                                  "queue_full ('none' removes the cap)")
+    tenant_set.add_argument("--weight", type=float, default=None,
+                            help="fair share relative to other tenants (default 1): twice "
+                                 "the turns and worker slots at 2")
     tenant_set.add_argument("--store-content", choices=("yes", "no"), default=None,
                             help="keep prompt and completion text (default no)")
     tenant_set.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_set"))

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 
 from broker.config import SluiceConfig, load_config
@@ -40,12 +41,14 @@ def run_ingress(args: argparse.Namespace) -> int:
     """`sluice ingress`: serve the HTTP API with uvicorn."""
     import uvicorn
 
+    from broker.admission import postgres_admission
     from broker.batches.settings import BatchSettings
     from broker.stores.database import create_engine
+    from broker.stores.notifications import FinalResultListener
     from broker.webhooks.settings import WebhookSettings
     from ingress.app import create_app
     from ingress.hot_routes import serve
-    from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
+    from ingress.postgres import PostgresApiKeys, PostgresRequests
     from ingress.services import IngressServices, LedgerAccess
 
     configure_logging()
@@ -63,6 +66,7 @@ def run_ingress(args: argparse.Namespace) -> int:
         batches=BatchSettings(),
         ledger=LedgerAccess(engine),
         admission=postgres_admission(engine, config),
+        announcements=FinalResultListener(engine),
     )
     uvicorn.run(
         serve(create_app(services)),
@@ -72,6 +76,11 @@ def run_ingress(args: argparse.Namespace) -> int:
         # Nothing in the ingress reads the caller's address (keys identify callers), so
         # uvicorn's X-Forwarded-For rewriting would cost every request for nothing.
         proxy_headers=False,
+        # Past this many connections and requests in flight, new ones get 503 at once
+        # instead of queueing memory (each sync request holds its connection up to
+        # SLUICE_SYNC_TIMEOUT_S).
+        limit_concurrency=settings.max_connections,
+        backlog=min(settings.max_connections, 65535),
         log_level="warning",
         loop="uvloop",
         http="httptools",
@@ -82,11 +91,15 @@ def run_ingress(args: argparse.Namespace) -> int:
 
 def run_worker(args: argparse.Namespace) -> int:
     """`sluice worker`: consume request topics and call providers."""
+    from broker.admission import postgres_admission
     from broker.budgets import PostgresBudgetStore
     from broker.stores.database import create_engine
+    from broker.stores.tenants import tenant_weights
     from workers.inference import InferencePool
+    from workers.inference.native_admission import NativeAdmission
     from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
     from workers.inference.results import PostgresFinalResults
+    from workers.inference.tenant_weights import TenantWeights
     from workers.providers import ProviderTransports, ProxyEnvironment, build_provider
 
     configure_logging()
@@ -117,11 +130,16 @@ def run_worker(args: argparse.Namespace) -> int:
                 for name, deployment in config.deployments.items()
             }
             kafka = await with_broker_limits(KafkaSettings())
+            # Kafka-native requests signed by an API key are checked against the keys, and
+            # admitted under the key's and tenant's limits like requests at ingress.
+            provenance = RequestProvenance(kafka, PostgresKeyLookup(engine))
             pool = InferencePool(
                 kafka, worker_settings, config, models, providers,
                 PostgresFinalResults(engine), budgets=PostgresBudgetStore(engine),
-                # Kafka-native requests signed by an API key are checked against the keys.
-                provenance=RequestProvenance(kafka, PostgresKeyLookup(engine)),
+                provenance=provenance,
+                native_admission=NativeAdmission(postgres_admission(engine, config),
+                                                 provenance),
+                tenant_weights=TenantWeights(partial(tenant_weights, engine)),
             )
             await pool.run(stop)
         await engine.dispose()
@@ -134,6 +152,7 @@ def run_ledger(args: argparse.Namespace) -> int:
     from broker.batches.settings import BatchSettings
     from broker.stores.database import create_engine
     from workers.batches import BatchTracker
+    from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
     from workers.ledger import ContentRetention, Ledger, StaleHolds
 
     configure_logging()
@@ -147,7 +166,8 @@ def run_ledger(args: argparse.Namespace) -> int:
         kafka = await with_broker_limits(KafkaSettings())
         try:  # the batch tracker (OpenAI Batch API) runs beside the ledger, same database
             await asyncio.gather(
-                Ledger(kafka, settings, engine).run(stop),
+                Ledger(kafka, settings, engine,
+                       provenance=RequestProvenance(kafka, PostgresKeyLookup(engine))).run(stop),
                 # Privacy: completion text past its retention (`workers.ledger.retention`).
                 ContentRetention(engine, settings).run(stop),
                 # Holds of requests that can no longer finish (`workers.ledger.holds`).

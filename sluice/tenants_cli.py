@@ -44,7 +44,7 @@ def _tokens_option(raw: str | None) -> Any:
 
 def run_tenants_set(args: argparse.Namespace) -> int:
     """`sluice tenants set NAME [--monthly-budget-usd X] [--monthly-budget-tokens N]
-    [--max-queued N] [--store-content yes|no]`."""
+    [--max-queued N] [--weight W] [--store-content yes|no]`."""
     changes: dict[str, Any] = {}
     usd, tokens = _usd_option(args.monthly_budget_usd), _tokens_option(args.monthly_budget_tokens)
     if usd is not ...:
@@ -54,15 +54,21 @@ def run_tenants_set(args: argparse.Namespace) -> int:
     queued = _count_option(getattr(args, "max_queued", None), "--max-queued")
     if queued is not ...:
         changes["max_queued_requests"] = queued
+    weight = getattr(args, "weight", None)
+    if weight is not None:
+        if not weight > 0:
+            raise ConfigError(f"--weight: {weight} is not a positive number")
+        changes["weight"] = weight
     if args.store_content is not None:
         changes["store_content"] = args.store_content == "yes"
     tenant = with_engine(lambda e: set_tenant(e, args.name, **changes))
     budget = budget_text(tenant.monthly_budget_usd, tenant.monthly_budget_tokens)
     stored = "yes" if tenant.store_content else "no"
     cap = tenant.max_queued_requests if tenant.max_queued_requests is not None else "no cap"
-    print(f"tenant {tenant.name}: budget {budget} per month, queued requests {cap}, "
-          f"store content {stored} "
-          "(ingress instances apply it within 30 s; `sluice tenants list` shows spend)")
+    print(f"tenant {tenant.name}: budget {budget} per month, store content {stored}, "
+          f"queued requests {cap}, weight {tenant.weight:g} "
+          "(ingress instances and workers apply it within 30 s; `sluice tenants list` "
+          "shows spend)")
     return 0
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -20,11 +20,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import (
+    IncompatibleBrokerVersion,
     KafkaError,
     MessageSizeTooLargeError,
     RecordListTooLargeError,
     RecordTooLargeError,
     TopicAlreadyExistsError,
+    UnsupportedVersionError,
     for_code,
 )
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
@@ -222,8 +224,19 @@ async def with_broker_limits(settings: KafkaSettings) -> KafkaSettings:
     return settings.model_copy(update={"max_message_bytes": facts.message_max_bytes})
 
 
+def cancels_topic_configs(settings: KafkaSettings) -> dict[str, str]:
+    """The cancels topic's configs: Kafka deletes markers once no request can need them
+    (`cancel_lookback_s`, above the longest lane deadline)."""
+    return {"cleanup.policy": "delete",
+            "retention.ms": str(int(settings.cancel_lookback_s * 1000))}
+
+
 async def ensure_topics(
-    settings: KafkaSettings, names: Iterable[str], *, partitions: int | None = None
+    settings: KafkaSettings,
+    names: Iterable[str],
+    *,
+    partitions: int | None = None,
+    configs: Mapping[str, str] | None = None,
 ) -> None:
     """Create topics that do not exist yet (idempotent; racing creators are fine).
 
@@ -231,6 +244,11 @@ async def ensure_topics(
     `settings.topic_replication_factor` replicas, or the brokers' default. On a cluster of
     three brokers or more, a topic with fewer than three replicas is logged as a warning:
     losing one broker would lose what only it holds.
+
+    `configs` (topic configs such as `retention.ms`) are set on created topics, and on
+    existing ones that say otherwise (logged). Failing to change an existing topic is
+    logged, not raised: a process must start even where it may not alter configs. The
+    in-memory broker keeps no configs.
     """
     wanted = sorted(set(names))
     if not wanted:
@@ -240,6 +258,11 @@ async def ensure_topics(
             memory_broker(settings.kafka_bootstrap).create_topic(
                 name, partitions or settings.topic_partitions)
         return
+    topic_configs = {
+        **({} if settings.topic_min_insync_replicas is None else
+           {"min.insync.replicas": str(settings.topic_min_insync_replicas)}),
+        **(configs or {}),
+    }
     admin = await _admin(settings)
     try:
         existing = set(await admin.list_topics())
@@ -247,18 +270,74 @@ async def ensure_topics(
         facts = await _broker_facts(admin)
         if missing:
             replicas = settings.topic_replication_factor or facts.replication_factor
-            configs = ({} if settings.topic_min_insync_replicas is None else
-                       {"min.insync.replicas": str(settings.topic_min_insync_replicas)})
             response = await admin.create_topics([
                 NewTopic(name, num_partitions=partitions or settings.topic_partitions,
-                         replication_factor=replicas, topic_configs=configs)
+                         replication_factor=replicas, topic_configs=topic_configs)
                 for name in missing
             ])
             _raise_create_errors(response)
+        if configs:
+            # Only the configs asked for here: a topic's min.insync.replicas is the
+            # operator's once it exists.
+            for name in wanted:
+                if name in existing:
+                    await _align_topic_configs(admin, name, dict(configs))
         if facts.brokers >= DURABLE_REPLICAS:
             await _warn_if_fragile(admin, wanted, facts.brokers)
     finally:
         await admin.close()
+
+
+# DescribeConfigs v1+ says where a value comes from; this one is set on the topic itself.
+_DYNAMIC_TOPIC_CONFIG = 1
+
+
+async def _topic_overrides(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str]:
+    """The configs set on `topic` itself (not inherited from the brokers' defaults)."""
+    # Every config, not just ours: Tansu cannot answer a request naming keys (see
+    # `_broker_facts`).
+    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
+    overrides: dict[str, str] = {}
+    for response in responses:
+        for code, message, _type, _name, entries in response.resources:
+            if code != 0:
+                raise for_code(code)(message)
+            for name, value, _read_only, source, *_ in entries:
+                # v0 has `is_default` where later versions have the source.
+                own = (not source if response.API_VERSION == 0
+                       else source == _DYNAMIC_TOPIC_CONFIG)
+                if own and value is not None:
+                    overrides[name] = value
+    return overrides
+
+
+async def _align_topic_configs(
+    admin: AIOKafkaAdminClient, topic: str, configs: dict[str, str]
+) -> None:
+    """Give an existing topic `configs`, keeping the rest of its own configs."""
+    try:
+        current = await _topic_overrides(admin, topic)
+        if all(current.get(name) == value for name, value in configs.items()):
+            return
+        # AlterConfigs (the only kind aiokafka sends) replaces every config set on the
+        # topic: send those we keep along with ours, or they fall back to the defaults.
+        responses = await admin.alter_configs(
+            [ConfigResource(ConfigResourceType.TOPIC, topic, {**current, **configs})])
+        for response in responses:
+            for code, message, *_ in response.resources:
+                if code != 0:
+                    raise for_code(code)(message)
+    except (IncompatibleBrokerVersion, UnsupportedVersionError) as exc:
+        # The embedded Tansu broker has no AlterConfigs (nor topic configs to describe).
+        log.info("Kafka cannot alter topic configs (%s); topic %s keeps its own", exc, topic)
+        return
+    except KafkaError as exc:
+        log.warning("could not set %s on topic %s (%s); it keeps its configs", configs, topic,
+                    exc)
+        return
+    log.info("topic %s: set %s (were %s)", topic,
+             ", ".join(f"{name}={value}" for name, value in sorted(configs.items())),
+             ", ".join(f"{name}={current.get(name, 'default')}" for name in sorted(configs)))
 
 
 def _raise_create_errors(response: Any) -> None:
@@ -407,6 +486,35 @@ async def send_to_dead_letter(
 async def wait_all(futures: Iterable[asyncio.Future[Any]]) -> None:
     """Await several produce futures, raising the first failure."""
     await asyncio.gather(*futures)
+
+
+async def start_at_time(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition], since_ms: int
+) -> bool:
+    """Make `consumer` read `partitions` from their first record at or after `since_ms`.
+
+    A partition whose every record is older starts at its end. Returns False, moving
+    nothing, where the brokers cannot look offsets up by time (ListOffsets before v1):
+    the consumer then reads from wherever its offset reset puts it. Tansu answers a lookup
+    of any past time with its partition's first offset, so there the whole partition is read:
+    callers that must not see older records filter by timestamp too.
+    """
+    if not partitions:
+        return True
+    # The ends first: a record written after the lookup found none is then still read.
+    ends = await consumer.end_offsets(list(partitions))
+    try:
+        found = await consumer.offsets_for_times({tp: since_ms for tp in partitions})
+    except (IncompatibleBrokerVersion, UnsupportedVersionError):
+        return False
+    for tp in partitions:
+        position = found.get(tp)
+        # "No such record" is None on Apache Kafka, timestamp -1 on some compatibles.
+        if position is None or position.timestamp < 0:
+            consumer.seek(tp, ends[tp])
+        else:
+            consumer.seek(tp, position.offset)
+    return True
 
 
 async def read_present(

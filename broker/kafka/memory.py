@@ -13,7 +13,8 @@ act on these classes. It keeps the semantics our code relies on, and the contrac
 - a member starts from its group's committed offset, else from `auto_offset_reset`;
 - a record over `max_request_size` is refused with `MessageSizeTooLargeError`.
 
-Not modelled: replication, transactions, retention, time-based rebalance timeouts.
+Not modelled: replication, transactions, retention (topic configs are ignored),
+time-based rebalance timeouts.
 """
 
 from __future__ import annotations
@@ -79,8 +80,12 @@ class MemoryBroker:
             raise UnknownTopicOrPartitionError(topic) from None
 
     def append(self, topic: str, partition: int | None, key: bytes | None, value: bytes | None,
-               headers: Sequence[tuple[str, bytes]]) -> ConsumerRecord[bytes, bytes]:
-        """Write one record (the topic is created on first use, as Kafka does by default)."""
+               headers: Sequence[tuple[str, bytes]], timestamp_ms: int | None = None
+               ) -> ConsumerRecord[bytes, bytes]:
+        """Write one record (the topic is created on first use, as Kafka does by default).
+
+        Its timestamp is `timestamp_ms` when given, else now (Kafka's CreateTime).
+        """
         self.create_topic(topic, _AUTO_CREATED_PARTITIONS)
         partitions = self.topics[topic]
         if partition is None:
@@ -91,7 +96,8 @@ class MemoryBroker:
         log = partitions[partition]
         record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
             topic=topic, partition=partition, offset=len(log),
-            timestamp=int(time.time() * 1000), timestamp_type=0, key=key, value=value,
+            timestamp=int(time.time() * 1000) if timestamp_ms is None else timestamp_ms,
+            timestamp_type=0, key=key, value=value,
             checksum=None, serialized_key_size=len(key) if key is not None else -1,
             serialized_value_size=len(value) if value is not None else -1,
             headers=tuple(headers))
@@ -192,7 +198,7 @@ class MemoryProducer:
             raise MessageSizeTooLargeError(
                 f"The message is {size} bytes when serialized which is larger than the "
                 "maximum request size")
-        record = self._broker.append(topic, partition, key, value, headers or ())
+        record = self._broker.append(topic, partition, key, value, headers or (), timestamp_ms)
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.set_result(record)
         return future
@@ -322,7 +328,7 @@ class MemoryConsumer:
             log = self._broker.partitions(tp.topic)[tp.partition]
             first = next((r for r in log if r.timestamp >= moment), None)
             found[tp] = None if first is None else OffsetAndTimestamp(
-                first.offset, first.timestamp, None)
+                first.offset, first.timestamp)
         return found
 
     async def committed(self, tp: TopicPartition) -> int | None:

@@ -225,6 +225,10 @@ SELECT sluice_spend_release(array(
 """)
 
 
+_OLD_MOVES = text(
+    "DELETE FROM moved_requests WHERE moved_at < now() - make_interval(secs => :max_age_s)")
+
+
 async def release_stale_holds(engine: AsyncEngine, *, max_age_s: float, orphan_age_s: float,
                               limit: int = 1000) -> int:
     """End up to `limit` holds whose requests cannot finish any more; return how many.
@@ -238,6 +242,8 @@ async def release_stale_holds(engine: AsyncEngine, *, max_age_s: float, orphan_a
     parameters = {"max_age_s": max_age_s, "orphan_age_s": orphan_age_s, "limit": limit}
     with database_errors(engine):
         async with engine.begin() as connection:
+            # Moved requests are remembered as long as a request may live, like holds.
+            await connection.execute(_OLD_MOVES, {"max_age_s": max_age_s})
             return int((await connection.execute(_STALE_HOLDS, parameters)).scalar() or 0)
 
 

@@ -173,6 +173,9 @@ tenants = Table(
     Column("monthly_budget_tokens", BigInteger, nullable=True),
     # Fair share: how many of its requests may be accepted and unfinished at once (0011).
     Column("max_queued_requests", BigInteger, nullable=True),
+    # Fair share: the tenant's share relative to others (workers' turns and slots).
+    Column("weight", Double, nullable=False, server_default="1"),
+    CheckConstraint("weight > 0", name="weight"),
 )
 
 # Budgets (migration 0006 holds the SQL functions that change these three tables).
@@ -224,6 +227,16 @@ tenant_queues = Table(
     metadata,
     Column("tenant", Text, primary_key=True),
     Column("queued", BigInteger, nullable=False, server_default="0"),
+)
+
+# Requests a worker moved to their model's batch topic for fair share (migration 0011):
+# a worker given the original again skips it. Rows older than a day are swept.
+moved_requests = Table(
+    "moved_requests",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    timestamp_column("moved_at", now=True),
+    Index(None, "moved_at"),
 )
 
 # Daily usage totals, kept by a trigger on `usage_events` (migration 0008): the usage

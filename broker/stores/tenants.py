@@ -32,6 +32,8 @@ class TenantSettings:
     monthly_budget_tokens: int | None = None
     # Fair share: requests accepted and not finished at once; None: no cap.
     max_queued_requests: int | None = None
+    # Fair share: the tenant's share relative to others (more turns, more worker slots).
+    weight: float = 1.0
 
 
 _UNSET: Any = object()
@@ -44,6 +46,7 @@ def _settings(row: Any) -> TenantSettings:  # a Row of the tenants table
         monthly_budget_usd=row.monthly_budget_usd,
         monthly_budget_tokens=row.monthly_budget_tokens,
         max_queued_requests=row.max_queued_requests,
+        weight=row.weight,
     )
 
 
@@ -55,6 +58,7 @@ async def set_tenant(
     monthly_budget_usd: Decimal | None = _UNSET,
     monthly_budget_tokens: int | None = _UNSET,
     max_queued_requests: int | None = _UNSET,
+    weight: float | None = None,
 ) -> TenantSettings:
     """Create or change a tenant; only the arguments given change (None clears a limit).
 
@@ -70,6 +74,8 @@ async def set_tenant(
         changes["monthly_budget_tokens"] = monthly_budget_tokens
     if max_queued_requests is not _UNSET:
         changes["max_queued_requests"] = max_queued_requests
+    if weight is not None:
+        changes["weight"] = weight
     statement = insert(tenants).values(name=name, **changes)
     statement = (
         statement.on_conflict_do_update(index_elements=[tenants.c.name], set_=changes)
@@ -98,6 +104,15 @@ async def list_tenants(engine: AsyncEngine) -> list[TenantSettings]:
         async with engine.connect() as connection:
             rows = (await connection.execute(select(tenants).order_by(tenants.c.name))).all()
     return [_settings(row) for row in rows]
+
+
+async def tenant_weights(engine: AsyncEngine) -> dict[str, float]:
+    """The weight of every tenant whose weight is not 1 (fair share)."""
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(
+                select(tenants.c.name, tenants.c.weight).where(tenants.c.weight != 1))).all()
+    return {row.name: row.weight for row in rows}
 
 
 class TenantCache:

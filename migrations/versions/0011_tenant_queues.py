@@ -1,4 +1,4 @@
-"""Per-tenant caps on queued requests, and the queue behind them.
+"""Fair share between tenants: weights, caps on queued requests, and the queue behind them.
 
 Revision ID: 0011
 Revises: 0010
@@ -10,6 +10,14 @@ locked last by every writer, after the spend accounts and the key's rate window)
 refuses the next one with `queue_full`; each hold remembers whether it counted
 (`spend_holds.queued_tenant`) so that releasing it gives the place back exactly once.
 Without a cap nothing is counted and admission stays as it was.
+
+`tenants.weight` (default 1) is a tenant's share relative to others: workers give a tenant
+of weight 2 twice the turns at a budget gate and twice the slots before its requests
+overflow to the batch topic.
+
+`moved_requests` remembers which requests a worker moved to the batch topic for fair
+share: a worker that is given the original again (after a crash or a rebalance, before
+the move was committed) skips it instead of calling a provider for it a second time.
 
 `sluice_admit` and `sluice_spend_release` are replaced (the old ones are in 0006).
 """
@@ -174,6 +182,9 @@ _OLD_ADMIT = ("sluice_admit(text, text, float8, float8, float8, text[], numeric[
 
 def upgrade() -> None:
     op.add_column("tenants", sa.Column("max_queued_requests", sa.BigInteger(), nullable=True))
+    op.add_column("tenants", sa.Column("weight", sa.Float(precision=53), server_default="1",
+                                       nullable=False))
+    op.create_check_constraint("ck_tenants_weight", "tenants", "weight > 0")
     op.add_column("spend_holds", sa.Column("queued_tenant", sa.Text(), nullable=True))
     op.create_table(
         "tenant_queues",
@@ -181,6 +192,14 @@ def upgrade() -> None:
         sa.Column("queued", sa.BigInteger(), server_default="0", nullable=False),
         sa.PrimaryKeyConstraint("tenant", name="pk_tenant_queues"),
     )
+    op.create_table(
+        "moved_requests",
+        sa.Column("request_id", sa.Text(), nullable=False),
+        sa.Column("moved_at", sa.DateTime(timezone=True), server_default=sa.func.now(),
+                  nullable=False),
+        sa.PrimaryKeyConstraint("request_id", name="pk_moved_requests"),
+    )
+    op.create_index("ix_moved_requests_moved_at", "moved_requests", ["moved_at"])
     op.execute(f"DROP FUNCTION {_OLD_ADMIT}")
     op.execute("DROP FUNCTION sluice_spend_release(text[])")
     op.execute(ADMIT)
@@ -195,5 +214,9 @@ def downgrade() -> None:
     op.execute(previous.ADMIT)
     op.execute(previous.SPEND_RELEASE)
     op.drop_table("tenant_queues")
+    op.drop_index("ix_moved_requests_moved_at", table_name="moved_requests")
+    op.drop_table("moved_requests")
     op.drop_column("spend_holds", "queued_tenant")
+    op.drop_constraint("ck_tenants_weight", "tenants", type_="check")
+    op.drop_column("tenants", "weight")
     op.drop_column("tenants", "max_queued_requests")

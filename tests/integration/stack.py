@@ -20,6 +20,7 @@ from openai import AsyncOpenAI
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.admission import postgres_admission
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
 from broker.settings import (
@@ -31,14 +32,16 @@ from broker.settings import (
 )
 from broker.stores.database import create_engine
 from broker.stores.keys import create_api_key
+from broker.stores.notifications import FinalResultListener
 from broker.stores.prices import import_config_prices
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import Ingress, create_app
 from ingress.hot_routes import serve
-from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
+from ingress.postgres import PostgresApiKeys, PostgresRequests
 from ingress.services import IngressServices, LedgerAccess
 from simulator import SimulatorSettings, create_simulator_app
 from workers.inference import InferencePool
+from workers.inference.native_admission import NativeAdmission
 from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
 from workers.inference.results import PostgresFinalResults
 from workers.ledger import Ledger
@@ -125,12 +128,16 @@ async def running_stack(
         for name, deployment in config.deployments.items()
     }
     stop = asyncio.Event()
+    provenance = RequestProvenance(kafka, PostgresKeyLookup(engine))
     pool = InferencePool(kafka, worker or WorkerSettings(), config, list(config.models), providers,
                          PostgresFinalResults(engine),
-                         provenance=RequestProvenance(kafka, PostgresKeyLookup(engine)))
+                         provenance=provenance,
+                         native_admission=NativeAdmission(postgres_admission(engine, config),
+                                                          provenance))
     tasks = [
         asyncio.create_task(pool.run(stop)),
-        asyncio.create_task(Ledger(kafka, LedgerSettings(), engine).run(stop)),
+        asyncio.create_task(Ledger(kafka, LedgerSettings(), engine,
+                                   provenance=provenance).run(stop)),
     ]
     app = create_app(IngressServices(
         settings=ingress or IngressSettings(sync_timeout_s=20),
@@ -143,6 +150,7 @@ async def running_stack(
         batches=BatchSettings(),
         ledger=LedgerAccess(engine),
         admission=postgres_admission(engine, config),
+        announcements=FinalResultListener(engine),
     ))
     try:
         async with app.router.lifespan_context(app), httpx.AsyncClient(

@@ -10,8 +10,10 @@ from decimal import Decimal
 import httpx
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.admission import postgres_admission
 from broker.batches.settings import BatchSettings
 from broker.clock import FakeClock
 from broker.settings import IngressSettings, KafkaSettings, LedgerSettings
@@ -26,10 +28,10 @@ from broker.stores.admission import (
     window_wait,
 )
 from broker.stores.keys import KeyLimits, create_api_key
-from broker.stores.tenants import set_tenant
+from broker.stores.tenants import set_tenant, tenant_weights
 from broker.webhooks.settings import WebhookSettings
 from ingress.app import create_app
-from ingress.postgres import PostgresApiKeys, PostgresRequests, postgres_admission
+from ingress.postgres import PostgresApiKeys, PostgresRequests
 from ingress.services import IngressServices
 from schemas import ChatCompletionRequest, InferenceRequest
 from tests.integration.stack import demo_config, eventually, running_stack
@@ -266,3 +268,13 @@ async def _scalars(engine: AsyncEngine, sql: str) -> list[object]:
 async def _scalar(engine: AsyncEngine, sql: str) -> object:
     async with engine.connect() as connection:
         return (await connection.execute(text(sql))).scalar()
+
+
+async def test_tenant_weights_are_stored_and_read_for_workers(engine: AsyncEngine) -> None:
+    await set_tenant(engine, "weighty", weight=2.5)
+    await set_tenant(engine, "ordinary")
+    weights = await tenant_weights(engine)
+    assert weights["weighty"] == 2.5
+    assert "ordinary" not in weights  # weight 1, the default
+    with pytest.raises(DBAPIError):  # a weight must be positive
+        await set_tenant(engine, "weighty", weight=0.0)

@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import time
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from typing import Any
 import httpx
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
+from pydantic import SecretStr
 
 from broker.apache_kafka import ApacheKafka, missing_tools
 from broker.kafka import ensure_topics, topics_for
@@ -82,7 +84,9 @@ async def test_a_broker_killed_mid_run_loses_no_request_and_bills_none_twice(
         kafka_bootstrap=cluster.bootstrap, kafka_engine="apache",
         topic_prefix=f"d{os.getpid()}.", topic_partitions=6,
         topic_replication_factor=3, topic_min_insync_replicas=2, max_message_bytes=1_048_588,
-        session_timeout_ms=6000, heartbeat_interval_ms=500, publish_timeout_s=30)
+        session_timeout_ms=6000, heartbeat_interval_ms=500, publish_timeout_s=30,
+        # Ingress signs, workers and the ledger verify: nothing unsigned is served.
+        kafka_signing_key=SecretStr(f"durability-{uuid.uuid4().hex}"))
     simulator = SimulatorSettings(latency_ms=5)
     statuses: Counter[int] = Counter()
     accepted: set[str] = set()

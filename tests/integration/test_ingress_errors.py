@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import httpx
@@ -9,6 +10,7 @@ import pytest
 
 from broker.embedded import free_port
 from broker.settings import IngressSettings, KafkaSettings
+from broker.stores.keys import create_api_key
 from tests.integration.stack import Stack, running_stack
 
 pytestmark = pytest.mark.integration
@@ -139,3 +141,27 @@ async def test_guessing_keys_is_throttled_per_address_without_locking_out_good_k
     assert int(refused.headers["Retry-After"]) >= 1
     # Someone else behind the same address, with a key the edge knows, is not locked out.
     assert (await _post(stack, json=HELLO)).status_code == 200
+
+
+async def test_guesses_sent_all_at_once_are_throttled_too(stack: Any) -> None:
+    # Concurrent guesses count from the moment their lookup starts, so a guesser cannot
+    # run hundreds of lookups before the first failure is counted.
+    guesses = await asyncio.gather(*(
+        stack.client.post("/v1/chat/completions", json=HELLO,
+                          headers={"Authorization": f"Bearer sk-sluice-burst-{number:04d}"})
+        for number in range(200)))
+    statuses = [guess.status_code for guess in guesses]
+    assert statuses.count(401) == 20
+    assert statuses.count(429) == 180
+
+
+async def test_a_valid_key_sent_many_times_at_once_on_a_cold_cache_is_not_throttled(
+    stack: Any,
+) -> None:
+    # A service starting up: a hundred requests with one key the edge has not seen yet.
+    secret, _ = await create_api_key(stack.engine, "acme")
+    answers = await asyncio.gather(*(
+        stack.client.post("/v1/chat/completions", json=HELLO,
+                          headers={"Authorization": f"Bearer {secret}"})
+        for _ in range(100)))
+    assert {answer.status_code for answer in answers} == {200}

@@ -21,7 +21,7 @@ from broker.kafka import DLQ_REASON
 from broker.settings import KafkaSettings
 from broker.signing import key_headers, key_signing_secret
 from broker.stores.keys import KeyLimits, create_api_key
-from tests.integration.stack import running_stack
+from tests.integration.stack import eventually, running_stack
 
 pytestmark = pytest.mark.integration
 
@@ -112,3 +112,72 @@ async def test_only_proven_requests_are_served(
     assert "names tenant 'acme'" in reasons["other_tenant"]
     assert "may not name reply_to" in reasons["foreign_reply"]
     assert "may not use model 'gpt-4o-mini'" in reasons["other_model"]
+
+
+async def test_key_signed_requests_are_held_to_the_keys_limits(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    # A key of 2 requests a minute, and a tenant with a queue cap, as at ingress.
+    kafka = kafka_settings.model_copy(update={"kafka_trust_unsigned": False})
+    signing_key = kafka.kafka_signing_key
+    assert signing_key is not None
+    replies_topic = f"{kafka.topic_prefix}tenant.billing.limits"
+    async with running_stack(kafka, database_url) as stack:
+        _, key = await create_api_key(stack.engine, "billing", limits=KeyLimits(rpm=2))
+        secret = key_signing_secret(signing_key, key.id)
+        ids = [f"limited-{n}-{uuid.uuid4().hex}" for n in range(4)]
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for request_id in ids:
+                payload = json.dumps(_request(request_id, "billing", replies_topic)).encode()
+                await producer.send_and_wait(f"{kafka.topic_prefix}requests.gpt-4o-mini",
+                                             payload, key=request_id.encode(),
+                                             headers=key_headers(key.id, secret, payload))
+        finally:
+            await producer.stop()
+        replies = await _read(kafka.kafka_bootstrap, replies_topic, set(ids), by="request_id")
+        # The refused ones never reached a provider: two requests billed, once each.
+        await eventually(lambda: stack.scalar(
+            "SELECT count(*) = 2 FROM usage_events WHERE api_key_id = :key", key=key.id))
+    results = [replies[request_id][0] for request_id in ids]
+    assert sorted(result["status"] for result in results) == [
+        "failed", "failed", "succeeded", "succeeded"]
+    refused = [result for result in results if result["status"] == "failed"]
+    for result in refused:
+        assert result["error"]["code"] == "rate_limit_exceeded"
+        assert "2 requests per minute" in result["error"]["message"]
+
+
+async def test_the_ledger_records_no_row_for_an_unproven_request(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    kafka = kafka_settings.model_copy(update={"kafka_trust_unsigned": False})
+    signing_key = kafka.kafka_signing_key
+    assert signing_key is not None
+    replies_topic = f"{kafka.topic_prefix}tenant.billing.ledger"
+    async with running_stack(kafka, database_url) as stack:
+        _, key = await create_api_key(stack.engine, "billing")
+        secret = key_signing_secret(signing_key, key.id)
+        unsigned, forged, proven = (f"{name}-{uuid.uuid4().hex}"
+                                    for name in ("unsigned", "forged", "proven"))
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            # One partition, in this order: once the proven request has its row, the
+            # ledger has read past the other two.
+            for request_id, signer in ((unsigned, None), (forged, (key.id, "0" * 64)),
+                                       (proven, (key.id, secret))):
+                payload = json.dumps(_request(request_id, "acme" if signer is None
+                                              else "billing", replies_topic)).encode()
+                headers = key_headers(signer[0], signer[1], payload) if signer else []
+                await producer.send_and_wait(f"{kafka.topic_prefix}requests.gpt-4o-mini",
+                                             payload, key=request_id.encode(), partition=0,
+                                             headers=headers)
+        finally:
+            await producer.stop()
+        await eventually(lambda: stack.scalar(
+            "SELECT count(*) FROM requests WHERE id = :id", id=proven))
+        planted = await stack.scalar(
+            "SELECT count(*) FROM requests WHERE id IN (:a, :b)", a=unsigned, b=forged)
+    assert planted == 0

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from broker.admission import AdmissionControl, limits_of
 from broker.clock import FakeClock
 from broker.config import SluiceConfig, parse_config
 from broker.errors import LimitExceeded
@@ -21,7 +22,6 @@ from broker.stores.admission import (
 )
 from broker.stores.prices import Price, PriceBook
 from broker.stores.tenants import TenantSettings
-from ingress.admission import AdmissionControl, limits_of
 from ingress.envelope import error_response
 from ingress.services import Principal
 from schemas import ChatCompletionRequest, InferenceRequest

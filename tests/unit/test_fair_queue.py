@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 
 from broker.budgets import MemoryBudgetStore
 from broker.config import parse_config
+from broker.settings import KafkaSettings, WorkerSettings
 from schemas import Lane
+from workers.inference import InferencePool
 from workers.inference.fair_queue import FairQueue
 from workers.inference.lanes import BudgetGates
+from workers.inference.results import NoResultsOfRecord
+from workers.inference.tenant_weights import TenantWeights
+
+CONFIG = parse_config({
+    "models": {"m": {"deployments": ["d"]}},
+    "deployments": {"d": {"provider": "simulated", "model": "gpt-4o-mini"}},
+})
 
 
 def _queue() -> FairQueue[tuple[str, float]]:
@@ -88,3 +98,31 @@ async def test_a_gate_grants_a_newcomer_within_its_first_turns() -> None:
     assert order.index("b") <= 3, order
     gates.close()
     await asyncio.gather(*flood, return_exceptions=True)
+
+
+def test_a_tenant_of_weight_two_gets_twice_the_tokens() -> None:
+    queue: FairQueue[tuple[str, float]] = FairQueue(
+        lambda item: item[1], lambda item: False, lambda tenant: 2.0 if tenant == "gold" else 1.0)
+    for index in range(300):
+        queue.push("gold", (f"g{index}", 100.0))
+        queue.push("plain", (f"p{index}", 100.0))
+    served = _serve(queue, 300)
+    gold = sum(1 for tag in served if tag.startswith("g"))
+    assert abs(gold - 2 * (300 - gold)) <= 3
+
+
+async def test_a_weighted_tenant_holds_more_of_a_workers_slots() -> None:
+    async def load() -> dict[str, float]:
+        return {"gold": 2.0}
+
+    weights = TenantWeights(load)
+    await weights.refresh()
+    pool = InferencePool(
+        KafkaSettings(kafka_bootstrap=f"memory://{uuid.uuid4().hex}"),
+        WorkerSettings(worker_concurrency=10, tenant_slot_share=0.3), CONFIG, ["m"], {},
+        NoResultsOfRecord(), tenant_weights=weights)
+    pool.tenant_used.update({"gold": 5, "plain": 3})
+    assert not pool.over_fair_share("gold")  # 0.3 x 10 x 2 = 6 slots
+    assert pool.over_fair_share("plain")  # 3 slots
+    pool.tenant_used["gold"] = 6
+    assert pool.over_fair_share("gold")

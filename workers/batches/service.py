@@ -20,6 +20,7 @@ from broker.kafka import (
     ApplyLoop,
     KafkaError,
     Record,
+    cancels_topic_configs,
     ensure_topics,
     new_producer,
     topics_for,
@@ -59,7 +60,9 @@ class BatchTracker:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume results and tick the maintenance loop until `stop` is set."""
-        await ensure_topics(self._kafka, [self._topics.results, self._topics.cancels])
+        await ensure_topics(self._kafka, [self._topics.cancels],
+                            configs=cancels_topic_configs(self._kafka))
+        await ensure_topics(self._kafka, [self._topics.results])
         producer = new_producer(self._kafka, client_id="sluice-batches", linger_ms=5)
         # Each batch line's answer, from the results: written, then committed.
         answers = ApplyLoop(self._kafka, name="batches", apply=self._apply,

@@ -11,7 +11,8 @@ savings, so bursts cannot be banked.
 The quantum is the cheapest request waiting at the head of any tenant's queue, so with
 requests of similar size tenants alternate one by one (a newcomer waits for at most one
 request of each other tenant), and a large request waits for as many turns of the others
-as its tokens are worth.
+as its tokens are worth. A tenant's turn is worth its weight in quanta (`tenants.weight`,
+default 1): a tenant of weight 2 gets twice the tokens of one of weight 1.
 
 The queue is passive: the gate asks for the head, tries to reserve budget for it, and
 takes it only when granted. Entries whose caller gave up are skipped.
@@ -31,11 +32,14 @@ class FairQueue(Generic[Item]):
     Args:
         cost: An item's cost in the shared resource (tokens), more than 0.
         abandoned: Whether an item's caller gave up (it is dropped when it reaches a head).
+        weight: A tenant's weight, more than 0 (default: 1 for everyone).
     """
 
-    def __init__(self, cost: Callable[[Item], float], abandoned: Callable[[Item], bool]):
+    def __init__(self, cost: Callable[[Item], float], abandoned: Callable[[Item], bool],
+                 weight: Callable[[str], float] = lambda _tenant: 1.0):
         self._cost = cost
         self._abandoned = abandoned
+        self._weight = weight
         # Tenants with something waiting, in turn order: the first one is being served.
         self._queues: OrderedDict[str, deque[Item]] = OrderedDict()
         self._deficit: dict[str, float] = {}
@@ -69,7 +73,7 @@ class FairQueue(Generic[Item]):
                 return tenant, queue[0]
             self._queues.move_to_end(tenant)  # its turn is over; the next one starts
             upcoming = next(iter(self._queues))
-            self._deficit[upcoming] += quantum
+            self._deficit[upcoming] += quantum * self._weight(upcoming)
 
     def pop(self, tenant: str) -> Item:
         """Take `tenant`'s oldest item (the head `head()` returned) and charge its cost."""

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -79,7 +79,8 @@ def _gave_up(waiter: _Waiter) -> bool:
 
 
 class _Gate:
-    def __init__(self, name: str, shape: BucketShape, store: BudgetStore, margin: float):
+    def __init__(self, name: str, shape: BucketShape, store: BudgetStore, margin: float,
+                 weight: Callable[[str], float]):
         self.name = name
         self.shape = shape
         self._store = store
@@ -87,7 +88,7 @@ class _Gate:
         # Within a lane tenants take turns (`FairQueue`): one tenant's backlog does not
         # hold the others' requests behind it.
         self.queues: dict[Lane, FairQueue[_Waiter]] = {
-            lane: FairQueue(_tokens, _gave_up) for lane in (Lane.INTERACTIVE, Lane.BATCH)
+            lane: FairQueue(_tokens, _gave_up, weight) for lane in (Lane.INTERACTIVE, Lane.BATCH)
         }
         self._arrived = asyncio.Event()
         self._interactive_arrived = asyncio.Event()
@@ -169,16 +170,18 @@ class BudgetGates:
         deployments: The configured deployments (those without a budget get no gate).
         store: The shared budget state.
         batch_margin: Share of a bucket's burst batch reservations leave for interactive.
+        weight: Each tenant's weight in the turns at a gate (default: equal).
     """
 
     def __init__(self, deployments: Mapping[str, DeploymentConfig], store: BudgetStore,
-                 *, batch_margin: float = 0.5) -> None:
+                 *, batch_margin: float = 0.5,
+                 weight: Callable[[str], float] = lambda _tenant: 1.0) -> None:
         self.store = store
         self.gates: dict[str, _Gate] = {}
         for name, config in deployments.items():
             shape = shape_of(config)
             if shape.limited:
-                self.gates[name] = _Gate(name, shape, store, batch_margin)
+                self.gates[name] = _Gate(name, shape, store, batch_margin, weight)
         self._learned: dict[str, Vector] = {}
         self.rate_limited = 0
         self.last_snapshot: dict[str, Any] = {}

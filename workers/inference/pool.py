@@ -15,11 +15,11 @@ its consumer re-checks whenever a slot frees, and at least twice a second.
 
 Fair share between tenants: a topic is one FIFO, so a tenant that queued thousands of
 requests would have every other tenant's requests wait behind them. One tenant may hold
-at most `tenant_slot_share` of a worker's slots with interactive requests; a request of a
-tenant at its share is moved to the model's batch topic (acknowledged there before its
-offset counts as done) and served from there with the spare capacity. So the interactive
-topic never holds a backlog of one tenant in front of the others, and at the gates
-tenants take turns (`workers.inference.fair_queue`).
+at most `tenant_slot_share` of a worker's slots (times its weight, `tenants.weight`) with
+interactive requests; a request of a tenant at its share is moved to the model's batch
+topic (acknowledged there before its offset counts as done) and served from there with
+the spare capacity. So the interactive topic never holds a backlog of one tenant in front
+of the others, and at the gates tenants take turns (`workers.inference.fair_queue`).
 """
 
 from __future__ import annotations
@@ -61,11 +61,13 @@ from schemas import InferenceRequest, Lane, StreamChunk
 from schemas.streaming import CHUNK_KIND
 from workers.inference.background import Background
 from workers.inference.lanes import BudgetGates
+from workers.inference.native_admission import NativeAdmission
 from workers.inference.outcomes import publish_outcome, too_large_to_publish
 from workers.inference.processor import Outcome, RequestProcessor
 from workers.inference.provenance import RequestProvenance
 from workers.inference.reply_partitions import StickyReplyPartitions
 from workers.inference.results import FinalResults
+from workers.inference.tenant_weights import TenantWeights
 from workers.providers import Provider
 
 log = logging.getLogger("sluice.worker")
@@ -191,7 +193,8 @@ class _ModelConsumer:
         overflow: list[tuple[TopicPartition, Record, InferenceRequest]] = []
         for tp, record, request in decoded:
             if request.id in done:
-                log.info("request %s already has a final result; not calling again", request.id)
+                log.info("request %s already has a final result (or its copy on the batch "
+                         "topic will); not calling again", request.id)
                 self.tracker.finished(tp, record.offset)
             elif self.lane is Lane.INTERACTIVE and self.pool.over_fair_share(request.tenant):
                 overflow.append((tp, record, request))
@@ -231,6 +234,11 @@ class _ModelConsumer:
                         raise
                     await self._handle(*item)
         self.pool.overflowed += len(moved)
+        try:  # a redelivered original is skipped, not answered twice (workers/.../results)
+            await self.pool.final_results.record_moved([request.id for _, _, request in moved])
+        except Exception:
+            log.warning("recording moved requests failed; if this worker stops before "
+                        "committing, their originals may be answered twice", exc_info=True)
         for tp, record, _ in moved:
             self.tracker.finished(tp, record.offset)
 
@@ -247,7 +255,10 @@ class _ModelConsumer:
         if not suspects:
             return set()
         try:
-            return await self.pool.final_results.already_final(suspects)
+            done = await self.pool.final_results.already_final(suspects)
+            if self.lane is Lane.INTERACTIVE:  # moved to the batch topic by a worker before
+                done |= await self.pool.final_results.moved(suspects)
+            return done
         except Exception:
             log.warning("results of record unavailable; redelivered requests may be "
                         "called again", exc_info=True)
@@ -278,7 +289,11 @@ class _ModelConsumer:
         # A request moved here for fair share waits for budget like the batch work it
         # queued with (its deadline stays its own lane's).
         moved = self.lane is Lane.BATCH and header(record, OVERFLOW_HEADER) is not None
-        outcome = await self.pool.processor.process(request, Lane.BATCH if moved else None)
+        admission = self.pool.native_admission
+        refusal = None if admission is None else await admission.refusal(record, request)
+        outcome = (self.pool.processor.refused(request, refusal) if refusal is not None
+                   else await self.pool.processor.process(request,
+                                                          Lane.BATCH if moved else None))
         reply_to = request.reply_to or header(record, "reply_to")
         try:
             await self.pool.publish_with_retry(
@@ -328,16 +343,22 @@ class InferencePool:
         budgets: BudgetStore | None = None,
         drain_timeout_s: float = 30.0,
         provenance: RequestProvenance | None = None,
+        native_admission: NativeAdmission | None = None,
+        tenant_weights: TenantWeights | None = None,
     ):
         self.kafka = kafka
         self.provenance = provenance or RequestProvenance(kafka)
+        # Key-signed Kafka-native requests are admitted here (None: not checked).
+        self.native_admission = native_admission
         self.worker_settings = worker_settings
         self.config = config
         self.models = list(models)
         self.topics = topics_for(kafka)
         # Without a shared store budgets hold in this process only (tests, one worker).
+        self.weights = tenant_weights or TenantWeights()
         self.budgets = BudgetGates(config.deployments, budgets or MemoryBudgetStore(),
-                                   batch_margin=worker_settings.batch_budget_margin)
+                                   batch_margin=worker_settings.batch_budget_margin,
+                                   weight=self.weights)
         self.processor = RequestProcessor(config, providers, budgets=self.budgets,
                                           emit=self.emit_chunk)
         self.final_results = final_results
@@ -391,8 +412,10 @@ class InferencePool:
         return max(0, min(free, share - self.lane_used[Lane.BATCH]))
 
     def over_fair_share(self, tenant: str) -> bool:
-        """Whether `tenant` already holds its share of this worker's interactive slots."""
-        return self.tenant_used[tenant] >= self.tenant_cap
+        """Whether `tenant` already holds its share of this worker's interactive slots
+        (`tenant_slot_share` of them, times its weight)."""
+        cap = min(self.slots.size, max(1, int(self.tenant_cap * self.weights(tenant))))
+        return self.tenant_used[tenant] >= cap
 
     def track(self, work: Coroutine[Any, Any, None], lane: Lane = Lane.INTERACTIVE,
               tenant: str | None = None) -> None:
@@ -486,6 +509,13 @@ class InferencePool:
         background = Background(  # retries, cancels, status endpoint
             self.kafka, self.producer, self.topics, self.models, self.processor.cancelled,
             self.worker_settings, pool_state=self.state, ready=self.ready, stop=stop)
+        # Cancels first, with their retention (also set on an existing topic).
+        await ensure_topics(self.kafka, [self.topics.cancels],
+                            configs=background.cancels.topic_configs)
+        if self.kafka.cancel_lookback_s < self.config.deadlines.batch_s:
+            log.warning("SLUICE_CANCEL_LOOKBACK_S (%.0f s) is shorter than the batch lane's "
+                        "deadline (%.0f s): cancels of long-queued requests may be forgotten",
+                        self.kafka.cancel_lookback_s, self.config.deadlines.batch_s)
         await ensure_topics(
             self.kafka,
             [*topic_names, self.topics.results, self.topics.usage, self.topics.dead_letter,
@@ -515,6 +545,7 @@ class InferencePool:
         log.info("worker serving %s", ", ".join(self.models))
         reporter = asyncio.create_task(self.budgets.report(
             stop, log_every_s=self.worker_settings.budget_log_interval_s))
+        weights = asyncio.create_task(self.weights.run(stop))
         try:
             await asyncio.gather(*(lane.run(stop) for lane in lanes))
         finally:
@@ -525,6 +556,7 @@ class InferencePool:
             self.budgets.close()
             await self._drain(lanes)
             await reporter
+            await weights
 
     def _warm_up(self) -> None:
         # Load every token vocabulary before consuming: a first use in the event loop

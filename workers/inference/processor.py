@@ -104,6 +104,11 @@ class RequestProcessor:
         self.budgets = budgets
         self._emit = emit
 
+    def refused(self, request: InferenceRequest, error: ErrorInfo) -> Outcome:
+        """The final answer of a request its limits refused before any call."""
+        return Outcome(self._final(request, RequestStatus.FAILED, error=error,
+                                   attempts=request.attempt))
+
     async def process(self, request: InferenceRequest, priority: Lane | None = None) -> Outcome:
         """Answer `request`; never raises for provider failures (they become outcomes).
 

@@ -25,10 +25,9 @@ revealing it, and verifying one costs a hash, not a database trip (the key's rec
 looked up, and cached, for client-signed requests only).
 
 Refused requests raise `UnprovenRequest` (a `PoisonMessage`): the pool dead-letters them
-with the reason. What this does not cover: the key's rate limits and monthly budgets
-(ingress admission, `ingress/admission.py`) are not applied to Kafka-native requests;
-deployment budgets, which hold for every request, are. A replayed signed record is the
-same request (same id): the results of record make it harmless.
+with the reason. A proven key-signed request then goes through the key's and its tenant's
+limits like a request at ingress (`workers.inference.native_admission`). A replayed
+signed record is the same request (same id): the results of record make it harmless.
 """
 
 from __future__ import annotations
@@ -178,6 +177,14 @@ class RequestProvenance:
                                   f"its reply topics start with '{allowed}'")
         # reply_to into the body: a retry of it is signed by us, and we sign bodies only.
         return request.model_copy(update={"api_key_id": key.id, "reply_to": reply_to})
+
+    async def key(self, key_id: str) -> ApiKeyRecord | None:
+        """The active key `key_id` (cached), waiting a while for PostgreSQL if it is away.
+
+        Raises:
+            UnprovenRequest: there is no key store, or it stayed unavailable.
+        """
+        return await self._key(key_id)
 
     async def _key(self, key_id: str) -> ApiKeyRecord | None:
         if self._keys is None:

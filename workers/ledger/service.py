@@ -5,6 +5,11 @@ be written, and only then commit the Kafka offsets (`broker.kafka.ApplyLoop`, sh
 the deliverer and the batch tracker). A crash anywhere before the commit redelivers the
 batch, and the idempotent statements turn the redelivery into no change; a failed batch is
 read again after a backoff, never skipped.
+
+Requests are recorded only when they prove who sent them, as workers check
+(`workers.inference.provenance`): an unsigned or forged request on a request topic is
+dead-lettered by the worker and leaves no row here either, so nobody can plant `queued`
+rows under another tenant's name.
 """
 
 from __future__ import annotations
@@ -14,19 +19,22 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from broker.errors import BrokerUnavailable
+from broker.errors import BrokerUnavailable, PoisonMessage
 from broker.kafka import (
     ApplyLoop,
     KafkaError,
     Producer,
+    decode,
     ensure_topics,
     new_producer,
     send_to_dead_letter,
     topics_for,
 )
 from broker.settings import KafkaSettings, LedgerSettings
+from schemas import InferenceRequest
+from workers.inference.provenance import RequestProvenance
 from workers.ledger.content import PromptStore
-from workers.ledger.rows import Record, plan_batch, subscription_pattern
+from workers.ledger.rows import Kind, LedgerBatch, Record, plan_batch, subscription_pattern
 from workers.ledger.store import write_batch
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
@@ -57,8 +65,11 @@ class Ledger:
         client_id: str = "sluice-ledger",
         min_backoff_s: float = 0.1,
         max_backoff_s: float = 10.0,
+        provenance: RequestProvenance | None = None,
     ) -> None:
         self._kafka = kafka
+        # None: every decodable request is recorded (a closed cluster, unit tests).
+        self._provenance = provenance
         self._settings = settings
         self._engine = engine
         self._topics = topics_for(kafka)
@@ -106,7 +117,7 @@ class Ledger:
     async def _apply(self, records: list[Record]) -> None:
         """Record one batch in one transaction; dead-letter what can never be recorded."""
         assert self._producer is not None
-        batch = plan_batch(self._topics, records)
+        batch = await self._proven(plan_batch(self._topics, records))
         refused = await write_batch(self._engine, batch)
         # Opted-in tenants only (privacy); after the batch, so every request row exists.
         await self._prompts.store(batch)
@@ -117,6 +128,21 @@ class Ledger:
                            poison.record.partition, poison.record.offset, poison.reason)
             await send_to_dead_letter(self._producer, self._topics, poison.record,
                                       poison.reason)
+
+    async def _proven(self, batch: LedgerBatch) -> LedgerBatch:
+        """`batch` without the requests that do not prove who sent them."""
+        if self._provenance is None:
+            return batch
+        proven = []
+        for row in batch.rows[Kind.REQUEST]:
+            try:
+                await self._provenance.verify(row.record, decode(InferenceRequest, row.record))
+            except PoisonMessage as exc:  # the worker dead-letters it, with the reason
+                logger.info("ledger: not recording request %s: %s", row.key, exc)
+                continue
+            proven.append(row)
+        batch.rows[Kind.REQUEST] = proven
+        return batch
 
 
 async def _stop_quietly(producer: Producer) -> None:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.stores.database import database_errors, is_data_error, sqlstate
+from broker.stores.notifications import notify_final_results
 from broker.stores.tables import requests, usage_events
 from workers.ledger.pricing import price_usage
 from workers.ledger.rows import Kind, LedgerBatch, LedgerRow, Poison
@@ -328,6 +329,8 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 await _write(connection, Kind.RESULT, unanswered_results)
                 if settling:
                     await connection.execute(RELEASE_STATEMENT, {"request_ids": settling})
+                # Long polls waiting on these wake at the commit (broker/stores/notifications).
+                await notify_final_results(connection, _final_ids(batch))
             return foreign
         except DBAPIError as exc:
             if not is_data_error(exc):
@@ -354,4 +357,9 @@ async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poi
                     orig = exc.orig if exc.orig is not None else exc
                     reason = f"refused by PostgreSQL ({sqlstate(exc)}): {orig}"
                     refused.append(Poison(row.record, reason))
+        await notify_final_results(connection, _final_ids(batch))
     return refused
+
+
+def _final_ids(batch: LedgerBatch) -> list[str]:
+    return sorted({row.key for row in batch.rows[Kind.RESULT]})

@@ -1,4 +1,8 @@
-"""Admission at the edge: turn a caller's limits into one decision before Kafka sees it.
+"""Admission: turn a caller's limits into one decision before anything is called.
+
+Ingress admits every request before Kafka sees it; workers admit the Kafka-native requests
+signed by an API key (`workers.inference.provenance`) before calling a provider, with the
+same limits and the same estimate, so no door skips a key's rate limits or a budget.
 
 Callers whose key and tenant have no limits pay nothing here (a cached tenant lookup).
 Others pay one token count and one round trip to PostgreSQL (`sluice_admit`): that is what
@@ -10,9 +14,10 @@ avoid.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from broker.config import SluiceConfig
 from broker.errors import LimitExceeded
@@ -22,14 +27,18 @@ from broker.stores.admission import (
     Charge,
     Decision,
     Limits,
+    PostgresAdmissionStore,
     describe_scope,
     monthly_budget,
     next_month,
 )
-from broker.stores.prices import PriceBook
-from broker.stores.tenants import TenantSettings
-from ingress.services import Principal
+from broker.stores.keys import ApiKeyRecord
+from broker.stores.prices import PriceBook, PriceCache
+from broker.stores.tenants import TenantCache, TenantSettings
 from schemas import InferenceRequest
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +51,62 @@ class TenantLookup(Protocol):
         ...
 
 
+class Caller(Protocol):
+    """Who asks: a tenant and the key it used, with the key's own limits (None: none).
+
+    `ingress.services.Principal` is one; `KeyCaller` another.
+    """
+
+    @property
+    def tenant(self) -> str:
+        """The tenant billed."""
+        ...
+
+    @property
+    def api_key_id(self) -> str:
+        """The key used."""
+        ...
+
+    @property
+    def rpm(self) -> int | None:
+        """The key's requests per minute."""
+        ...
+
+    @property
+    def tpm(self) -> int | None:
+        """The key's tokens per minute."""
+        ...
+
+    @property
+    def monthly_budget_usd(self) -> Decimal | None:
+        """The key's monthly budget in USD."""
+        ...
+
+    @property
+    def monthly_budget_tokens(self) -> int | None:
+        """The key's monthly budget in tokens."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class KeyCaller:
+    """A `Caller` from a stored key (a Kafka-native client, authenticated by signature)."""
+
+    tenant: str
+    api_key_id: str
+    rpm: int | None = None
+    tpm: int | None = None
+    monthly_budget_usd: Decimal | None = None
+    monthly_budget_tokens: int | None = None
+
+    @classmethod
+    def of(cls, key: ApiKeyRecord) -> KeyCaller:
+        """The caller behind `key`."""
+        limits = key.limits
+        return cls(key.tenant, key.id, limits.rpm, limits.tpm, limits.monthly_budget_usd,
+                   limits.monthly_budget_tokens)
+
+
 class PriceLookup(Protocol):
     """The price catalog, cached (broker.stores.prices.PriceCache)."""
 
@@ -50,7 +115,7 @@ class PriceLookup(Protocol):
         ...
 
 
-def limits_of(principal: Principal, tenant: TenantSettings) -> Limits:
+def limits_of(principal: Caller, tenant: TenantSettings) -> Limits:
     """The limits that apply to a caller: its key's rate and budgets, its tenant's budgets."""
     budgets = (
         monthly_budget(f"tenant:{tenant.name}", tenant.monthly_budget_usd,
@@ -69,7 +134,7 @@ QUEUE_FULL_RETRY_S = 2.0
 
 
 class AdmissionControl:
-    """The `Admission` of ingress.services: estimates, asks the store, explains refusals."""
+    """Estimates a request, asks the store, explains refusals (ingress.services.Admission)."""
 
     def __init__(self, store: AdmissionStore, tenants: TenantLookup, prices: PriceLookup,
                  config: SluiceConfig):
@@ -79,8 +144,15 @@ class AdmissionControl:
         self._estimator = Estimator(config)
         self._unpriced_warned: set[str] = set()
 
-    async def admit(self, principal: Principal, request: InferenceRequest) -> bool:
-        """See `ingress.services.Admission.admit`."""
+    async def admit(self, principal: Caller, request: InferenceRequest) -> bool:
+        """Admit `request` (holding its estimate), or raise `LimitExceeded` saying why.
+
+        Returns whether anything was held (False: the caller has no limits).
+
+        Raises:
+            LimitExceeded: a limit refused it (nothing was held).
+            DatabaseUnavailable: PostgreSQL cannot be reached (nothing was held).
+        """
         limits = limits_of(principal, await self._tenants.get(principal.tenant))
         if not limits.any:
             return False
@@ -92,7 +164,7 @@ class AdmissionControl:
         return True
 
     async def release(self, request_id: str) -> None:
-        """See `ingress.services.Admission.release`."""
+        """End the hold of a request that will never run (e.g. Kafka refused it)."""
         await self._store.release([request_id])
 
     async def estimate(self, request: InferenceRequest) -> tuple[int, Decimal]:
@@ -150,3 +222,8 @@ class AdmissionControl:
             retry_after_s=(reset_at - datetime.now(UTC)).total_seconds(),
         )
 
+
+def postgres_admission(engine: AsyncEngine, config: SluiceConfig) -> AdmissionControl:
+    """Admission with state, tenant budgets and prices in PostgreSQL (the latter two cached)."""
+    return AdmissionControl(PostgresAdmissionStore(engine), TenantCache(engine),
+                            PriceCache(engine), config)
