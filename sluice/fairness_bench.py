@@ -14,7 +14,6 @@ import asyncio
 import json
 import os
 import platform
-import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
@@ -22,17 +21,14 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import yaml
 
-from broker.embedded import EmbeddedPostgres, free_port, wait_for_port
 from broker.kafka import encode, ensure_topics, new_producer, topics_for
 from broker.settings import KafkaSettings
-from broker.stores.database import upgrade_database
 from ingress.publisher import RequestPublisher
 from ingress.replies import ReplyListener
 from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Lane
-from sluice.budget_bench import MODEL, _spawn, _worker_env
-from sluice.embedded_kafka import embedded_kafka
+from sluice.bench_stack import budgeted_worker, on_embedded_stack
+from sluice.budget_bench import MODEL
 from sluice.loadgen import percentile
 
 
@@ -82,27 +78,12 @@ async def measure_fairness(kafka: KafkaSettings, database_url: str, workdir: Pat
                            rpm: int, window_s: float, flood: int, count: int,
                            per_second: float) -> dict[str, Any]:
     """B's idle latency, then the same while A's backlog drains."""
-    port = free_port()
-    simulator = _spawn(["mock-provider", "--port", str(port), "--latency-ms", "20",
-                        "--rpm", str(rpm), "--tpm", "10000000", "--window-s", str(window_s)])
-    config = workdir / "fairness-config.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": {MODEL: {"deployments": ["sim"]}},
-        "deployments": {"sim": {"provider": "openai", "base_url": f"http://127.0.0.1:{port}/v1",
-                                "model": MODEL, "rpm": rpm, "tpm": 10_000_000,
-                                "window_s": window_s}},
-    }))
-    worker = None
-    publisher, replies = RequestPublisher(kafka), ReplyListener(kafka, f"fair{os.getpid()}")
-    try:
-        wait_for_port("127.0.0.1", port, 30, simulator, "mock-provider")
-        worker = _spawn(["worker"], _worker_env(kafka, database_url, config))
-        await replies.start()
-        await publisher.start()
-        await replies.wait_ready(30)
+    async with budgeted_worker(kafka, database_url, workdir, rpm=rpm, window_s=window_s,
+                               name="fair") as stack:
+        publisher, replies = stack.publisher, stack.replies
         await _tenant_b(publisher, replies, 5, per_second)  # the worker has joined
         idle = await _tenant_b(publisher, replies, count, per_second)
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as stats:
+        async with httpx.AsyncClient(base_url=stack.stats_url) as stats:
             flood_s = await _flood(kafka, flood)
             print(f"tenant A queued {flood} requests in {flood_s:.1f} s; timing tenant B",
                   flush=True)
@@ -111,44 +92,28 @@ async def measure_fairness(kafka: KafkaSettings, database_url: str, workdir: Pat
             loaded = await _tenant_b(publisher, replies, count, per_second)
             elapsed = time.perf_counter() - started
             after = (await stats.get("/stats")).json()
-        served = after["succeeded"] - before["succeeded"]
-        budget_per_s = rpm / window_s
-        return {
-            "budget_per_s": budget_per_s, "flood": flood, "flood_publish_s": round(flood_s, 1),
-            "b_requests": count, "b_per_s": per_second,
-            "idle_p50_ms": round(percentile(idle, 0.5) * 1000, 1),
-            "idle_p95_ms": round(percentile(idle, 0.95) * 1000, 1),
-            "loaded_p50_ms": round(percentile(loaded, 0.5) * 1000, 1),
-            "loaded_p95_ms": round(percentile(loaded, 0.95) * 1000, 1),
-            "p95_ratio": round(percentile(loaded, 0.95) / percentile(idle, 0.95), 2),
-            "loaded_ms_in_order": [round(latency * 1000) for latency in loaded],
-            "a_served_while_b_timed": served - count,
-            "budget_used": round(served / (budget_per_s * elapsed), 3),
-            "rate_limited_total": after["errors_by_status"].get("429", 0),
-        }
-    finally:
-        await publisher.stop()
-        await replies.stop()
-        for process in (worker, simulator):
-            if process is not None:
-                process.terminate()
-                process.wait(20)
+    served = after["succeeded"] - before["succeeded"]
+    budget_per_s = rpm / window_s
+    return {
+        "budget_per_s": budget_per_s, "flood": flood, "flood_publish_s": round(flood_s, 1),
+        "b_requests": count, "b_per_s": per_second,
+        "idle_p50_ms": round(percentile(idle, 0.5) * 1000, 1),
+        "idle_p95_ms": round(percentile(idle, 0.95) * 1000, 1),
+        "loaded_p50_ms": round(percentile(loaded, 0.5) * 1000, 1),
+        "loaded_p95_ms": round(percentile(loaded, 0.95) * 1000, 1),
+        "p95_ratio": round(percentile(loaded, 0.95) / percentile(idle, 0.95), 2),
+        "loaded_ms_in_order": [round(latency * 1000) for latency in loaded],
+        "a_served_while_b_timed": served - count,
+        "budget_used": round(served / (budget_per_s * elapsed), 3),
+        "rate_limited_total": after["errors_by_status"].get("429", 0),
+    }
 
 
 def run_fairness_bench(args: argparse.Namespace) -> int:
     """Print the figures and a JSON line for docs/BENCHMARKS.md."""
-    with embedded_kafka(args.kafka) as (bootstrap, engine), EmbeddedPostgres() as postgres, \
-            tempfile.TemporaryDirectory() as workdir:
-        url = postgres.url("sluice_bench")
-        asyncio.run(upgrade_database(url))
-        # The bench's own loopback cluster; it publishes unsigned requests.
-        settings = KafkaSettings(kafka_bootstrap=bootstrap, kafka_engine=engine,
-                                 kafka_trust_unsigned=True, topic_partitions=4,
-                                 session_timeout_ms=6000, heartbeat_interval_ms=1000,
-                                 fetch_max_wait_ms=5)
-        figures = asyncio.run(measure_fairness(
-            settings, url, Path(workdir), rpm=args.rpm, window_s=args.window_s,
-            flood=args.flood, count=args.requests, per_second=args.rate))
+    figures = on_embedded_stack(args, lambda kafka, url, workdir: measure_fairness(
+        kafka, url, workdir, rpm=args.rpm, window_s=args.window_s, flood=args.flood,
+        count=args.requests, per_second=args.rate))
     figures["date"] = datetime.now(UTC).strftime("%Y-%m-%d")
     figures["machine"] = f"{platform.machine()}, {len(os.sched_getaffinity(0))} cores"
     figures["engine"] = args.kafka
