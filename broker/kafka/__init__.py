@@ -41,7 +41,6 @@ from broker.kafka.clients import (
     RESULT_WEBHOOK_HEADER,
     BrokerFacts,
     Headers,
-    cancels_topic_configs,
     decode,
     delete_topics,
     describe_brokers,
@@ -61,6 +60,7 @@ from broker.kafka.clients import (
     wait_all,
     with_broker_limits,
 )
+from broker.kafka.topic_configs import cancels_topic_configs
 
 __all__ = [
     "DEFAULT_MESSAGE_MAX_BYTES",

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 from broker.errors import BrokerUnavailable, PoisonMessage
 from broker.kafka.memory import MemoryConsumer, MemoryProducer, is_memory, memory_broker
 from broker.kafka.security import client_security, describe, login_refused
+from broker.kafka.topic_configs import align_topic_configs
 from broker.settings import KafkaSettings
 from schemas import Topics
 
@@ -224,13 +225,6 @@ async def with_broker_limits(settings: KafkaSettings) -> KafkaSettings:
     return settings.model_copy(update={"max_message_bytes": facts.message_max_bytes})
 
 
-def cancels_topic_configs(settings: KafkaSettings) -> dict[str, str]:
-    """The cancels topic's configs: Kafka deletes markers once no request can need them
-    (`cancel_lookback_s`, above the longest lane deadline)."""
-    return {"cleanup.policy": "delete",
-            "retention.ms": str(int(settings.cancel_lookback_s * 1000))}
-
-
 async def ensure_topics(
     settings: KafkaSettings,
     names: Iterable[str],
@@ -281,63 +275,11 @@ async def ensure_topics(
             # operator's once it exists.
             for name in wanted:
                 if name in existing:
-                    await _align_topic_configs(admin, name, dict(configs))
+                    await align_topic_configs(admin, name, dict(configs))
         if facts.brokers >= DURABLE_REPLICAS:
             await _warn_if_fragile(admin, wanted, facts.brokers)
     finally:
         await admin.close()
-
-
-# DescribeConfigs v1+ says where a value comes from; this one is set on the topic itself.
-_DYNAMIC_TOPIC_CONFIG = 1
-
-
-async def _topic_overrides(admin: AIOKafkaAdminClient, topic: str) -> dict[str, str]:
-    """The configs set on `topic` itself (not inherited from the brokers' defaults)."""
-    # Every config, not just ours: Tansu cannot answer a request naming keys (see
-    # `_broker_facts`).
-    responses = await admin.describe_configs([ConfigResource(ConfigResourceType.TOPIC, topic)])
-    overrides: dict[str, str] = {}
-    for response in responses:
-        for code, message, _type, _name, entries in response.resources:
-            if code != 0:
-                raise for_code(code)(message)
-            for name, value, _read_only, source, *_ in entries:
-                # v0 has `is_default` where later versions have the source.
-                own = (not source if response.API_VERSION == 0
-                       else source == _DYNAMIC_TOPIC_CONFIG)
-                if own and value is not None:
-                    overrides[name] = value
-    return overrides
-
-
-async def _align_topic_configs(
-    admin: AIOKafkaAdminClient, topic: str, configs: dict[str, str]
-) -> None:
-    """Give an existing topic `configs`, keeping the rest of its own configs."""
-    try:
-        current = await _topic_overrides(admin, topic)
-        if all(current.get(name) == value for name, value in configs.items()):
-            return
-        # AlterConfigs (the only kind aiokafka sends) replaces every config set on the
-        # topic: send those we keep along with ours, or they fall back to the defaults.
-        responses = await admin.alter_configs(
-            [ConfigResource(ConfigResourceType.TOPIC, topic, {**current, **configs})])
-        for response in responses:
-            for code, message, *_ in response.resources:
-                if code != 0:
-                    raise for_code(code)(message)
-    except (IncompatibleBrokerVersion, UnsupportedVersionError) as exc:
-        # The embedded Tansu broker has no AlterConfigs (nor topic configs to describe).
-        log.info("Kafka cannot alter topic configs (%s); topic %s keeps its own", exc, topic)
-        return
-    except KafkaError as exc:
-        log.warning("could not set %s on topic %s (%s); it keeps its configs", configs, topic,
-                    exc)
-        return
-    log.info("topic %s: set %s (were %s)", topic,
-             ", ".join(f"{name}={value}" for name, value in sorted(configs.items())),
-             ", ".join(f"{name}={current.get(name, 'default')}" for name in sorted(configs)))
 
 
 def _raise_create_errors(response: Any) -> None:

@@ -18,7 +18,7 @@ from broker.settings import KafkaSettings
 from broker.stores.keys import create_api_key
 from schemas import InferenceRequest, Lane, Topics
 from tests.integration.stack import demo_config, eventually, running_stack
-from workers.inference.pool import OVERFLOW_HEADER
+from workers.inference.consumer import OVERFLOW_HEADER
 
 pytestmark = pytest.mark.integration
 

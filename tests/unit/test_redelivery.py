@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from workers.inference.pool import CLOCK_SKEW_S, may_be_redelivery
+from workers.inference.consumer import CLOCK_SKEW_S, may_be_redelivery
 
 ASSIGNED = 1_800_000_000.0
 

@@ -27,7 +27,8 @@ from broker.kafka import (
     decode,
     new_consumer,
 )
-from broker.kafka.clients import cancels_topic_configs, start_at_time
+from broker.kafka.clients import start_at_time
+from broker.kafka.topic_configs import cancels_topic_configs
 from broker.settings import KafkaSettings
 from schemas import Topics
 from schemas.messages import CancelRequested

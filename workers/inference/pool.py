@@ -1,6 +1,8 @@
 """The inference pool: one consumer group per model topic and lane, many requests in flight.
 
-Each polled message becomes a task; a process-wide bound caps how many run at once. When
+Each model's topic of each lane is read by a `ModelConsumer` (`workers.inference.consumer`:
+fetching, dispatching, committing). Each polled message becomes a task of the pool; a
+process-wide bound caps how many run at once. When
 the bound is reached the pool pauses its partitions and keeps polling (so the group does
 not evict it) instead of nacking or spinning. Offsets are committed only up to the oldest
 unfinished message of each partition (`broker.kafka.offsets.OffsetTracker`), after its result and
@@ -27,42 +29,32 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import Any, TypeAlias
+from typing import Any
 
 from broker.budgets import BudgetStore, MemoryBudgetStore
 from broker.config import SluiceConfig
-from broker.errors import PoisonMessage
 from broker.kafka import (
-    Consumer,
-    ConsumerRecord,
     KafkaError,
     Producer,
-    RebalanceListener,
-    TopicPartition,
-    decode,
+    Record,
     encode,
     ensure_topics,
-    header,
     is_too_large,
-    message_limit,
     new_consumer,
     new_producer,
-    send_to_dead_letter,
     topics_for,
 )
-from broker.kafka.fetch_pacing import pacing_for
-from broker.kafka.offsets import OffsetTracker
 from broker.settings import KafkaSettings, WorkerSettings
 from broker.tokens import encoding_for_model
 from schemas import InferenceRequest, Lane, StreamChunk
 from schemas.streaming import CHUNK_KIND
 from workers.inference.background import Background
+from workers.inference.consumer import CommitOnRevoke, ModelConsumer
 from workers.inference.lanes import BudgetGates
 from workers.inference.native_admission import NativeAdmission
-from workers.inference.outcomes import publish_outcome, too_large_to_publish
+from workers.inference.outcomes import publish_outcome
 from workers.inference.processor import Outcome, RequestProcessor
 from workers.inference.provenance import RequestProvenance
 from workers.inference.reply_partitions import StickyReplyPartitions
@@ -71,25 +63,6 @@ from workers.inference.tenant_weights import TenantWeights
 from workers.providers import Provider
 
 log = logging.getLogger("sluice.worker")
-
-CLOCK_SKEW_S = 5.0
-# Marks a request a worker moved to the batch topic because its tenant was over its share.
-OVERFLOW_HEADER = "x-sluice-overflow"
-
-
-def may_be_redelivery(timestamp_ms: int, assigned_at: float | None) -> bool:
-    """Whether another worker may already have processed a message of this partition.
-
-    Only a message that existed before we were given its partition can have been processed
-    by another worker (one that crashed before committing). Newer ones skip the results of
-    record, so in steady state the check costs nothing. The margin covers clock skew
-    between the producer (message timestamp) and this machine.
-    """
-    if assigned_at is None:
-        return True
-    return timestamp_ms / 1000 < assigned_at + CLOCK_SKEW_S
-
-Record: TypeAlias = "ConsumerRecord[bytes, bytes]"
 
 
 class _Slots:
@@ -107,225 +80,6 @@ class _Slots:
     def release(self) -> None:
         self.used -= 1
         self.freed.set()
-
-
-class _CommitOnRevoke(RebalanceListener):  # type: ignore[misc]
-    def __init__(self, lane: _ModelConsumer):
-        self._lane = lane
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._lane.commit(only=revoked)
-        self._lane.tracker.forget(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        self._lane.joined = True
-        self._lane.paused.clear()
-        now = time.time()
-        for tp in assigned:
-            self._lane.assigned_at[tp] = now
-
-
-class _ModelConsumer:
-    """Consumes one model's request topic of one lane in its own consumer group."""
-
-    def __init__(self, pool: InferencePool, model: str, consumer: Consumer,
-                 lane: Lane = Lane.INTERACTIVE):
-        self.pool = pool
-        self.model = model
-        self.lane = lane
-        self.consumer = consumer
-        self.tracker = OffsetTracker()
-        self.paused: set[TopicPartition] = set()
-        self.assigned_at: dict[TopicPartition, float] = {}
-        self.joined = False  # the group gave us our share (possibly none) at least once
-
-    async def run(self, stop: asyncio.Event) -> None:
-        committer = asyncio.create_task(self._commit_periodically(stop))
-        pacing = None if self.lane is Lane.BATCH else pacing_for(self.consumer, self.pool.kafka)
-        try:
-            while not stop.is_set():
-                room = self.pool.room(self.lane)
-                if room <= 0:
-                    await self._wait_for_slot()
-                    continue
-                self._resume()
-                batch = await self.consumer.getmany(timeout_ms=100, max_records=min(room, 500))
-                if pacing is not None:
-                    await pacing.observe_poll(batch)
-                if batch:
-                    await self._dispatch(batch)
-        finally:
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
-
-    async def _wait_for_slot(self) -> None:
-        # Full: pause fetching but keep polling so the group keeps us (max_poll_interval).
-        assigned = self.consumer.assignment()
-        if assigned and not self.paused:
-            self.consumer.pause(*assigned)
-            self.paused = set(assigned)
-        await self.consumer.getmany(timeout_ms=0)
-        self.pool.slots.freed.clear()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.pool.slots.freed.wait(), 0.5)
-
-    def _resume(self) -> None:
-        if self.paused:
-            self.consumer.resume(*self.paused)
-            self.paused.clear()
-
-    async def _dispatch(self, batch: Mapping[TopicPartition, Sequence[Record]]) -> None:
-        decoded: list[tuple[TopicPartition, Record, InferenceRequest]] = []
-        for tp, records in batch.items():
-            for record in records:
-                self.tracker.started(tp, record.offset)
-                try:
-                    request = decode(InferenceRequest, record)
-                    self._check_model(request)
-                    # Who sent it: unproven ones (UnprovenRequest) are dead-lettered too.
-                    request = await self.pool.provenance.verify(record, request)
-                except PoisonMessage as exc:
-                    self.pool.track(self._dead_letter(tp, record, str(exc)), self.lane)
-                    continue
-                decoded.append((tp, record, request))
-        done = await self._already_final(decoded)
-        overflow: list[tuple[TopicPartition, Record, InferenceRequest]] = []
-        for tp, record, request in decoded:
-            if request.id in done:
-                log.info("request %s already has a final result (or its copy on the batch "
-                         "topic will); not calling again", request.id)
-                self.tracker.finished(tp, record.offset)
-            elif self.lane is Lane.INTERACTIVE and self.pool.over_fair_share(request.tenant):
-                overflow.append((tp, record, request))
-            else:
-                self.pool.track(self._handle(tp, record, request), self.lane, request.tenant)
-        if overflow:
-            self.pool.track(self._overflow(overflow), self.lane)
-
-    async def _overflow(self, items: list[tuple[TopicPartition, Record, InferenceRequest]],
-                        ) -> None:
-        # Their tenants hold their share of this worker already: the requests wait on the
-        # model's batch topic instead of in front of other tenants' requests here. They keep
-        # their ids, reply_to and deadlines; only their priority changes. Sent together
-        # (one produce request per partition, not one per message), so a burst of one
-        # tenant is moved out of the way at Kafka's pace.
-        topic = self.pool.topics.requests(self.model, Lane.BATCH)
-
-        async def send(batch: list[tuple[TopicPartition, Record, InferenceRequest]]) -> None:
-            deliveries = [await self.pool.producer.send(
-                topic, record.value, key=record.key,
-                headers=[*record.headers, (OVERFLOW_HEADER, b"1")]) for _, record, _ in batch]
-            await asyncio.gather(*deliveries)
-
-        moved = items
-        try:
-            await self.pool.publish_with_retry(lambda: send(items))
-        except KafkaError as exc:
-            if not is_too_large(exc):
-                raise
-            moved = []
-            for item in items:  # our header tipped one over: serve that one here
-                try:
-                    await self.pool.publish_with_retry(lambda: send([item]))  # noqa: B023
-                    moved.append(item)
-                except KafkaError as single:
-                    if not is_too_large(single):
-                        raise
-                    await self._handle(*item)
-        self.pool.overflowed += len(moved)
-        try:  # a redelivered original is skipped, not answered twice (workers/.../results)
-            await self.pool.final_results.record_moved([request.id for _, _, request in moved])
-        except Exception:
-            log.warning("recording moved requests failed; if this worker stops before "
-                        "committing, their originals may be answered twice", exc_info=True)
-        for tp, record, _ in moved:
-            self.tracker.finished(tp, record.offset)
-
-    async def _already_final(
-        self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
-    ) -> set[str]:
-        # A moved request may have been moved twice (a publish retried after a lost
-        # acknowledgement): its copies are checked like redeliveries.
-        suspects = [
-            request.id for tp, record, request in decoded
-            if may_be_redelivery(record.timestamp, self.assigned_at.get(tp))
-            or header(record, OVERFLOW_HEADER) is not None
-        ]
-        if not suspects:
-            return set()
-        try:
-            done = await self.pool.final_results.already_final(suspects)
-            if self.lane is Lane.INTERACTIVE:  # moved to the batch topic by a worker before
-                done |= await self.pool.final_results.moved(suspects)
-            return done
-        except Exception:
-            log.warning("results of record unavailable; redelivered requests may be "
-                        "called again", exc_info=True)
-            return set()
-
-    def _check_model(self, request: InferenceRequest) -> None:
-        if request.model != self.model or request.model not in self.pool.config.models:
-            raise PoisonMessage(
-                f"request for model '{request.model}' arrived on the topic of '{self.model}'"
-            )
-
-    async def _dead_letter(self, tp: TopicPartition, record: Record, reason: str) -> None:
-        log.warning("dead-lettering %s[%d]@%d: %s", tp.topic, tp.partition, record.offset, reason)
-        try:
-            await self.pool.publish_with_retry(
-                lambda: send_to_dead_letter(self.pool.producer, self.pool.topics, record, reason)
-            )
-        except KafkaError as exc:
-            if not is_too_large(exc):
-                raise
-            # Our headers pushed a record at the very limit over it; it stays readable at
-            # its offset, which the log names.
-            log.error("cannot dead-letter %s[%d]@%d (%s): over the size limit; skipped",
-                      tp.topic, tp.partition, record.offset, reason)
-        self.tracker.finished(tp, record.offset)
-
-    async def _handle(self, tp: TopicPartition, record: Record, request: InferenceRequest) -> None:
-        # A request moved here for fair share waits for budget like the batch work it
-        # queued with (its deadline stays its own lane's).
-        moved = self.lane is Lane.BATCH and header(record, OVERFLOW_HEADER) is not None
-        admission = self.pool.native_admission
-        refusal = None if admission is None else await admission.refusal(record, request)
-        outcome = (self.pool.processor.refused(request, refusal) if refusal is not None
-                   else await self.pool.processor.process(request,
-                                                          Lane.BATCH if moved else None))
-        reply_to = request.reply_to or header(record, "reply_to")
-        try:
-            await self.pool.publish_with_retry(
-                lambda: self.pool.publish(outcome, reply_to, record))
-        except KafkaError as exc:
-            if not is_too_large(exc):
-                raise
-            limit = message_limit(self.pool.kafka)
-            log.warning("result of %s is over the %d-byte message limit; answering "
-                        "result_too_large", request.id, limit)
-            smaller = too_large_to_publish(outcome, request, limit)
-            await self.pool.publish_with_retry(
-                lambda: self.pool.publish(smaller, reply_to, record))
-        self.tracker.finished(tp, record.offset)
-
-    async def commit(self, only: set[TopicPartition] | None = None) -> None:
-        positions = self.tracker.pending_commits()
-        if only is not None:
-            positions = {tp: pos for tp, pos in positions.items() if tp in only}
-        if not positions:
-            return
-        try:
-            await self.consumer.commit(positions)
-        except KafkaError as exc:  # a rebalance in progress; the next round retries
-            log.warning("commit of %s failed: %s", self.model, exc)
-            return
-        self.tracker.mark_committed(positions)
-
-    async def _commit_periodically(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await asyncio.sleep(self.pool.worker_settings.commit_interval_s)
-            await self.commit()
 
 
 class InferencePool:
@@ -365,7 +119,7 @@ class InferencePool:
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
         # Fair share: one tenant holds at most this many interactive slots of this worker;
-        # the rest of its requests overflow to the batch topic (`_ModelConsumer._overflow`).
+        # the rest of its requests overflow to the batch topic (`ModelConsumer._overflow`).
         self.tenant_cap = max(1, int(self.slots.size * worker_settings.tenant_slot_share))
         self.tenant_used: Counter[str] = Counter()
         self.overflowed = 0
@@ -381,7 +135,7 @@ class InferencePool:
         # The reply partition a streamed request's chunks went to: its result must follow.
         self._stream_partitions: dict[str, int | None] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._lanes: list[_ModelConsumer] = []
+        self._lanes: list[ModelConsumer] = []
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
 
@@ -536,9 +290,9 @@ class InferencePool:
                     # Nobody waits on HTTP for a batch line: poll it at the slow pace.
                     background=kind is Lane.BATCH,
                 )
-                lane = _ModelConsumer(self, model, consumer, kind)
+                lane = ModelConsumer(self, model, consumer, kind)
                 consumer.subscribe([self.topics.requests(model, kind)],
-                                   listener=_CommitOnRevoke(lane))
+                                   listener=CommitOnRevoke(lane))
                 await consumer.start()
                 lanes.append(lane)
         self._lanes = lanes
@@ -568,7 +322,7 @@ class InferencePool:
                     encoding_for_model(self.config.deployments[deployment].model,
                                        self.config.models[model].encoding).count("warm up")
 
-    async def _drain(self, lanes: list[_ModelConsumer]) -> None:
+    async def _drain(self, lanes: list[ModelConsumer]) -> None:
         if self._tasks:
             await asyncio.wait(set(self._tasks), timeout=self._drain_timeout_s)
         self._stop.set()

@@ -50,6 +50,8 @@ class LedgerRow:
     values: dict[str, Any]
     record: Record
     prompt: Sequence[ChatMessage] | None = None
+    # Request rows: the decoded request, so checking who sent it decodes nothing again.
+    request: InferenceRequest | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,7 +176,7 @@ def to_row(kind: Kind, record: Record) -> LedgerRow:
         request = decode(InferenceRequest, record)
         # An embeddings request's input is not kept as a prompt: it is data, often a corpus.
         prompt = request.body.messages if isinstance(request.body, ChatCompletionRequest) else None
-        return LedgerRow(kind, request.id, request_row(request), record, prompt)
+        return LedgerRow(kind, request.id, request_row(request), record, prompt, request)
     result = decode(InferenceResult, record)
     return LedgerRow(kind, result.request_id, result_row(result), record)
 

@@ -24,14 +24,12 @@ from broker.kafka import (
     ApplyLoop,
     KafkaError,
     Producer,
-    decode,
     ensure_topics,
     new_producer,
     send_to_dead_letter,
     topics_for,
 )
 from broker.settings import KafkaSettings, LedgerSettings
-from schemas import InferenceRequest
 from workers.inference.provenance import RequestProvenance
 from workers.ledger.content import PromptStore
 from workers.ledger.rows import Kind, LedgerBatch, Record, plan_batch, subscription_pattern
@@ -135,8 +133,9 @@ class Ledger:
             return batch
         proven = []
         for row in batch.rows[Kind.REQUEST]:
+            assert row.request is not None  # request rows carry their request
             try:
-                await self._provenance.verify(row.record, decode(InferenceRequest, row.record))
+                await self._provenance.verify(row.record, row.request)
             except PoisonMessage as exc:  # the worker dead-letters it, with the reason
                 logger.info("ledger: not recording request %s: %s", row.key, exc)
                 continue
