@@ -16,24 +16,59 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from broker.errors import ConfigError
 from schemas import is_valid_topic_component
 
+ProviderKind = Literal["openai", "azure-openai", "anthropic", "gemini", "simulated"]
+NATIVE_BATCH_PROVIDERS = ("openai", "anthropic")
+DEFAULT_BASE_URLS: dict[str, str] = {
+    "anthropic": "https://api.anthropic.com",
+    "gemini": "https://generativelanguage.googleapis.com",
+}
+"""Where a deployment of these providers calls when it names no `base_url`."""
+"""Providers whose own batch API the native batch lane can use."""
+
 
 class DeploymentConfig(BaseModel):
     """One place a model can be called: a provider account, endpoint and upstream model."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    provider: Literal["openai", "simulated"]
+    provider: ProviderKind
     """`openai` is any OpenAI-compatible HTTP API (OpenAI, vLLM, Ollama, llama.cpp server);
+    `azure-openai` an Azure OpenAI resource (`model` is the Azure deployment name);
+    `anthropic` Anthropic's Messages API; `gemini` Google's Gemini API (generateContent);
     `simulated` answers in-process with deterministic text (no network, no cost)."""
     model: Annotated[str, Field(min_length=1)]
     base_url: str | None = None
+    """The upstream's root: `https://api.openai.com/v1` (openai),
+    `https://<resource>.openai.azure.com` (azure-openai); anthropic and gemini default to
+    their public endpoints (`https://api.anthropic.com`,
+    `https://generativelanguage.googleapis.com`)."""
     api_key_env: str | None = None
+    api_version: str | None = None
+    """The API version the adapter speaks: Azure's `api-version` query parameter (default
+    `2024-10-21`), Anthropic's `anthropic-version` header (default `2023-06-01`), Gemini's
+    path version (default `v1beta`). Unused by `openai` and `simulated`."""
+    batch: Literal["queue", "native"] = "queue"
+    """How this deployment serves the batch lane: `queue` calls it line by line under its
+    rate budget like any request; `native` hands batch lines to the provider's own batch
+    API (OpenAI `/v1/batches`, Anthropic Message Batches), billed at its batch price."""
     timeout_s: Annotated[float, Field(gt=0)] = 60.0
     # This deployment's price, imported into the price catalog (the one price source, see
     # broker/stores/prices.py) by workers and ingress at start. Leave both out to manage the
     # price with `sluice prices set` alone.
     input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
     output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    cached_input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """Input served from the provider's prompt cache (OpenAI's cached input, Anthropic's
+    cache reads); absent, the catalog's rate, else the input price."""
+    batch_input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    batch_output_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """The provider's batch-API price; absent, half the standard price (OpenAI's and
+    Anthropic's batch discount)."""
+    cache_write_input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """Anthropic's price of input tokens written to its prompt cache; absent, 1.25 times
+    the input price (its five-minute cache)."""
+    cache_write_1h_input_usd_per_mtok: Annotated[Decimal, Field(ge=0)] | None = None
+    """Likewise for its one-hour cache; absent, twice the input price."""
     latency_ms: Annotated[float, Field(ge=0)] = 0.0
     # Rate budget of the provider account behind this deployment, shared by every worker
     # (and every model using the deployment); see broker/budgets/algorithm.py. None or 0:
@@ -75,10 +110,18 @@ class DeploymentConfig(BaseModel):
     """Offer HTTP/2 on HTTPS; the upstream picks it or HTTP/1.1 (ALPN). Off by default:
     HTTP/2 goes through httpx's pure-Python stack, HTTP/1.1 through aiohttp's cheaper one."""
 
+    def endpoint(self) -> str | None:
+        """The upstream's root URL: `base_url`, else the provider's public endpoint."""
+        return self.base_url or DEFAULT_BASE_URLS.get(self.provider)
+
     @model_validator(mode="after")
     def _http_needs_url(self) -> DeploymentConfig:
-        if self.provider == "openai" and not self.base_url:
-            raise ValueError("base_url is required for provider 'openai'")
+        if self.provider in ("openai", "azure-openai") and not self.base_url:
+            raise ValueError(f"base_url is required for provider '{self.provider}'")
+        if self.batch == "native" and self.provider not in NATIVE_BATCH_PROVIDERS:
+            raise ValueError(
+                f"batch: 'native' needs a provider with a batch API "
+                f"({', '.join(NATIVE_BATCH_PROVIDERS)}), not '{self.provider}'")
         if self.client_key is not None and self.client_cert is None:
             raise ValueError("client_key needs client_cert")
         return self

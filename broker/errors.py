@@ -22,6 +22,8 @@
     └── ProviderError                a provider call failed; `status_code` when HTTP
         ├── ProviderRetriable        429, 5xx, timeouts, connection errors
         └── ProviderRejected         400/401/403/404/422: the request itself is refused
+            └── UnsupportedParameter the deployment's API cannot express a parameter
+                                     (the worker tries the next deployment first)
 """
 
 from __future__ import annotations
@@ -209,3 +211,14 @@ class ProviderRetriable(ProviderError):
 
 class ProviderRejected(ProviderError):
     """The provider refused the request itself; failing over would not help."""
+
+
+class UnsupportedParameter(ProviderRejected):
+    """The deployment's API cannot express a parameter of the request (Anthropic has no `n`,
+    Gemini no `logit_bias`). Raised by an adapter before it calls anyone: the worker tries
+    the request's next deployment, and answers 400 naming `param` only if none can take it.
+    """
+
+    def __init__(self, message: str, *, param: str, deployment: str = ""):
+        super().__init__(message, status_code=400, deployment=deployment)
+        self.param = param

@@ -196,7 +196,12 @@ class LedgerSettings(_Settings):
 
 
 class AppSettings(_Settings):
-    """Where the model/deployment configuration file lives."""
+    """Where the model/deployment configuration file lives; the operations port."""
 
     config: Path | None = None
     state_dir: Path = Path(".sluice")
+    # The operations port of `sluice worker`, `ledger` and `deliver` (broker/ops):
+    # /livez, /readyz, /status and /metrics. Off unless a port is given. Probes from
+    # another host (Kubernetes' kubelet) need SLUICE_OPS_HOST=0.0.0.0.
+    ops_port: int | None = Field(default=None, ge=0, le=65535)
+    ops_host: str = "127.0.0.1"

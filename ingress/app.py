@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -21,17 +21,22 @@ from broker.config import ModelKind
 from broker.errors import InvalidRequest, NotFound, SluiceError, UnknownModel
 from broker.kafka import topics_for
 from ingress.admin import register_ledger_routes
+from ingress.anthropic import register_anthropic_routes
 from ingress.auth import authenticate
 from ingress.batches import register_batch_routes
 from ingress.body import read_json_object, validate_body
+from ingress.console import register_console_routes
 from ingress.envelope import error_body, install_error_handlers, json_response
+from ingress.health import ingress_readiness, register_health_routes
 from ingress.login_throttle import LoginThrottle
+from ingress.metrics import register_metrics_route
 from ingress.polling import LongPolls, parse_wait, wait_until_final
 from ingress.publisher import RequestPublisher
 from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
-from ingress.streaming import stream_events
+from ingress.streaming import StreamEvents, stream_events
+from ingress.tracing import describe_request, traced_route
 from ingress.webhooks import WebhookIntake
 from schemas import (
     ChatCompletionRequest,
@@ -39,6 +44,7 @@ from schemas import (
     InferenceRequest,
     InferenceResult,
     RequestStatus,
+    StreamChunk,
 )
 from schemas.messages import CancelRequested
 
@@ -74,6 +80,14 @@ class Ingress:
             body = validate_body(ChatCompletionRequest, data)
         else:
             body = validate_body(EmbeddingRequest, data)
+        return principal, await self.admit(request, principal, body, wait=wait)
+
+    async def admit(self, request: Request, principal: Principal,
+                    body: ChatCompletionRequest | EmbeddingRequest, *,
+                    wait: bool) -> InferenceRequest:
+        """The queued form of an already parsed `body`, admitted for `principal` (model
+        checks, deadline, webhook, limits); published by `publish`."""
+        kind = "chat" if isinstance(body, ChatCompletionRequest) else "embedding"
         model = self.services.config.models.get(body.model)
         if model is None or not principal.may_use(body.model):
             raise UnknownModel(body.model)  # 404 for a key's unlisted model: no existence leak
@@ -97,11 +111,12 @@ class Ingress:
         )
         if self.services.admission is not None:  # last: a refused request counts nothing
             await self.services.admission.admit(principal, inference)
-        return principal, inference
+        return inference
 
     async def publish(self, request: Request, inference: InferenceRequest) -> None:
         try:
-            await self.publisher.publish(inference, request.headers.get("traceparent"))
+            describe_request(inference)  # on the server span and the log lines
+            await self.publisher.publish(inference)
         except SluiceError:
             if self.services.admission is not None:  # not queued: give its hold back
                 with contextlib.suppress(SluiceError):
@@ -127,16 +142,24 @@ class Ingress:
             return self._accepted(request, inference)
         return await self._answer(request, inference)
 
-    async def _answer(self, request: Request, inference: InferenceRequest) -> Response:
-        """Publish, then answer with the final result, or 504 with a status URL."""
+    async def final_result(self, request: Request,
+                           inference: InferenceRequest) -> InferenceResult | None:
+        """Publish, then the final result; None when none came within `sync_timeout_s`
+        (the request goes on, and its status URL will have the answer)."""
         waiter = self.replies.expect(inference.id)
         try:
             await self.publish(request, inference)
-            result = await asyncio.wait_for(waiter, self.services.settings.sync_timeout_s)
+            return await asyncio.wait_for(waiter, self.services.settings.sync_timeout_s)
         except TimeoutError:
-            return self._still_running(request, inference)
+            return None
         finally:
             self.replies.forget(inference.id)
+
+    async def _answer(self, request: Request, inference: InferenceRequest) -> Response:
+        """Publish, then answer with the final result, or 504 with a status URL."""
+        result = await self.final_result(request, inference)
+        if result is None:
+            return self._still_running(request, inference)
         headers = {"x-request-id": inference.id}
         if result.status is RequestStatus.SUCCEEDED and result.completion is not None:
             return json_response(completion_body(result), headers=headers)
@@ -149,34 +172,53 @@ class Ingress:
         Until the first chunk the request may still fail over or fail whole, and then the
         client gets a plain error response with its status code, as without streaming.
         """
-        events = self.replies.expect_stream(inference.id)
-        timeout_s = self.services.settings.sync_timeout_s
-        try:
-            await self.publish(request, inference)
-            first = await asyncio.wait_for(events.get(), timeout_s)
-        except TimeoutError:
-            self.replies.forget_stream(inference.id)
-            self._cancel_later(inference)
+        opened = await self.open_stream(request, inference)
+        if opened is None:
             return self._still_running(request, inference)
-        except BaseException:
-            self.replies.forget_stream(inference.id)
-            raise
+        first, events = opened
         headers = {"x-request-id": inference.id, "cache-control": "no-cache"}
         if isinstance(first, InferenceResult):  # ended before its first chunk
-            self.replies.forget_stream(inference.id)
             if first.status is RequestStatus.SUCCEEDED and first.completion is not None:
                 return json_response(completion_body(first), headers=headers)
             status, body = failure(first)
             return json_response(body, status, headers=headers)
+        sse = stream_events(inference, first, events,
+                            idle_timeout_s=self.services.settings.sync_timeout_s,
+                            status_url=self.status_url(request, inference.id),
+                            on_end=self.stream_ended(inference))
+        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+
+    async def open_stream(self, request: Request, inference: InferenceRequest
+                          ) -> tuple[StreamChunk | InferenceResult, StreamEvents] | None:
+        """Publish a streamed request, then its first chunk (or its final result, when it
+        ended before one) and the queue the rest arrives on; None when neither came within
+        `sync_timeout_s` (the request is then cancelled). After a chunk, the caller reads
+        the queue and calls `stream_ended(inference)` however its stream ends."""
+        events = self.replies.expect_stream(inference.id)
+        try:
+            await self.publish(request, inference)
+            first = await asyncio.wait_for(events.get(), self.services.settings.sync_timeout_s)
+        except TimeoutError:
+            self.replies.forget_stream(inference.id)
+            self._cancel_later(inference)
+            return None
+        except BaseException:
+            self.replies.forget_stream(inference.id)
+            raise
+        if isinstance(first, InferenceResult):
+            self.replies.forget_stream(inference.id)
+        return first, events
+
+    def stream_ended(self, inference: InferenceRequest) -> Callable[[bool], None]:
+        """The `on_end(finished)` of a stream: stop listening, and cancel the provider
+        call when the stream did not finish (the client left, or the answer stalled)."""
 
         def on_end(finished: bool) -> None:
             self.replies.forget_stream(inference.id)
             if not finished:
                 self._cancel_later(inference)
 
-        sse = stream_events(inference, first, events, idle_timeout_s=timeout_s,
-                            status_url=self.status_url(request, inference.id), on_end=on_end)
-        return StreamingResponse(sse, media_type="text/event-stream", headers=headers)
+        return on_end
 
     def _cancel_later(self, inference: InferenceRequest) -> None:
         """Ask the worker to stop a request whose client left (from a cleanup path that
@@ -331,6 +373,8 @@ def create_app(services: IngressServices) -> FastAPI:
     register_ledger_routes(app, services)
     ingress.webhooks.register(app)
     register_batch_routes(app, services)  # /v1/files and /v1/batches (OpenAI Batch API)
+    register_console_routes(app, services)  # /console: the page and /console/api/*
+    register_metrics_route(app, services)  # /metrics for Prometheus (ingress/metrics.py)
 
     # The two routes every request takes (POST path -> handler). uvicorn serves them
     # through `ingress.hot_routes`, past the middleware below; here they are plain
@@ -339,15 +383,16 @@ def create_app(services: IngressServices) -> FastAPI:
     # would only add CPU (a quarter of the ingress's, profiled at 64 callers). Errors still
     # reach the handlers above: exception middleware wraps every route. They go first in
     # the routing table, which is scanned in order for every request.
-    app.state.hot_routes = {
+    app.state.hot_routes = {path: traced_route(path, endpoint) for path, endpoint in {
         "/v1/chat/completions": ingress.chat_completions,
         "/v1/embeddings": ingress.embeddings,
         "/v1/requests": ingress.submit,
-    }
+    }.items()}  # each in a server span (ingress/tracing.py)
     app.router.routes[:0] = [
         Route(path, endpoint, methods=["POST"])
         for path, endpoint in app.state.hot_routes.items()
     ]
+    register_anthropic_routes(app, ingress)  # /v1/messages* (Anthropic's Messages API)
 
     @app.get("/v1/requests/{request_id}")
     async def request_status(request: Request, request_id: str) -> Response:
@@ -366,6 +411,11 @@ def create_app(services: IngressServices) -> FastAPI:
         # It names the Kafka bootstrap address and every topic: for key holders only.
         await authenticate(request, services.api_keys)
         return json_response(ingress.asyncapi())
+
+    # /livez and /readyz (ingress/health.py): Kafka both ways and PostgreSQL.
+    register_health_routes(app, ingress_readiness(
+        ingress.publisher, ingress.replies,
+        services.ledger.engine if services.ledger is not None else None))
 
     @app.get("/health")
     async def health() -> Response:

@@ -20,14 +20,19 @@ async def authenticate(request: Request, keys: ApiKeyFinder) -> Principal:
         )
     if scheme.lower() != "bearer" or not secret.strip():
         raise AuthenticationFailed("Malformed Authorization header; use 'Bearer <key>'.")
+    return await authenticate_key(request, keys, secret.strip())
+
+
+async def authenticate_key(request: Request, keys: ApiKeyFinder, secret: str) -> Principal:
+    """The owner of API key `secret`, however `request` carried it (a bearer token, or
+    Anthropic's `x-api-key` header), or `AuthenticationFailed`; failures are throttled."""
     throttle: LoginThrottle | None = getattr(request.app.state, "login_throttle", None)
     if throttle is None:
-        principal = await keys.principal(secret.strip())
+        principal = await keys.principal(secret)
     else:
-        principal = await _throttled(request, keys, secret.strip(), throttle)
+        principal = await _throttled(request, keys, secret, throttle)
     if principal is None:
-        shown = secret.strip()[:14]
-        raise AuthenticationFailed(f"Incorrect API key provided: {shown}…")
+        raise AuthenticationFailed(f"Incorrect API key provided: {secret[:14]}…")
     return principal
 
 

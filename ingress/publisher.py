@@ -18,6 +18,7 @@ from broker.kafka import (
 )
 from broker.settings import KafkaSettings
 from broker.signing import service_headers
+from broker.telemetry.tracing import producer_span
 from schemas import InferenceRequest
 from schemas.messages import CancelRequested
 
@@ -61,8 +62,10 @@ class RequestPublisher:
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
-    async def publish(self, request: InferenceRequest, traceparent: str | None = None) -> None:
+    async def publish(self, request: InferenceRequest) -> None:
         """Send `request` to its model's topic and wait for the acknowledgement.
+
+        In a producer span; the record carries its trace context (`traceparent`).
 
         Raises:
             BrokerUnavailable: Kafka did not acknowledge; trying again later may work.
@@ -73,18 +76,15 @@ class RequestPublisher:
         headers = [("correlation_id", (request.correlation_id or request.id).encode())]
         if request.reply_to:
             headers.append(("reply_to", request.reply_to.encode()))
-        if traceparent:
-            headers.append(("traceparent", traceparent.encode()))
         payload = encode(request)
         # Signed: workers serve only requests that prove who sent them (broker/signing.py).
         headers.extend(service_headers(self._kafka, payload))
+        topic = self._topics.requests(request.model, request.lane)
         try:
-            await self._producer.send_and_wait(
-                self._topics.requests(request.model, request.lane),
-                payload,
-                key=request.id.encode(),
-                headers=headers,
-            )
+            with producer_span(topic, {"sluice.request_id": request.id}) as trace_headers:
+                await self._producer.send_and_wait(
+                    topic, payload, key=request.id.encode(), headers=[*headers, *trace_headers],
+                )
         except KafkaError as exc:
             if is_too_large(exc):
                 raise MessageTooLarge(len(payload), message_limit(self._kafka)) from exc

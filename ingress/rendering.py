@@ -32,7 +32,7 @@ def failure(result: InferenceResult) -> tuple[int, dict[str, Any]]:
     if error is None:
         return 500, error_body(f"request ended {result.status}", "server_error")
     status = _STATUS_FOR_ERROR.get(error.type, 500)
-    body = error_body(error.message, error.type, code=error.code)
+    body = error_body(error.message, error.type, code=error.code, param=error.param)
     body["id"] = result.request_id
     return status, body
 

@@ -216,6 +216,15 @@ class PromptTokensDetails(_Verbatim):
 
     # Optional: some OpenAI-compatible servers send `null` here instead of leaving it out.
     cached_tokens: Annotated[int, Field(ge=0)] | None = None
+    # Left out when not reported, so OpenAI's answers keep their shape.
+    cache_creation_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, exclude_if=lambda tokens: tokens is None)
+    cache_creation_1h_tokens: Annotated[int, Field(ge=0)] | None = Field(
+        default=None, exclude_if=lambda tokens: tokens is None)
+    """Of `cache_creation_tokens`, those written to Anthropic's one-hour cache (billed at
+    twice the input price, against 1.25 times for its five-minute cache)."""
+    """Of `prompt_tokens`, how many were written to the provider's prompt cache (Anthropic's
+    `cache_creation_input_tokens`; OpenAI reports none), billed at the cache-write price."""
 
 
 class CompletionTokensDetails(_Verbatim):
@@ -249,6 +258,19 @@ class Usage(_Verbatim):
         details = self.prompt_tokens_details
         cached = details.cached_tokens if details is not None else None
         return min(cached or 0, self.prompt_tokens)
+
+    def cache_write_prompt_tokens(self) -> int:
+        """Of `prompt_tokens`, how many were written to the provider's prompt cache (never
+        more than the prompt tokens not served from it)."""
+        details = self.prompt_tokens_details
+        written = details.cache_creation_tokens if details is not None else None
+        return min(written or 0, self.prompt_tokens - self.cached_prompt_tokens())
+
+    def cache_write_1h_prompt_tokens(self) -> int:
+        """Of the cache writes, those to the one-hour cache (never more than all writes)."""
+        details = self.prompt_tokens_details
+        written = details.cache_creation_1h_tokens if details is not None else None
+        return min(written or 0, self.cache_write_prompt_tokens())
 
     def reasoning_completion_tokens(self) -> int:
         """Of `completion_tokens`, how many the model spent reasoning (billed as output)."""

@@ -72,6 +72,14 @@ class EmbeddingUsage(_Verbatim):
         """Always 0: no prompt cache for embeddings."""
         return 0
 
+    def cache_write_prompt_tokens(self) -> int:
+        """Always 0: no prompt cache for embeddings."""
+        return 0
+
+    def cache_write_1h_prompt_tokens(self) -> int:
+        """Always 0: no prompt cache for embeddings."""
+        return 0
+
     def reasoning_completion_tokens(self) -> int:
         """Always 0."""
         return 0

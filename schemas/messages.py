@@ -82,6 +82,8 @@ class ErrorInfo(BaseModel):
     type: str
     code: str | None = None
     message: str
+    param: str | None = None
+    """The request parameter at fault, when one is (OpenAI's `error.param`)."""
 
 
 class InferenceResult(_Message):
@@ -149,6 +151,14 @@ class UsageEvent(_Message):
     # Of `output_tokens` (OpenAI's convention), how many a reasoning model spent thinking;
     # they are billed at the output price.
     reasoning_output_tokens: Annotated[int, Field(ge=0)] = 0
+    # Of `input_tokens`, how many were written to the provider's prompt cache (Anthropic's
+    # `cache_creation_input_tokens`); the ledger charges them the cache-write price.
+    cache_write_input_tokens: Annotated[int, Field(ge=0)] = 0
+    # Of those, how many went to Anthropic's one-hour cache (its own, higher price).
+    cache_write_1h_input_tokens: Annotated[int, Field(ge=0)] = 0
+    # `batch`: the call went through the provider's own batch API (the native batch lane)
+    # and is charged the provider's batch price.
+    service_tier: Literal["standard", "batch"] = "standard"
     cost_usd: Decimal | None = None
     latency_ms: Annotated[float, Field(ge=0)]
     status: Literal["succeeded", "failed"]
@@ -159,8 +169,12 @@ class UsageEvent(_Message):
     @model_validator(mode="after")
     def _cached_within_input(self) -> UsageEvent:
         # More cached than input tokens would bill the uncached rest negative.
-        if self.cached_input_tokens > self.input_tokens:
-            raise ValueError("cached_input_tokens must not exceed input_tokens")
+        if self.cached_input_tokens + self.cache_write_input_tokens > self.input_tokens:
+            raise ValueError("cached_input_tokens + cache_write_input_tokens must not exceed "
+                             "input_tokens")
+        if self.cache_write_1h_input_tokens > self.cache_write_input_tokens:
+            raise ValueError("cache_write_1h_input_tokens must not exceed "
+                             "cache_write_input_tokens")
         if self.reasoning_output_tokens > self.output_tokens:
             raise ValueError("reasoning_output_tokens must not exceed output_tokens")
         return self

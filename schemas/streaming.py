@@ -134,7 +134,9 @@ def _merge_delta(message: dict[str, Any], delta: dict[str, Any]) -> None:
                 function = part.get("function") or {}
                 call["function"]["name"] += function.get("name") or ""
                 call["function"]["arguments"] += function.get("arguments") or ""
-        elif key in ("content", "refusal") and isinstance(value, str):
+        elif key in ("content", "refusal", "reasoning_content") and isinstance(value, str):
+            # `reasoning_content`: the thinking that reasoning servers (vLLM, DeepSeek) and
+            # our Anthropic and Gemini adapters stream beside the answer, piece by piece.
             message[key] = (message.get(key) or "") + value
         elif key == "function_call" and isinstance(value, dict):
             merged = message.setdefault("function_call", {"name": "", "arguments": ""})

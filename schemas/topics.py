@@ -26,6 +26,12 @@ class Topics:
         base = f"{self.prefix}requests.{model}"
         return base if lane is Lane.INTERACTIVE else f"{base}.batch"
 
+    def worker_group(self, model: str, lane: Lane = Lane.INTERACTIVE) -> str:
+        """The consumer group of the workers serving `model`'s request topic of `lane`
+        (what queue depth is measured against: its lag on that topic)."""
+        base = f"{self.prefix}workers.{model}"
+        return base if lane is Lane.INTERACTIVE else f"{base}.batch"
+
     @property
     def requests_pattern(self) -> str:
         """Regular expression matching every request topic (both lanes)."""

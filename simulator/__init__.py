@@ -1,7 +1,9 @@
-"""The simulated OpenAI-compatible provider: `sluice mock-provider`.
+"""The simulated provider: `sluice mock-provider`.
 
-Deterministic answers with token-accurate usage, configurable latency, and counters at
-`GET /stats`, for load tests and development without a real (paid) provider.
+Speaks OpenAI's, Azure OpenAI's, Anthropic's and Gemini's wire formats (see
+`simulator.app`), all answered by one deterministic brain with token-accurate usage,
+configurable latency, faults and rate limits, and counters at `GET /stats`, for load
+tests and development without a real (paid) provider.
 """
 
 from simulator.app import SimulatorApp, create_simulator_app

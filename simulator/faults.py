@@ -17,6 +17,7 @@ _MESSAGES = {
     502: "Bad gateway (simulated).",
     503: "The engine is currently overloaded (simulated).",
     504: "Upstream timed out (simulated).",
+    529: "Overloaded (simulated).",
 }
 
 

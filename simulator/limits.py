@@ -3,8 +3,9 @@
 A sliding window log (every accepted call's time and tokens), so the simulator is the
 strict judge a budget is measured against: unlike a bucket, it forgives no burst. A call
 that would exceed either limit is refused with 429, `retry-after` (when enough of the
-window has slid by) and OpenAI's `x-ratelimit-*` headers; refused calls do not count.
-Every answer carries the headers, as OpenAI's do, so clients can learn the real limits.
+window has slid by) and the limit headers of the format asked (OpenAI's `x-ratelimit-*`,
+Anthropic's `anthropic-ratelimit-*`, Azure's subset); refused calls do not count. Every
+answer carries the headers, as the providers' do, so clients can learn the real limits.
 """
 
 from __future__ import annotations
@@ -22,6 +23,39 @@ def _duration(seconds: float) -> str:
         return f"{seconds:.3g}s"
     minutes, rest = divmod(seconds, 60)
     return f"{int(minutes)}m{rest:.0f}s"
+
+
+@dataclass(frozen=True, slots=True)
+class LimitVerdict:
+    """One call judged: admitted or not, and the state of the window after it.
+
+    `requests` and `tokens` are `(limit, remaining)`, None when that limit is off;
+    `full_in_s` is how long until the window is empty again (OpenAI's "reset").
+    """
+
+    admitted: bool
+    wait_s: float
+    full_in_s: float
+    requests: tuple[int, int] | None
+    tokens: tuple[int, int] | None
+
+
+def openai_limit_headers(verdict: LimitVerdict) -> list[tuple[bytes, bytes]]:
+    """OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`."""
+    headers: list[tuple[bytes, bytes]] = []
+    reset = _duration(verdict.full_in_s).encode()
+    for kind, counts in (("requests", verdict.requests), ("tokens", verdict.tokens)):
+        if counts is not None:
+            headers += [(f"x-ratelimit-limit-{kind}".encode(), str(counts[0]).encode()),
+                        (f"x-ratelimit-remaining-{kind}".encode(), str(counts[1]).encode()),
+                        (f"x-ratelimit-reset-{kind}".encode(), reset)]
+    return headers
+
+
+def retry_headers(wait_s: float) -> list[tuple[bytes, bytes]]:
+    """`retry-after` (whole seconds, as HTTP has it) and OpenAI's finer `retry-after-ms`."""
+    return [(b"retry-after", str(max(0, math.ceil(wait_s))).encode()),
+            (b"retry-after-ms", str(max(0, math.ceil(wait_s * 1000))).encode())]
 
 
 @dataclass
@@ -60,8 +94,8 @@ class SlidingWindowLimits:
                     break
         return max(wait, 0.0)
 
-    def admit(self, now: float, tokens: int) -> tuple[bool, list[tuple[bytes, bytes]]]:
-        """Count a call of `tokens` at `now` if it fits; the headers to answer with."""
+    def judge(self, now: float, tokens: int) -> LimitVerdict:
+        """Count a call of `tokens` at `now` if it fits; what each format's headers report."""
         self._slide(now)
         wait = self._wait_s(now, tokens)
         admitted = wait <= 0
@@ -72,24 +106,19 @@ class SlidingWindowLimits:
             self.accepted_tokens += tokens
         else:
             self.refused += 1
-        headers = self._headers(now)
-        if not admitted:
-            headers += [(b"retry-after", str(max(1, math.ceil(wait))).encode()),
-                        (b"retry-after-ms", str(math.ceil(wait * 1000)).encode())]
-        return admitted, headers
+        full_in = self._calls[0][0] + self.window_s - now if self._calls else 0.0
+        return LimitVerdict(
+            admitted=admitted, wait_s=wait, full_in_s=max(full_in, 0.0),
+            requests=(self.rpm, max(0, self.rpm - len(self._calls))) if self.rpm else None,
+            tokens=(self.tpm, max(0, self.tpm - self._tokens)) if self.tpm else None)
 
-    def _headers(self, now: float) -> list[tuple[bytes, bytes]]:
-        headers: list[tuple[bytes, bytes]] = []
-        oldest = self._calls[0][0] + self.window_s - now if self._calls else 0.0
-        for kind, limit, used in (("requests", self.rpm, len(self._calls)),
-                                  ("tokens", self.tpm, self._tokens)):
-            if limit > 0:
-                headers += [
-                    (f"x-ratelimit-limit-{kind}".encode(), str(limit).encode()),
-                    (f"x-ratelimit-remaining-{kind}".encode(), str(max(0, limit - used)).encode()),
-                    (f"x-ratelimit-reset-{kind}".encode(), _duration(oldest).encode()),
-                ]
-        return headers
+    def admit(self, now: float, tokens: int) -> tuple[bool, list[tuple[bytes, bytes]]]:
+        """Count a call of `tokens` at `now` if it fits; OpenAI's headers to answer with."""
+        verdict = self.judge(now, tokens)
+        headers = openai_limit_headers(verdict)
+        if not verdict.admitted:
+            headers += retry_headers(verdict.wait_s)
+        return verdict.admitted, headers
 
     def snapshot(self) -> dict[str, int | float]:
         """Counters for `/stats`."""

@@ -23,8 +23,14 @@ class SimulatorState:
         self.completion_tokens = 0
         self.errors_by_status: Counter[int] = Counter()
         self.requests_by_model: Counter[str] = Counter()
+        self.requests_by_format: Counter[str] = Counter()
         self.injected: Counter[str] = Counter()
         self.random = random.Random(seed)
+
+    def record_request(self, format_name: str) -> None:
+        """Count a request in one wire format (`openai`, `azure`, `anthropic`, `gemini`)."""
+        self.requests += 1
+        self.requests_by_format[format_name] += 1
 
     def record_success(self, usage: Usage | None) -> None:
         """Count a chat completion answered with 200."""
@@ -37,14 +43,16 @@ class SimulatorState:
         """Count a chat completion answered with an error status."""
         self.errors_by_status[status] += 1
 
-    def _fault_counters(self) -> dict[str, Any]:
-        # Only once a fault was injected, so the stats of a healthy simulator stay as they were.
-        if not self.injected:
-            return {}
-        return {
-            "requests_by_model": dict(sorted(self.requests_by_model.items())),
-            "injected": dict(sorted(self.injected.items())),
-        }
+    def _detail_counters(self) -> dict[str, Any]:
+        # Only once a fault was injected or another format than OpenAI's served, so the
+        # stats of a healthy OpenAI-only simulator stay as they were.
+        counters: dict[str, Any] = {}
+        if self.injected or set(self.requests_by_format) - {"openai"}:
+            counters["requests_by_model"] = dict(sorted(self.requests_by_model.items()))
+            counters["requests_by_format"] = dict(sorted(self.requests_by_format.items()))
+        if self.injected:
+            counters["injected"] = dict(sorted(self.injected.items()))
+        return counters
 
     def record_injected(self, kind: str) -> None:
         """Count a fault injected on purpose (`error`, `timeout` or `window`)."""
@@ -60,5 +68,5 @@ class SimulatorState:
             "errors_by_status": {
                 str(status): count for status, count in sorted(self.errors_by_status.items())
             },
-            **self._fault_counters(),
+            **self._detail_counters(),
         }

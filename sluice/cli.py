@@ -42,6 +42,16 @@ def _add_config(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_ops_port(parser: argparse.ArgumentParser) -> None:
+    # One port per process serves every operations path; the other names are the ones
+    # earlier releases and other tools use for the same port.
+    parser.add_argument(
+        "--ops-port", "--status-port", "--metrics-port", dest="ops_port", type=int,
+        default=None, metavar="PORT",
+        help="serve /livez, /readyz, /status and /metrics on this port "
+             "(default: $SLUICE_OPS_PORT; none)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full command tree (tests check compose.yaml's commands against it)."""
     parser = argparse.ArgumentParser(
@@ -71,14 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(worker)
     worker.add_argument("--models", default=None, help="comma-separated models (default: all)")
     worker.add_argument("--concurrency", type=int, default=None)
-    worker.add_argument("--status-port", type=int, default=None,
-                        help="serve GET /status (circuit breakers, held retries) on this port")
+    _add_ops_port(worker)
     worker.set_defaults(handler=_handler("sluice.processes", "run_worker"))
 
     ledger = commands.add_parser("ledger", help="record usage and results in PostgreSQL")
+    _add_ops_port(ledger)
     ledger.set_defaults(handler=_handler("sluice.processes", "run_ledger"))
 
     deliver = commands.add_parser("deliver", help="send signed webhooks for final results")
+    _add_ops_port(deliver)
     deliver.set_defaults(handler=_handler("sluice.processes", "run_deliver"))
 
     migrate = commands.add_parser("migrate", help="apply database migrations (Alembic)")

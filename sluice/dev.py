@@ -37,6 +37,7 @@ from broker.errors import ConfigError
 from broker.settings import DatabaseSettings
 from broker.stores.database import create_engine, upgrade_database
 from broker.stores.keys import create_api_key
+from broker.telemetry.settings import OTLP_ENDPOINT_VARIABLES
 
 # soft_wrap: commands printed for copy-paste must never be broken across lines.
 console = Console(soft_wrap=True)
@@ -53,7 +54,9 @@ class _Children:
         with open(self.log_dir / f"{name}.log", "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "sluice", *args],
-                env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                # Each process's spans under its own service name (`sluice-worker`, …).
+                env={"OTEL_SERVICE_NAME": f"sluice-{args[0]}", **self.env},
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
         self.processes[name] = process
         return process
@@ -154,6 +157,10 @@ def run_dev(args: argparse.Namespace) -> int:
             # Local development: webhook receivers on this machine are admitted.
             "SLUICE_WEBHOOK_ALLOW_HOSTS": os.environ.get(
                 "SLUICE_WEBHOOK_ALLOW_HOSTS", "localhost,127.0.0.1,::1"),
+            # Logs for people and spans printed beside them (one JSON line each), unless
+            # asked otherwise: production's defaults are JSON logs and no traces.
+            "SLUICE_LOG_FORMAT": os.environ.get("SLUICE_LOG_FORMAT", "text"),
+            "SLUICE_TRACES": os.environ.get("SLUICE_TRACES", _dev_traces(os.environ)),
             **(_tansu_profile(args.workers) if engine == "tansu" else {}),
         }
         children = _Children(log_dir, env)
@@ -216,6 +223,12 @@ def _start_kafka(
     with console.status("starting Kafka-protocol broker (Tansu)…"):
         tansu = stack.enter_context(EmbeddedKafka(log_path=log_dir / "kafka.log"))
     return tansu.bootstrap, tansu.pid
+
+
+def _dev_traces(environ: Mapping[str, str]) -> str:
+    """Spans to a collector when one is named, else to the children's logs."""
+    collector = any(environ.get(name) for name in OTLP_ENDPOINT_VARIABLES)
+    return "otlp" if collector else "console"
 
 
 def _tansu_profile(workers: int) -> dict[str, str]:

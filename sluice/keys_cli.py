@@ -153,6 +153,12 @@ def run_prices_set(args: argparse.Namespace) -> int:
             input_usd_per_mtok=_money(args.input, "--input"),
             output_usd_per_mtok=_money(args.output, "--output"),
             cached_input_usd_per_mtok=_money(args.cached_input, "--cached-input"),
+            cache_write_input_usd_per_mtok=_money(args.cache_write_input,
+                                                  "--cache-write-input"),
+            cache_write_1h_input_usd_per_mtok=_money(args.cache_write_1h_input,
+                                                     "--cache-write-1h-input"),
+            batch_input_usd_per_mtok=_money(args.batch_input, "--batch-input"),
+            batch_output_usd_per_mtok=_money(args.batch_output, "--batch-output"),
             effective_from=when,
         )
     except ValidationError as exc:
@@ -167,12 +173,17 @@ def run_prices_set(args: argparse.Namespace) -> int:
 def run_prices_list(args: argparse.Namespace) -> int:
     """`sluice prices list [--model M]`."""
     prices = with_engine(lambda e: list_prices(e, args.model))
-    table = Table("id", "model", "deployment", "input", "output", "cached input", "currency",
-                  "effective from", title="USD per million tokens")
+    table = Table("id", "model", "deployment", "input", "output", "cached input",
+                  "cache write", "batch in", "batch out", "currency", "effective from",
+                  title="USD per million tokens (cache write: 1.25 x input, batch: half, "
+                        "where blank)")
     for price in prices:
         table.add_row(str(price.id), price.model, price.deployment or "*",
                       str(price.input_usd_per_mtok), str(price.output_usd_per_mtok),
-                      _text(price.cached_input_usd_per_mtok), price.currency,
+                      _text(price.cached_input_usd_per_mtok),
+                      _text(price.cache_write_input_usd_per_mtok),
+                      _text(price.batch_input_usd_per_mtok),
+                      _text(price.batch_output_usd_per_mtok), price.currency,
                       price.effective_from.isoformat())
     console().print(table)
     return 0

@@ -75,6 +75,18 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     price_set.add_argument("--input", required=True, help="USD per million input tokens")
     price_set.add_argument("--output", required=True, help="USD per million output tokens")
     price_set.add_argument("--cached-input", default=None, help="USD per million cached")
+    price_set.add_argument("--cache-write-input", default=None,
+                           help="USD per million written to the prompt cache (default "
+                                "1.25 x input)")
+    price_set.add_argument("--cache-write-1h-input", default=None,
+                           help="USD per million written to the one-hour prompt cache "
+                                "(default 2 x input)")
+    price_set.add_argument("--batch-input", default=None,
+                           help="USD per million input through the provider's batch API "
+                                "(default half of --input)")
+    price_set.add_argument("--batch-output", default=None,
+                           help="USD per million output through the provider's batch API "
+                                "(default half of --output)")
     price_set.add_argument("--effective-from", default=None, help="ISO time (default: now)")
     price_set.set_defaults(handler=handler("sluice.keys_cli", "run_prices_set"))
     price_list = price_commands.add_parser("list", help="list prices, all periods")

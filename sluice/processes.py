@@ -7,16 +7,23 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
+import socket
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from broker import metrics
 from broker.config import SluiceConfig, load_config
 from broker.errors import ConfigError
 from broker.kafka import with_broker_limits
+from broker.metrics import MetricsSettings
+from broker.ops import CachedProbe, Check, OpsServer, Readiness, Snapshot, flag
 from broker.settings import (
     AppSettings,
     DatabaseSettings,
@@ -26,6 +33,9 @@ from broker.settings import (
     WorkerSettings,
 )
 from sluice.runtime import configure_logging, run_until_signalled
+
+if TYPE_CHECKING:  # a handle passed to the probes; SQL is theirs alone
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 log = logging.getLogger("sluice")
 
@@ -51,7 +61,8 @@ def run_ingress(args: argparse.Namespace) -> int:
     from ingress.postgres import PostgresApiKeys, PostgresRequests
     from ingress.services import IngressServices, LedgerAccess
 
-    configure_logging()
+    configure_logging(service="sluice-ingress")
+    metrics.configure(MetricsSettings())
     settings = IngressSettings()
     config = _config(args)
     asyncio.run(_import_config_prices(config))
@@ -82,6 +93,7 @@ def run_ingress(args: argparse.Namespace) -> int:
         limit_concurrency=settings.max_connections,
         backlog=min(settings.max_connections, 65535),
         log_level="warning",
+        log_config=None,  # uvicorn's own lines go through our handlers (JSON in production)
         loop="uvloop",
         http="httptools",
         lifespan="on",
@@ -96,13 +108,15 @@ def run_worker(args: argparse.Namespace) -> int:
     from broker.stores.database import create_engine
     from broker.stores.tenants import tenant_weights
     from workers.inference import InferencePool
+    from workers.inference.heartbeat import WorkerHeartbeat
     from workers.inference.native_admission import NativeAdmission
     from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
     from workers.inference.results import PostgresFinalResults
     from workers.inference.tenant_weights import TenantWeights
     from workers.providers import ProviderTransports, ProxyEnvironment, build_provider
 
-    configure_logging()
+    configure_logging(service="sluice-worker")
+    metrics.configure(MetricsSettings())
     config = _config(args)
     models = args.models.split(",") if args.models else list(config.models)
     unknown = [m for m in models if m not in config.models]
@@ -111,8 +125,9 @@ def run_worker(args: argparse.Namespace) -> int:
     worker_settings = WorkerSettings()
     if args.concurrency:
         worker_settings = WorkerSettings(worker_concurrency=args.concurrency)
-    if args.status_port is not None:
-        worker_settings = worker_settings.model_copy(update={"status_port": args.status_port})
+    # The operations port is served here, not by the pool: readiness includes PostgreSQL.
+    ops_address = _ops_address(args, worker_settings)
+    worker_settings = worker_settings.model_copy(update={"status_port": None})
 
     api_keys = _api_keys(config)
 
@@ -141,7 +156,10 @@ def run_worker(args: argparse.Namespace) -> int:
                                                  provenance),
                 tenant_weights=TenantWeights(partial(tenant_weights, engine)),
             )
-            await pool.run(stop)
+            readiness = _readiness(engine, kafka, consumers=flag(
+                pool.ready, "request consumers have not joined their groups yet"))
+            async with _ops_server(ops_address, readiness, snapshot=pool.status):
+                await asyncio.gather(pool.run(stop), WorkerHeartbeat(engine, pool.state).run(stop))
         await engine.dispose()
 
     return run_until_signalled(main)
@@ -152,27 +170,40 @@ def run_ledger(args: argparse.Namespace) -> int:
     from broker.batches.settings import BatchSettings
     from broker.stores.database import create_engine
     from workers.batches import BatchTracker
+    from workers.batches.native import native_upstreams
     from workers.inference.provenance import PostgresKeyLookup, RequestProvenance
     from workers.ledger import ContentRetention, Ledger, StaleHolds
+    from workers.providers import ProviderTransports, ProxyEnvironment
 
-    configure_logging()
+    configure_logging(service="sluice-ledger")
+    metrics.configure(MetricsSettings())
     settings = LedgerSettings()
-    # Optional here: with it, batch holds are estimated exactly as admission estimates.
+    ops_address = _ops_address(args)
+    client_id = _instance_client_id("sluice-ledger")  # its own: readiness finds it in the group
+    # Optional here: with it, batch holds are estimated exactly as admission estimates, and
+    # `batch: native` deployments get their lines sent to the provider's batch API.
     path = AppSettings().config
     config = load_config(path) if path is not None else None
+    api_keys = _api_keys(config) if config is not None else {}
+    proxies = ProxyEnvironment.from_environ(os.environ)
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
         kafka = await with_broker_limits(KafkaSettings())
+        ledger = Ledger(kafka, settings, engine, client_id=client_id,
+                        provenance=RequestProvenance(kafka, PostgresKeyLookup(engine)))
+        readiness = _readiness(engine, kafka, group=(ledger.group_id, client_id))
         try:  # the batch tracker (OpenAI Batch API) runs beside the ledger, same database
-            await asyncio.gather(
-                Ledger(kafka, settings, engine,
-                       provenance=RequestProvenance(kafka, PostgresKeyLookup(engine))).run(stop),
-                # Privacy: completion text past its retention (`workers.ledger.retention`).
-                ContentRetention(engine, settings).run(stop),
-                # Holds of requests that can no longer finish (`workers.ledger.holds`).
-                StaleHolds(engine, settings).run(stop),
-                BatchTracker(kafka, BatchSettings(), engine, config).run(stop))
+            async with _ops_server(ops_address, readiness), ProviderTransports(
+                    max_connections=_NATIVE_BATCH_CONNECTIONS, proxies=proxies) as transports:
+                upstreams = native_upstreams(config, transports.for_deployment, api_keys)
+                await asyncio.gather(
+                    ledger.run(stop),
+                    # Privacy: completion text past its retention (`workers.ledger.retention`).
+                    ContentRetention(engine, settings).run(stop),
+                    # Holds of requests that can no longer finish (`workers.ledger.holds`).
+                    StaleHolds(engine, settings).run(stop),
+                    BatchTracker(kafka, BatchSettings(), engine, config, upstreams).run(stop))
         finally:
             await engine.dispose()
 
@@ -186,15 +217,22 @@ def run_deliver(args: argparse.Namespace) -> int:
     from workers.deliver import Deliverer
     from workers.deliver.sender import WebhookSender, new_client
 
-    configure_logging()
+    configure_logging(service="sluice-deliver")
+    metrics.configure(MetricsSettings())
     settings = WebhookSettings()
+    ops_address = _ops_address(args)
+    client_id = _instance_client_id("sluice-deliver")  # its own: readiness finds it in the group
 
     async def main(stop: asyncio.Event) -> None:
         engine = create_engine(DatabaseSettings())
+        kafka = KafkaSettings()
         try:
             async with new_client(settings) as client:
                 sender = WebhookSender(client, settings)
-                await Deliverer(KafkaSettings(), settings, engine, sender).run(stop)
+                deliverer = Deliverer(kafka, settings, engine, sender, client_id=client_id)
+                readiness = _readiness(engine, kafka, group=(deliverer.group_id, client_id))
+                async with _ops_server(ops_address, readiness):
+                    await deliverer.run(stop)
         finally:
             await engine.dispose()
 
@@ -254,6 +292,11 @@ def run_config_check(args: argparse.Namespace) -> int:
 
 
 
+_NATIVE_BATCH_CONNECTIONS = 4
+"""Connections per provider route for the native batch lane: a few uploads, polls and
+downloads at a time, never a stream of calls."""
+
+
 def _api_keys(config: SluiceConfig) -> dict[str, str]:
     """Each deployment's secret from the variable its `api_key_env` names, read once here."""
     keys = {}
@@ -289,3 +332,58 @@ async def _import_config_prices(config: SluiceConfig) -> None:
         log.info("price catalog: %s on %s is now %s / %s USD per million tokens in / out, "
                  "from the config file", price.model, price.deployment,
                  price.input_usd_per_mtok, price.output_usd_per_mtok)
+
+
+def _ops_address(args: argparse.Namespace,
+                 worker: WorkerSettings | None = None) -> tuple[str, int] | None:
+    """Where this process serves /livez, /readyz, /status and /metrics, if anywhere.
+
+    `--ops-port` (alias `--status-port`, `--metrics-port`), else `SLUICE_OPS_PORT`, else a
+    worker's older `SLUICE_STATUS_PORT`.
+    """
+    app = AppSettings()
+    port = getattr(args, "ops_port", None)
+    if port is None:
+        port = app.ops_port
+    if port is None and worker is not None and worker.status_port is not None:
+        return worker.status_host, worker.status_port
+    return None if port is None else (app.ops_host, port)
+
+
+def _instance_client_id(name: str) -> str:
+    """A Kafka client id naming this process, so readiness can find its consumer."""
+    return f"{name}-{socket.gethostname()}-{os.getpid()}"
+
+
+def _readiness(engine: AsyncEngine, kafka: KafkaSettings, *, consumers: Check | None = None,
+               group: tuple[str, str] | None = None) -> Readiness:
+    """What "ready" means for a process reading Kafka and writing PostgreSQL.
+
+    `consumers`: an in-process check that its consumers own their partitions (workers);
+    `group`: (group id, client id) to find its consumer in its group (ledger, deliver).
+    Probes that leave the process are cached (`CachedProbe`): probes cost at most one
+    `SELECT 1` and one Kafka round trip every two seconds.
+    """
+    from broker.kafka.groups import group_membership, ping_kafka
+    from broker.stores.health import ping_database
+
+    checks: dict[str, Check] = {}
+    if group is not None:
+        checks["kafka"] = CachedProbe(partial(group_membership, kafka, *group))
+    else:
+        checks["kafka"] = CachedProbe(partial(ping_kafka, kafka))
+    if consumers is not None:
+        checks["kafka_consumers"] = consumers
+    checks["postgres"] = CachedProbe(partial(ping_database, engine))
+    return Readiness(checks)
+
+
+def _ops_server(address: tuple[str, int] | None, readiness: Readiness, *,
+                snapshot: Snapshot | None = None) -> AbstractAsyncContextManager[object]:
+    """The process's operations port while the block runs (nothing without an address)."""
+    if address is None:
+        return contextlib.nullcontext()
+    host, port = address
+    log.info("operations port on http://%s:%d (/livez /readyz /status /metrics)", host, port)
+    return OpsServer(host, port, readiness=readiness, snapshot=snapshot,
+                     metrics=metrics.exposition)

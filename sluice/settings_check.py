@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pydantic_settings import BaseSettings
 
 from broker.batches.settings import BatchSettings
+from broker.metrics.settings import MetricsSettings
 from broker.settings import (
     AppSettings,
     DatabaseSettings,
@@ -22,11 +23,12 @@ from broker.settings import (
     LedgerSettings,
     WorkerSettings,
 )
+from broker.telemetry.settings import TelemetrySettings
 from broker.webhooks.settings import WebhookSettings
 
 SETTINGS_CLASSES: tuple[type[BaseSettings], ...] = (
     KafkaSettings, DatabaseSettings, IngressSettings, WorkerSettings, LedgerSettings,
-    AppSettings, WebhookSettings, BatchSettings,
+    AppSettings, WebhookSettings, BatchSettings, TelemetrySettings, MetricsSettings,
 )
 # Read by the processes themselves, not by a settings class.
 _OTHER_VARIABLES = frozenset({

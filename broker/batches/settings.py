@@ -31,3 +31,11 @@ class BatchSettings(BaseSettings):
     # A cancelling batch ends `cancelled` at the latest this long after the cancel, even if
     # some lines never answered (their worker died): they are reported as cancelled.
     batch_cancel_grace_s: float = Field(default=30.0, gt=0)
+    # The native batch lane (deployments with `batch: native`, `workers.batches.native`):
+    # how often each upstream batch is asked how it is doing, and the most lines and bytes
+    # one upstream batch may hold. None is the provider's own limit (OpenAI 50,000 lines and
+    # 200 MB per file, Anthropic 100,000 requests and 256 MB); a setting above it is
+    # lowered to it.
+    native_batch_poll_interval_s: float = Field(default=30.0, gt=0)
+    native_batch_chunk_lines: int | None = Field(default=None, ge=1)
+    native_batch_chunk_bytes: int | None = Field(default=None, ge=1024)

@@ -105,3 +105,61 @@ batch_requests = Table(
                     name="status"),
     Index(None, "batch_id", "status"),
 )
+
+# The native batch lane (`workers.batches.native`): lines of models whose first deployment
+# has `batch: native` go to the provider's own batch API instead of the batch topic.
+NATIVE_CHUNK_STATES = ("pending", "submitting", "running", "ended", "done")
+
+# One upstream batch (OpenAI `/v1/batches`, Anthropic Message Batches) per chunk of lines.
+# The row exists, with its lines assigned, before anything is sent; `submit_started_at` is
+# set (committed) before the provider is called, and its ids are recorded as it answers, so
+# a restarted tracker knows whether the provider may already have the chunk.
+native_batch_chunks = Table(
+    "native_batch_chunks",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("provider", Text, nullable=False),
+    Column("lines", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    # pending: not sent; submitting: maybe sent (outcome unknown until recorded or found);
+    # running: the upstream batch id is recorded; ended: the upstream batch is over, its
+    # results not all published yet; done: every line's final result is published.
+    Column("state", Text, nullable=False),
+    Column("upstream_file_id", Text, nullable=True),
+    Column("upstream_batch_id", Text, nullable=True),
+    Column("upstream_status", Text, nullable=True),
+    # Why the upstream batch failed as a whole (its validation errors), for every line.
+    Column("error", Text, nullable=True),
+    timestamp_column("claimed_at", nullable=True),
+    timestamp_column("created_at", nullable=False, now=True),
+    timestamp_column("submit_started_at", nullable=True),
+    timestamp_column("submitted_at", nullable=True),
+    timestamp_column("polled_at", nullable=True),
+    timestamp_column("cancel_sent_at", nullable=True),
+    timestamp_column("ended_at", nullable=True),
+    timestamp_column("done_at", nullable=True),
+    CheckConstraint("state IN ('pending', 'submitting', 'running', 'ended', 'done')",
+                    name="state"),
+    Index(None, "batch_id"),
+    Index(None, "state"),
+)
+
+# Each native line: its upstream request (the provider's own line format, ready to send;
+# dropped once its chunk is submitted) and the chunk it went into (NULL until assigned).
+native_batch_lines = Table(
+    "native_batch_lines",
+    metadata,
+    Column("request_id", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False),
+    Column("deployment", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("bytes", Integer, nullable=False),
+    Column("payload", LargeBinary, nullable=True),
+    Column("chunk_id", Text, nullable=True),
+    timestamp_column("created_at", nullable=False, now=True),
+    Index(None, "batch_id", "deployment", "line"),
+    Index(None, "chunk_id"),
+)

@@ -37,6 +37,7 @@ from broker.kafka.memory import MemoryConsumer, MemoryProducer, is_memory, memor
 from broker.kafka.security import client_security, describe, login_refused
 from broker.kafka.topic_configs import align_topic_configs
 from broker.settings import KafkaSettings
+from broker.telemetry.tracing import kafka_trace_headers
 from schemas import Topics
 
 log = logging.getLogger("sluice.kafka")
@@ -386,10 +387,15 @@ RESULT_WEBHOOK_HEADER = "webhook"
 
 
 def result_headers(tenant: str, has_webhook: bool) -> list[tuple[str, bytes]]:
-    """The headers a worker puts on a result it publishes to `<prefix>results`."""
+    """The headers a worker puts on a result it publishes to `<prefix>results`.
+
+    With the current span's `traceparent`: the ledger and the deliverer continue the
+    request's trace from it.
+    """
     headers = [(RESULT_TENANT_HEADER, tenant.encode())]
     if has_webhook:
         headers.append((RESULT_WEBHOOK_HEADER, b"1"))
+    headers.extend(kafka_trace_headers())
     return headers
 
 

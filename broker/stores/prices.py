@@ -42,6 +42,9 @@ from broker.stores.tables import prices
 
 CATALOG = Path(__file__).with_name("prices.yaml")
 _MILLION = Decimal(1_000_000)
+_CACHE_WRITE_MULTIPLIER = Decimal("1.25")
+_CACHE_WRITE_1H_MULTIPLIER = Decimal("2")
+_BATCH_DISCOUNT = Decimal("0.5")
 _UNIQUE = "uq_prices_model_deployment_effective_from"
 
 PerMillion = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
@@ -57,6 +60,10 @@ class PriceSpec(BaseModel):
     input_usd_per_mtok: PerMillion
     output_usd_per_mtok: PerMillion
     cached_input_usd_per_mtok: PerMillion | None = None
+    cache_write_input_usd_per_mtok: PerMillion | None = None
+    cache_write_1h_input_usd_per_mtok: PerMillion | None = None
+    batch_input_usd_per_mtok: PerMillion | None = None
+    batch_output_usd_per_mtok: PerMillion | None = None
     currency: str = "USD"
     effective_from: AwareDatetime
 
@@ -73,20 +80,55 @@ class Price:
     cached_input_usd_per_mtok: Decimal | None
     currency: str
     effective_from: datetime
+    cache_write_input_usd_per_mtok: Decimal | None = None
+    cache_write_1h_input_usd_per_mtok: Decimal | None = None
+    batch_input_usd_per_mtok: Decimal | None = None
+    batch_output_usd_per_mtok: Decimal | None = None
 
-    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0) -> Decimal:
-        """What a call cost. Cached input tokens are part of `input_tokens` (OpenAI's
-        convention) and charged at the cached price when there is one."""
-        cached_price = self.cached_input_usd_per_mtok
-        if cached_price is None:
-            cached_price = self.input_usd_per_mtok
-        uncached = input_tokens - cached_input_tokens
+    def cost(self, input_tokens: int, output_tokens: int, cached_input_tokens: int = 0,
+             cache_write_input_tokens: int = 0, *, batch: bool = False,
+             cache_write_1h_input_tokens: int = 0) -> Decimal:
+        """What a call cost.
+
+        Cached (read) and cache-written input tokens are part of `input_tokens` (OpenAI's
+        convention), and one-hour cache writes part of the cache writes; each is charged at
+        its own price: a cache hit at the cached price (the input price when there is none:
+        with no known discount the full rate is the safe upper bound), a cache write at the
+        cache-write price (1.25 x input when there is none: Anthropic's five-minute cache),
+        a one-hour cache write at its price (2 x input when there is none). A call made
+        through a provider's batch API (`batch`) is charged the batch prices, half the
+        standard ones when none are set (OpenAI's and Anthropic's discount); the input-side
+        discount applies to cache reads and writes too, as both providers apply it.
+        """
+        input_price = self.input_usd_per_mtok
+        read_price = _or(self.cached_input_usd_per_mtok, input_price)
+        write_price = _or(self.cache_write_input_usd_per_mtok,
+                          input_price * _CACHE_WRITE_MULTIPLIER)
+        write_1h_price = _or(self.cache_write_1h_input_usd_per_mtok,
+                             input_price * _CACHE_WRITE_1H_MULTIPLIER)
+        output_price = self.output_usd_per_mtok
+        if batch:
+            input_factor = _BATCH_DISCOUNT
+            if self.batch_input_usd_per_mtok is not None and input_price > 0:
+                input_factor = self.batch_input_usd_per_mtok / input_price
+            input_price, read_price, write_price, write_1h_price = (
+                price * input_factor
+                for price in (input_price, read_price, write_price, write_1h_price))
+            output_price = _or(self.batch_output_usd_per_mtok, output_price * _BATCH_DISCOUNT)
+        write_5m = cache_write_input_tokens - cache_write_1h_input_tokens
+        uncached = input_tokens - cached_input_tokens - cache_write_input_tokens
         total = (
-            self.input_usd_per_mtok * uncached
-            + cached_price * cached_input_tokens
-            + self.output_usd_per_mtok * output_tokens
+            input_price * uncached
+            + read_price * cached_input_tokens
+            + write_price * write_5m
+            + write_1h_price * cache_write_1h_input_tokens
+            + output_price * output_tokens
         )
         return total / _MILLION
+
+
+def _or(price: Decimal | None, default: Decimal) -> Decimal:
+    return default if price is None else price
 
 
 class PriceBook:
@@ -128,6 +170,10 @@ def _price(row: Any) -> Price:  # a Row of the prices table
         cached_input_usd_per_mtok=row.cached_input_usd_per_mtok,
         currency=row.currency,
         effective_from=row.effective_from,
+        cache_write_input_usd_per_mtok=row.cache_write_input_usd_per_mtok,
+        cache_write_1h_input_usd_per_mtok=row.cache_write_1h_input_usd_per_mtok,
+        batch_input_usd_per_mtok=row.batch_input_usd_per_mtok,
+        batch_output_usd_per_mtok=row.batch_output_usd_per_mtok,
     )
 
 
@@ -153,7 +199,8 @@ def upsert_statement(specs: Sequence[PriceSpec]) -> Any:
             column: statement.excluded[column]
             for column in (
                 "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok",
-                "currency",
+                "cache_write_input_usd_per_mtok", "cache_write_1h_input_usd_per_mtok",
+                "batch_input_usd_per_mtok", "batch_output_usd_per_mtok", "currency",
             )
         },
     ).returning(*prices.c)
@@ -195,6 +242,13 @@ async def price_book(connection: AsyncConnection, models: Iterable[str]) -> Pric
     return PriceBook(_price(row) for row in rows)
 
 
+_CONFIG_PRICE_FIELDS = (
+    "input_usd_per_mtok", "output_usd_per_mtok", "cached_input_usd_per_mtok",
+    "cache_write_input_usd_per_mtok", "cache_write_1h_input_usd_per_mtok",
+    "batch_input_usd_per_mtok", "batch_output_usd_per_mtok")
+"""A deployment's prices in the configuration file, as the catalog names them."""
+
+
 def config_price_specs(config: SluiceConfig, book: PriceBook, now: datetime) -> list[PriceSpec]:
     """The configuration's deployment prices the catalog does not have in force at `now`."""
     specs = []
@@ -204,19 +258,16 @@ def config_price_specs(config: SluiceConfig, book: PriceBook, now: datetime) -> 
             if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
                 continue
             current = book.find(model, name, now)
+            configured = {field: getattr(deployment, field) for field in _CONFIG_PRICE_FIELDS}
+            if deployment.cached_input_usd_per_mtok is None and current is not None:
+                # No cached-input rate in the config: keep the catalog's, if it had one.
+                configured["cached_input_usd_per_mtok"] = current.cached_input_usd_per_mtok
             if (current is not None and current.deployment == name
-                    and current.input_usd_per_mtok == deployment.input_usd_per_mtok
-                    and current.output_usd_per_mtok == deployment.output_usd_per_mtok):
+                    and all(getattr(current, field) == value
+                            for field, value in configured.items())):
                 continue
-            specs.append(PriceSpec(
-                model=model, deployment=name,
-                input_usd_per_mtok=deployment.input_usd_per_mtok,
-                output_usd_per_mtok=deployment.output_usd_per_mtok,
-                # The config has no cached-input rate; keep the catalog's, if it had one.
-                cached_input_usd_per_mtok=(current.cached_input_usd_per_mtok
-                                           if current is not None else None),
-                effective_from=now,
-            ))
+            specs.append(PriceSpec(model=model, deployment=name, **configured,
+                                   effective_from=now))
     return specs
 
 

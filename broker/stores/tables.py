@@ -72,6 +72,12 @@ usage_events = Table(
     Column("cached_input_tokens", Integer, nullable=False, server_default="0"),
     # Of output_tokens, how many a reasoning model spent thinking (billed as output).
     Column("reasoning_output_tokens", Integer, nullable=False, server_default="0"),
+    # Of input_tokens, how many were written to the provider's prompt cache (Anthropic).
+    Column("cache_write_input_tokens", Integer, nullable=False, server_default="0"),
+    # Of those, how many went to Anthropic's one-hour cache (a higher price).
+    Column("cache_write_1h_input_tokens", Integer, nullable=False, server_default="0"),
+    # `batch`: made through the provider's own batch API, charged its batch price.
+    Column("service_tier", Text, nullable=False, server_default="standard"),
     Column("cost_usd", Numeric(20, 10), nullable=True),
     Column("latency_ms", Double, nullable=False),
     Column("status", Text, nullable=False),
@@ -152,6 +158,10 @@ prices = Table(
     Column("input_usd_per_mtok", Numeric(20, 10), nullable=False),
     Column("output_usd_per_mtok", Numeric(20, 10), nullable=False),
     Column("cached_input_usd_per_mtok", Numeric(20, 10), nullable=True),
+    Column("cache_write_input_usd_per_mtok", Numeric(20, 10), nullable=True),
+    Column("cache_write_1h_input_usd_per_mtok", Numeric(20, 10), nullable=True),
+    Column("batch_input_usd_per_mtok", Numeric(20, 10), nullable=True),
+    Column("batch_output_usd_per_mtok", Numeric(20, 10), nullable=True),
     Column("currency", Text, nullable=False, server_default="USD"),
     timestamp_column("effective_from"),
     timestamp_column("created_at", now=True),
@@ -263,4 +273,20 @@ usage_rollup = Table(
         "day", "tenant", "api_key_id", "model", "deployment", "provider",
         name="uq_usage_rollup_cell", postgresql_nulls_not_distinct=True,
     ),
+)
+
+# One row per running worker process, rewritten every few seconds (migration 0014): its
+# models, breaker states, requests in flight and readiness, for the console. Breakers live
+# in each worker's memory; this is how another process (ingress) gets to see them. A row
+# whose `beat_at` is old belongs to a worker that stopped or hangs.
+worker_heartbeats = Table(
+    "worker_heartbeats",
+    metadata,
+    Column("worker_id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("models", ARRAY(Text), nullable=False),
+    Column("state", JSONB, nullable=False),
+    timestamp_column("started_at"),
+    timestamp_column("beat_at", now=True),
 )

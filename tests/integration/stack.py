@@ -50,6 +50,7 @@ from workers.providers import build_provider
 T = TypeVar("T")
 
 SIM_BASE = "http://simulator"
+SIM_API_KEY = "sim-provider-key"
 
 
 def demo_config(**deployment: Any) -> SluiceConfig:
@@ -91,6 +92,10 @@ class Stack:
             return (await connection.execute(text(sql), params)).scalar()
 
 
+async def _ready(pool: InferencePool) -> bool:
+    return pool.ready()
+
+
 async def eventually(check: Callable[[], Awaitable[T]], timeout_s: float = 15.0) -> T:
     """Poll `check` until it returns a truthy value; fail with the last value otherwise."""
     deadline = time.monotonic() + timeout_s
@@ -123,8 +128,10 @@ async def running_stack(
     sim_app = create_simulator_app(simulator or SimulatorSettings())
     sim_transport = httpx.ASGITransport(app=sim_app)
     sim_client = httpx.AsyncClient(transport=sim_transport, base_url=SIM_BASE)
+    # Every deployment gets a key: the simulator's Anthropic, Gemini and Azure doors
+    # refuse calls without one, as the real APIs do.
     providers = {
-        name: build_provider(name, deployment, sim_transport)
+        name: build_provider(name, deployment, sim_transport, api_key=SIM_API_KEY)
         for name, deployment in config.deployments.items()
     }
     stop = asyncio.Event()
@@ -156,6 +163,9 @@ async def running_stack(
         async with app.router.lifespan_context(app), httpx.AsyncClient(
             transport=httpx.ASGITransport(app=serve(app)), base_url="http://ingress", timeout=30
         ) as client:
+            # Every model's consumer joined before the first request: with many models a
+            # slow broker (Tansu) takes seconds per group, longer than a sync wait.
+            await eventually(lambda: _ready(pool), 60)
             yield Stack(client, api_key, engine, sim_client, kafka, app.state.ingress)
     finally:
         stop.set()

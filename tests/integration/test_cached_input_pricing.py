@@ -58,3 +58,57 @@ async def test_cached_input_tokens_are_charged_the_cached_price(
     assert rows["miss"].cached_input_tokens == 0
     assert rows["miss"].cost_usd == Decimal("0.0075") + Decimal("0.005")
     assert rows["no-rate"].cost_usd == Decimal("0.009") + Decimal("0.0075")
+
+
+async def test_cache_writes_and_provider_batch_calls_are_charged_their_prices(
+    kafka_settings: KafkaSettings, engine: AsyncEngine
+) -> None:
+    await set_prices(engine, [
+        # Anthropic-style: cache reads at a tenth, writes at 1.25x, no batch price named.
+        PriceSpec(model="claude", input_usd_per_mtok=Decimal("3"),
+                  output_usd_per_mtok=Decimal("15"), cached_input_usd_per_mtok=Decimal("0.3"),
+                  effective_from=T0),
+        # A price with its own cache-write and batch rates.
+        PriceSpec(model="priced", input_usd_per_mtok=Decimal("2"),
+                  output_usd_per_mtok=Decimal("8"), cache_write_input_usd_per_mtok=Decimal("4"),
+                  batch_input_usd_per_mtok=Decimal("0.8"), batch_output_usd_per_mtok=Decimal("4"),
+                  effective_from=T0),
+    ])
+    events = [
+        usage("write", model="claude", input_tokens=3000, cached_input_tokens=1000,
+              cache_write_input_tokens=1500, output_tokens=200, finished_at=T0),
+        usage("write-1h", model="claude", input_tokens=3000, cached_input_tokens=1000,
+              cache_write_input_tokens=1500, cache_write_1h_input_tokens=1000,
+              output_tokens=200, finished_at=T0),
+        usage("batch", model="claude", input_tokens=1000, output_tokens=1000,
+              service_tier="batch", finished_at=T0),
+        usage("own-batch", model="priced", input_tokens=1000, cache_write_input_tokens=500,
+              output_tokens=1000, service_tier="batch", finished_at=T0),
+    ]
+    async with running_ledger(kafka_settings, engine):
+        await produce(kafka_settings, topics_for(kafka_settings).usage, *events)
+
+        async def count() -> int:
+            async with engine.connect() as connection:
+                return len((await connection.execute(select(usage_events.c.event_id))).all())
+
+        await eventually(lambda: _equals(count(), len(events)))
+    async with engine.connect() as connection:
+        rows = {row.event_id: row for row in await connection.execute(select(usage_events))}
+
+    write = rows["write"]
+    assert (write.cache_write_input_tokens, write.service_tier) == (1500, "standard")
+    # 500 plain x $3/M + 1000 read x $0.3/M + 1500 written x $3.75/M + 200 out x $15/M.
+    assert write.cost_usd == (Decimal("0.0015") + Decimal("0.0003") + Decimal("0.005625")
+                              + Decimal("0.003"))
+    # One-hour cache writes at 2 x input ($6/M), the other 500 written at 1.25 x.
+    assert rows["write-1h"].cache_write_1h_input_tokens == 1000
+    assert rows["write-1h"].cost_usd == (Decimal("0.0015") + Decimal("0.0003")
+                                         + Decimal("0.001875") + Decimal("0.006")
+                                         + Decimal("0.003"))
+    # Half price through the provider's batch API when the price names no batch rate.
+    assert rows["batch"].service_tier == "batch"
+    assert rows["batch"].cost_usd == Decimal("0.0015") + Decimal("0.0075")
+    # Named batch rates: input 0.8/2 = 0.4 of standard, applied to the cache write too.
+    assert rows["own-batch"].cost_usd == (Decimal("0.0004") + Decimal("0.0008")
+                                          + Decimal("0.004"))

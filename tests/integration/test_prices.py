@@ -141,3 +141,27 @@ async def test_config_prices_are_imported_once_and_again_when_they_change(
     stored = await list_prices(engine, "imp-a")
     history = [(p.effective_from, p.output_usd_per_mtok) for p in stored]
     assert history == [(T1, Decimal("2")), (T2, Decimal("3"))]
+
+
+async def test_a_deployments_cache_and_batch_rates_are_imported_with_its_price(
+    engine: AsyncEngine,
+) -> None:
+    def config(**rates: str) -> SluiceConfig:
+        return parse_config({
+            "models": {"claude-imp": {"deployments": ["anthropic-d"]}},
+            "deployments": {"anthropic-d": {
+                "provider": "anthropic", "model": "claude-x", "input_usd_per_mtok": "3",
+                "output_usd_per_mtok": "15", **rates}},
+        })
+
+    rates = {"cached_input_usd_per_mtok": "0.3", "cache_write_input_usd_per_mtok": "3.75",
+             "cache_write_1h_input_usd_per_mtok": "6", "batch_input_usd_per_mtok": "1.5",
+             "batch_output_usd_per_mtok": "7.5"}
+    [price] = await import_config_prices(engine, config(**rates), T1)
+    assert {name: str(getattr(price, name).normalize()) for name in rates} == rates
+    # Unchanged: nothing new; one rate changed: a new price from then on.
+    assert await import_config_prices(engine, config(**rates), T2) == []
+    [changed] = await import_config_prices(
+        engine, config(**{**rates, "cache_write_1h_input_usd_per_mtok": "7"}), T2)
+    assert changed.cache_write_1h_input_usd_per_mtok == Decimal("7")
+    assert changed.cached_input_usd_per_mtok == Decimal("0.3")

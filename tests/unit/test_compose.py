@@ -230,3 +230,33 @@ def test_acls_grant_each_principal_only_its_topics(compose: dict[str, Any]) -> N
     deps = compose["services"]["acls"]["depends_on"]
     assert {name for name, dep in deps.items()
             if dep["condition"] == "service_healthy"} == set(_brokers(compose))
+
+
+ONE_SHOT = ("migrate", "mock-provider")  # ends at once, or a test double with no /readyz
+
+
+def _served_port(spec: dict[str, Any]) -> int:
+    """The port whose /readyz a service answers, read from its command and environment."""
+    args = build_parser().parse_args(spec["command"][1:])
+    if args.command == "ingress":
+        port = args.port or spec["environment"].get("SLUICE_PORT")
+    else:
+        port = args.ops_port or spec["environment"].get("SLUICE_OPS_PORT")
+    assert port is not None, f"{args.command} serves no operations port"
+    return int(port)
+
+
+def test_every_long_running_service_is_health_checked_on_its_readyz(
+        compose: dict[str, Any]) -> None:
+    checked = {name: spec for name, spec in _sluice_services(compose).items()
+               if name not in ONE_SHOT}
+    assert set(checked) >= set(KAFKA_SERVICES)
+    for name, spec in checked.items():
+        test = spec["healthcheck"]["test"]
+        assert test[:3] == ["CMD", "python", "-c"], name
+        urls = re.findall(r"urlopen\('([^']+)'", test[3])
+        assert urls == [f"http://127.0.0.1:{_served_port(spec)}/readyz"], name
+        assert "timeout=" in test[3], name  # a hung process fails the check, not hangs it
+        # The ops port listens on loopback by default, which is where the check runs.
+        assert spec["environment"].get("SLUICE_OPS_HOST", "127.0.0.1") in (
+            "127.0.0.1", "0.0.0.0"), name

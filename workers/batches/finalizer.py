@@ -2,7 +2,8 @@
 
 - `cancelling`: once, publish a `CancelRequested` for every line still queued (workers
   answer those `cancelled`); when no line is queued any more, or `batch_cancel_grace_s`
-  has passed, the rest are marked cancelled and the batch ends `cancelled`.
+  has passed (and the provider's batch API, for lines sent there, has ended its batches),
+  the rest are marked cancelled and the batch ends `cancelled`.
 - `in_progress` past `expires_at`: queued lines become `expired`; the batch ends `expired`.
 - `in_progress` with no queued line: `finalizing`, files written, then `completed`.
 
@@ -34,9 +35,14 @@ from schemas import Topics
 from schemas.messages import CancelRequested
 from workers.batches.budget import release_batch
 from workers.batches.claims import candidates, claim, release
+from workers.batches.native.store import has_unfinished_chunks
 
 PAGE = 1000
 _LINE = batch_requests.c
+
+
+_NATIVE_EXPIRY_GRACE = timedelta(hours=1)
+"""How long an expired batch waits for a provider's batch API to confirm its cancel."""
 
 
 class Finalizer:
@@ -56,12 +62,20 @@ class Finalizer:
         for batch in await candidates(self._engine, "cancelling"):
             if batch.cancels_sent_at is None:
                 await self._send_cancels(batch)
-            elif (not await self._any_queued(batch.id) or batch.cancelling_at
-                  + timedelta(seconds=self._settings.batch_cancel_grace_s) < now):
+            elif (not await self._any_queued(batch.id) or (
+                    batch.cancelling_at + timedelta(
+                        seconds=self._settings.batch_cancel_grace_s) < now
+                    # A provider's batch API may take minutes to cancel, and what it
+                    # answers meanwhile is billed: those lines end with their answers.
+                    and not await has_unfinished_chunks(self._engine, batch.id))):
                 await self._finish(batch.id, "cancelled")
         for batch in await candidates(self._engine, "in_progress", "finalizing"):
             if batch.status == "in_progress" and batch.expires_at < now:
-                await self._finish(batch.id, "expired")
+                # Lines at a provider's batch API: the lane cancels them there; answers
+                # that arrive meanwhile are billed, so they end with their answers.
+                if (batch.expires_at + _NATIVE_EXPIRY_GRACE < now
+                        or not await has_unfinished_chunks(self._engine, batch.id)):
+                    await self._finish(batch.id, "expired")
             elif not await self._any_queued(batch.id):
                 await self._finish(batch.id, "completed")
 

@@ -8,6 +8,13 @@ and publishes each valid line to `<prefix>requests.<model>.batch` with `lane=bat
 Parsing and token counting run in a worker thread, a chunk of the file at a time
 (`workers.batches.validation`): the tracker shares the ledger's event loop.
 
+Lines of a model whose first deployment has `batch: native` are not published: each is
+recorded in `native_batch_lines` in the provider's own format (with the ledger's `requests`
+row, as no request topic carries it), in the same transaction as its `batch_requests` row,
+and once every line is recorded they are put into chunks for the provider's batch API
+(`workers.batches.native`). A line that provider cannot express is answered in the error
+file instead.
+
 A launch resumes. While a batch is `validating`, its `total` counts the lines already
 launched: rows written and every message before them acknowledged by Kafka. It grows after
 each chunk of lines, and after a failure to the lines before the first one Kafka did not
@@ -31,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker.batches.files import FileRecord, FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope
 from broker.batches.tables import batch_requests, batches
+from broker.errors import UnsupportedParameter
 from broker.estimates import Estimator
 from broker.kafka import (
     Producer,
@@ -46,6 +54,8 @@ from broker.stores.prices import PriceBook, list_prices
 from schemas import InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
+from workers.batches.native import NativeLane
+from workers.batches.native.store import record_lines
 from workers.batches.validation import MAX_ERRORS, LineParser, Validation
 
 log = logging.getLogger("sluice.batches")
@@ -54,6 +64,8 @@ CHUNK_LINES = 1000
 
 Outgoing = list[tuple[int, InferenceRequest, bytes, list[tuple[str, bytes]]]]
 """Messages of a chunk of lines: (index of the line in the chunk, message, payload, headers)."""
+Native = list[tuple[dict[str, Any], InferenceRequest]]
+"""Native lines of a chunk of lines: (`native_batch_lines` row, the line's request)."""
 
 
 def request_id(batch_id: str, line: int) -> str:
@@ -65,8 +77,9 @@ class Launcher:
     """Validates and publishes `validating` batches."""
 
     def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
-                 kafka: KafkaSettings, estimator: Estimator):
+                 kafka: KafkaSettings, estimator: Estimator, native: NativeLane | None = None):
         self._engine = engine
+        self._native = native
         self._estimator = estimator
         self._files = files
         self._producer = producer
@@ -134,6 +147,8 @@ class Launcher:
         pending += await asyncio.to_thread(parser.end)
         if pending:
             done = await self._send(batch, pending, done)
+        if self._native is not None:  # every line is recorded: chunk the native ones
+            await self._native.assign(batch.id)
         # A cancel that arrived meanwhile wins: the batch stays `cancelling`.
         launched = batches.c.status == "validating"
         await release(self._engine, batch.id, total=done,
@@ -144,11 +159,13 @@ class Launcher:
     async def _send(self, batch: Row[Any], lines: list[InputLine], done: int) -> int:
         """Record and publish `lines`, which follow the first `done`; the lines done now."""
         now = datetime.now(UTC)
-        lines, outgoing = await asyncio.to_thread(self._messages, batch, lines, now)
+        lines, outgoing, native = await asyncio.to_thread(self._messages, batch, lines, now)
         rows = [_row(batch.id, line, now) for line in lines]
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
                 await connection.execute(insert(batch_requests).on_conflict_do_nothing(), rows)
+                await record_lines(connection, [row for row, _ in native],
+                                   [request for _, request in native])
                 # Still ours: a long launch must not look abandoned to another tracker.
                 await connection.execute(update(batches).where(batches.c.id == batch.id)
                                          .values(claimed_at=func.now()))
@@ -176,12 +193,13 @@ class Launcher:
         raise error
 
     def _messages(self, batch: Row[Any], lines: list[InputLine],
-                  now: datetime) -> tuple[list[InputLine], Outgoing]:
+                  now: datetime) -> tuple[list[InputLine], Outgoing, Native]:
         """The signed messages of `lines` (encoding and signing a large line is CPU work: run
-        in a thread), and the lines, those Kafka could never take now answered in the error
-        file."""
+        in a thread), the native lines' rows, and the lines, those Kafka (or the native
+        lane's provider) could never take now answered in the error file."""
         lines = list(lines)
         outgoing: Outgoing = []
+        native: Native = []
         for index, line in enumerate(lines):
             if line.body is None:
                 continue
@@ -190,6 +208,18 @@ class Launcher:
                 tenant=batch.tenant, api_key_id=batch.api_key_id, lane=Lane.BATCH,
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
                 metadata={"batch_id": batch.id, "custom_id": line.custom_id})
+            upstream = self._native.upstream_for(message.model) if self._native else None
+            if upstream is not None:
+                try:
+                    encoded = upstream.encode_line(message.id, line.body, batch.endpoint)
+                except UnsupportedParameter as exc:
+                    lines[index] = replace(line, body=None, problem=str(exc))
+                    continue
+                native.append(({"request_id": message.id, "batch_id": batch.id,
+                                "deployment": upstream.deployment, "model": message.model,
+                                "line": line.line, "bytes": len(encoded),
+                                "payload": encoded}, message))
+                continue
             payload = encode(message)
             # Signed like ingress's: workers serve only proven requests.
             signed = [*self._headers(batch.id), *service_headers(self._kafka, payload)]
@@ -200,7 +230,7 @@ class Launcher:
                     f"The request is {len(payload)} bytes once queued, over the Kafka "
                     f"brokers' limit of {message_limit(self._kafka)} bytes "
                     "(message.max.bytes)."), code="request_too_large")
-        return lines, outgoing
+        return lines, outgoing, native
 
     async def _progress(self, batch_id: str, done: int) -> None:
         """Record that the first `done` lines are launched (a relaunch starts after them)."""

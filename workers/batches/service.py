@@ -1,7 +1,9 @@
 """The batch tracker service: a results consumer and a maintenance loop, in one process.
 
 It runs inside `sluice ledger` (no extra process to deploy). Its consumer group
-(`<prefix>batches`) reads `<prefix>results` independently of the ledger's.
+(`<prefix>batches`) reads `<prefix>results` independently of the ledger's. Lines of models
+whose first deployment has `batch: native` go to that provider's batch API through the
+native lane (`workers.batches.native`), which the maintenance loop drives too.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from broker.batches.files import FileStore
@@ -29,6 +32,7 @@ from broker.settings import KafkaSettings
 from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
 from workers.batches.launcher import Launcher
+from workers.batches.native import BatchUpstream, NativeLane, native_routes
 from workers.batches.results import record_results
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
@@ -48,11 +52,16 @@ class BatchTracker:
         config: the models and deployments, so a batch's hold is estimated as admission
             estimates a request (`broker.estimates`); None falls back to the price
             catalog and default output allowance.
+        upstreams: the batch API client of each `batch: native` deployment
+            (`workers.batches.native.native_upstreams`); a native deployment without one
+            is served by the queue lane.
     """
 
     def __init__(self, kafka: KafkaSettings, settings: BatchSettings, engine: AsyncEngine,
-                 config: SluiceConfig | None = None):
+                 config: SluiceConfig | None = None,
+                 upstreams: Mapping[str, BatchUpstream] | None = None):
         self._kafka = kafka
+        self._routes = native_routes(config, upstreams or {})
         self._estimator = Estimator(config)
         self._settings = settings
         self._engine = engine
@@ -62,7 +71,7 @@ class BatchTracker:
         """Consume results and tick the maintenance loop until `stop` is set."""
         await ensure_topics(self._kafka, [self._topics.cancels],
                             configs=cancels_topic_configs(self._kafka))
-        await ensure_topics(self._kafka, [self._topics.results])
+        await ensure_topics(self._kafka, [self._topics.results, self._topics.usage])
         producer = new_producer(self._kafka, client_id="sluice-batches", linger_ms=5)
         # Each batch line's answer, from the results: written, then committed.
         answers = ApplyLoop(self._kafka, name="batches", apply=self._apply,
@@ -72,9 +81,15 @@ class BatchTracker:
         await producer.start()
         try:
             files = FileStore(self._engine, self._settings)
-            launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator)
+            lane = NativeLane(self._engine, self._routes, self._settings, producer,
+                              self._kafka, self._topics)
+            launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator,
+                                lane)
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
-            await asyncio.gather(answers.run(stop), self._maintain(launcher, finalizer, stop))
+            # The native lane has a loop of its own: an upload or download of hundreds of
+            # megabytes must not hold up launching and finishing other batches.
+            await asyncio.gather(answers.run(stop), self._maintain(launcher, finalizer, stop),
+                                 self._follow_native(lane, stop))
         finally:
             with contextlib.suppress(KafkaError, OSError):
                 await producer.stop()
@@ -93,5 +108,16 @@ class BatchTracker:
                 await finalizer.tick()
             except TRANSIENT_ERRORS as exc:
                 log.warning("batches: maintenance failed (%s); trying again", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.batch_poll_interval_s)
+
+    async def _follow_native(self, lane: NativeLane, stop: asyncio.Event) -> None:
+        if not self._routes:
+            return
+        while not stop.is_set():
+            try:
+                await lane.tick()
+            except TRANSIENT_ERRORS as exc:
+                log.warning("batches: native lane failed (%s); trying again", exc)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.batch_poll_interval_s)

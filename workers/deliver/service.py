@@ -20,6 +20,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from broker import metrics
 from broker.errors import PoisonMessage
 from broker.kafka import (
     RESULT_TENANT_HEADER,
@@ -180,6 +181,8 @@ class Deliverer:
         started = datetime.now(UTC)
         outcome = await self._send(claimed)
         decided = verdict(outcome, claimed.attempt, claimed.attempt_limit)
+        metrics.observe_webhook_attempt(decided.value, outcome.status_code,
+                                        refused=outcome.refused)
         delay = 0.0
         if decided is Verdict.RETRY:
             delay = retry_delay_s(outcome, claimed.attempt, self._settings, self._rng)

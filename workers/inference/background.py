@@ -2,7 +2,8 @@
 
 - `RetryScheduler`: releases delayed retries back to the request topics when due.
 - `CancelListener`: keeps the processor's set of cancelled request ids current.
-- `StatusServer` (only with a status port): breakers, retries and cancels as JSON.
+- `OpsServer` (only with a status port, `broker.ops`): breakers, retries and cancels as
+  JSON at `/status`; `/readyz` once the request consumers own their partitions.
 
 All stop when the pool's `stop` event is set.
 """
@@ -16,11 +17,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from broker.kafka import Producer
+from broker.ops import OpsServer, Readiness, flag
 from broker.settings import KafkaSettings, WorkerSettings
 from schemas import Topics
 from workers.inference.cancels import CancelledIds, CancelListener
 from workers.inference.retries import RetryScheduler
-from workers.inference.status import StatusServer
 
 log = logging.getLogger("sluice.worker")
 
@@ -57,7 +58,9 @@ class Background:
         self.retries = RetryScheduler(kafka, producer, topics, list(models))
         self.cancels = CancelListener(kafka, topics, cancelled)
         port = worker.status_port
-        self.status = (StatusServer(self.snapshot, worker.status_host, port, ready=ready)
+        consumers = flag(ready, "request consumers have not joined their groups yet")
+        self.status = (OpsServer(worker.status_host, port, snapshot=self.snapshot,
+                                 readiness=Readiness({"kafka_consumers": consumers}))
                        if port is not None else None)
         self._tasks: list[asyncio.Task[None]] = []
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
+from broker import metrics
 from broker.clock import MonotonicClock
 from broker.config import BreakerConfig
 
@@ -41,10 +42,13 @@ class _Bucket:
 class CircuitBreaker:
     """The breaker of one deployment."""
 
-    def __init__(self, config: BreakerConfig, clock: MonotonicClock = time.monotonic) -> None:
+    def __init__(self, config: BreakerConfig, clock: MonotonicClock = time.monotonic,
+                 deployment: str | None = None) -> None:
         self._config = config
         self._clock = clock
+        self._deployment = deployment  # names its `sluice_breaker_state` gauge, if given
         self.state = BreakerState.CLOSED
+        self._enter(BreakerState.CLOSED)
         self.consecutive_failures = 0
         self.opened_at: float | None = None
         self.times_opened = 0
@@ -61,7 +65,7 @@ class CircuitBreaker:
         if self.state is BreakerState.OPEN:
             if now - self.opened_at < self._config.cooldown_s:
                 return False
-            self.state = BreakerState.HALF_OPEN
+            self._enter(BreakerState.HALF_OPEN)
         # Half-open: one probe at a time. A probe whose outcome never came back (its task
         # was cancelled) must not wedge the breaker, so a stale probe makes room for another.
         if self._probe_started is not None and now - self._probe_started < self._config.cooldown_s:
@@ -74,7 +78,7 @@ class CircuitBreaker:
         self._count(failed=False)
         self.consecutive_failures = 0
         if self.state is not BreakerState.CLOSED:
-            self.state = BreakerState.CLOSED
+            self._enter(BreakerState.CLOSED)
             self.opened_at = None
             self._probe_started = None
             self._buckets.clear()  # the old failures no longer describe the deployment
@@ -95,8 +99,13 @@ class CircuitBreaker:
         failures = sum(bucket.failures for bucket in self._buckets)
         return calls >= self._config.min_calls and failures / calls >= self._config.error_rate
 
+    def _enter(self, state: BreakerState) -> None:
+        self.state = state
+        if self._deployment is not None:
+            metrics.export_breaker(self._deployment, state.value)
+
     def _open(self) -> None:
-        self.state = BreakerState.OPEN
+        self._enter(BreakerState.OPEN)
         self.opened_at = self._clock()
         self._probe_started = None
         self.times_opened += 1
@@ -140,12 +149,13 @@ class BreakerBoard:
     ) -> None:
         self._config = config
         self._clock = clock
-        self._breakers = {name: CircuitBreaker(config, clock) for name in deployments}
+        self._breakers = {name: CircuitBreaker(config, clock, name) for name in deployments}
 
     def __getitem__(self, deployment: str) -> CircuitBreaker:
         breaker = self._breakers.get(deployment)
         if breaker is None:
-            breaker = self._breakers[deployment] = CircuitBreaker(self._config, self._clock)
+            breaker = self._breakers[deployment] = CircuitBreaker(self._config, self._clock,
+                                                                  deployment)
         return breaker
 
     def snapshot(self) -> dict[str, dict[str, Any]]:

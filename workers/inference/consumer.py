@@ -21,7 +21,8 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from broker.errors import PoisonMessage
+from broker import metrics
+from broker.errors import PoisonMessage, UnprovenRequest
 from broker.kafka import (
     Consumer,
     KafkaError,
@@ -38,6 +39,7 @@ from broker.kafka.fetch_pacing import pacing_for
 from broker.kafka.offsets import OffsetTracker
 from schemas import InferenceRequest, Lane
 from workers.inference.outcomes import too_large_to_publish
+from workers.inference.tracing import traced_handling
 
 if TYPE_CHECKING:
     from workers.inference.pool import InferencePool
@@ -139,6 +141,8 @@ class ModelConsumer:
                     # Who sent it: unproven ones (UnprovenRequest) are dead-lettered too.
                     request = await self.pool.provenance.verify(record, request)
                 except PoisonMessage as exc:
+                    metrics.observe_dead_letter("worker", "unproven" if isinstance(
+                        exc, UnprovenRequest) else "poison")
                     self.pool.track(self._dead_letter(tp, record, str(exc)), self.lane)
                     continue
                 decoded.append((tp, record, request))
@@ -152,7 +156,9 @@ class ModelConsumer:
             elif self.lane is Lane.INTERACTIVE and self.pool.over_fair_share(request.tenant):
                 overflow.append((tp, record, request))
             else:
-                self.pool.track(self._handle(tp, record, request), self.lane, request.tenant)
+                # In its consumer span (the request's trace) and log scope.
+                self.pool.track(traced_handling(record, request, self._handle(tp, record, request)),
+                                self.lane, request.tenant)
         if overflow:
             self.pool.track(self._overflow(overflow), self.lane)
 
@@ -248,6 +254,7 @@ class ModelConsumer:
                    else await self.pool.processor.process(request,
                                                           Lane.BATCH if moved else None))
         reply_to = request.reply_to or header(record, "reply_to")
+        published = outcome
         try:
             await self.pool.publish_with_retry(
                 lambda: self.pool.publish(outcome, reply_to, record))
@@ -260,6 +267,9 @@ class ModelConsumer:
             smaller = too_large_to_publish(outcome, request, limit)
             await self.pool.publish_with_retry(
                 lambda: self.pool.publish(smaller, reply_to, record))
+            published = smaller
+        if published.result is not None:  # a final answer (a retry is counted when sent)
+            metrics.observe_final(published.result, self.lane, published.usage)
         self.tracker.finished(tp, record.offset)
 
     async def commit(self, only: set[TopicPartition] | None = None) -> None:

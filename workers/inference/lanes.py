@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from broker import metrics
 from broker.budgets import Backoff, BucketShape, BudgetStore, Vector
+from broker.budgets.shapes import shape_of
 from broker.budgets.signals import RateLimitSignal
 from broker.config import DeploymentConfig
 from schemas import Lane
@@ -35,23 +37,6 @@ log = logging.getLogger("sluice.worker.budgets")
 
 _MAX_SLEEP_S = 1.0
 _STORE_RETRY_S = 0.5
-
-
-def shape_of(config: DeploymentConfig) -> BucketShape:
-    """A deployment's bucket shape, from its configured budget."""
-    limits = (config.rpm, config.tpm, config.input_tpm, config.output_tpm)
-    return BucketShape(
-        limits=tuple(float(limit or 0) for limit in limits),  # type: ignore[arg-type]
-        window_s=config.window_s,
-        burst=config.burst,
-        # Calls reach the provider a little later than they were reserved, and not all
-        # equally late (event loops, a busy host): 1 % of the window absorbs that.
-        guard_s=max(0.02, 0.01 * config.window_s),
-        max_concurrency=config.max_concurrency or 0,
-        # A reservation never settled (its worker crashed) stops counting as in flight
-        # once its call would have timed out anyway.
-        lease_s=config.timeout_s + 5.0,
-    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -240,6 +225,7 @@ class BudgetGates:
                     snapshot[name] = {"error": str(exc)}
                 snapshot[name]["waiting"] = {lane.value: gate.waiting(lane) for lane in Lane}
             self.last_snapshot = snapshot
+            metrics.export_budgets(snapshot)  # sluice_budget_remaining, _utilization_ratio
             since_log += refresh_s
             if since_log >= log_every_s:
                 since_log = 0.0

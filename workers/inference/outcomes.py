@@ -11,6 +11,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime
 
+from broker import metrics
 from broker.kafka import (
     ConsumerRecord,
     Producer,
@@ -19,6 +20,7 @@ from broker.kafka import (
     result_headers,
     send_to_dead_letter,
 )
+from broker.telemetry.tracing import kafka_trace_headers
 from schemas import ErrorInfo, InferenceRequest, InferenceResult, RequestStatus, Topics
 from workers.inference.processor import Outcome
 from workers.inference.retries import schedule_retry
@@ -71,6 +73,7 @@ async def publish_outcome(
     """
     if outcome.retry is not None:
         await schedule_retry(producer, topics, record, outcome.retry)
+        metrics.observe_retry(outcome.retry.request.model)
         return
     result = outcome.result
     assert result is not None, "an outcome is a retry or has a final result"
@@ -100,9 +103,11 @@ async def publish_outcome(
         headers=result_headers(result.tenant, result.webhook_url is not None),
     ))
     pending.extend([
-        await producer.send(topics.usage, encode(usage), key=usage.tenant.encode())
+        await producer.send(topics.usage, encode(usage), key=usage.tenant.encode(),
+                            headers=kafka_trace_headers())  # the ledger joins the trace
         for usage in outcome.usage
     ])
     await asyncio.gather(*pending)
     if outcome.dead_letter_reason is not None:
         await send_to_dead_letter(producer, topics, record, outcome.dead_letter_reason)
+        metrics.observe_dead_letter("worker", "retries_exhausted")

@@ -53,6 +53,7 @@ from schemas.streaming import CHUNK_KIND
 from workers.inference.background import Background
 from workers.inference.consumer import CommitOnRevoke, ModelConsumer
 from workers.inference.lanes import BudgetGates
+from workers.inference.metered import metered
 from workers.inference.native_admission import NativeAdmission
 from workers.inference.outcomes import publish_outcome
 from workers.inference.processor import Outcome, RequestProcessor
@@ -113,8 +114,9 @@ class InferencePool:
         self.budgets = BudgetGates(config.deployments, budgets or MemoryBudgetStore(),
                                    batch_margin=worker_settings.batch_budget_margin,
                                    weight=self.weights)
-        self.processor = RequestProcessor(config, providers, budgets=self.budgets,
-                                          emit=self.emit_chunk)
+        # Every provider call measured (`workers.inference.metered`).
+        self.processor = RequestProcessor(config, metered(providers, config),
+                                          budgets=self.budgets, emit=self.emit_chunk)
         self.final_results = final_results
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
@@ -138,6 +140,11 @@ class InferencePool:
         self._lanes: list[ModelConsumer] = []
         self._drain_timeout_s = drain_timeout_s
         self._stop = asyncio.Event()
+        self._background: Background | None = None
+
+    def status(self) -> dict[str, Any]:
+        """The worker's `GET /status`: this pool's state, its retries and known cancels."""
+        return self._background.snapshot() if self._background else self.state()
 
     def state(self) -> dict[str, Any]:
         """The pool's part of the worker's `GET /status`."""
@@ -260,7 +267,7 @@ class InferencePool:
         """Consume until `stop` is set; then finish in-flight requests and commit."""
         topic_names = [self.topics.requests(model, lane)
                        for model in self.models for lane in Lane]
-        background = Background(  # retries, cancels, status endpoint
+        background = self._background = Background(  # retries, cancels, status endpoint
             self.kafka, self.producer, self.topics, self.models, self.processor.cancelled,
             self.worker_settings, pool_state=self.state, ready=self.ready, stop=stop)
         # Cancels first, with their retention (also set on an existing topic).
@@ -285,7 +292,7 @@ class InferencePool:
                 consumer = new_consumer(
                     self.kafka,
                     client_id=f"sluice-worker-{model}{suffix}",
-                    group_id=f"{self.kafka.topic_prefix}workers.{model}{suffix}",
+                    group_id=self.topics.worker_group(model, kind),
                     max_poll_records=500,
                     # Nobody waits on HTTP for a batch line: poll it at the slow pace.
                     background=kind is Lane.BATCH,

@@ -17,6 +17,7 @@ deliveries, so every billed call's usage event has its own attempt number.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import Callable, Mapping
@@ -24,9 +25,15 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from broker import metrics
 from broker.budgets import Vector, parse_rate_limit_headers
 from broker.config import SluiceConfig
-from broker.errors import ProviderRejected, ProviderRetriable, StreamCancelled
+from broker.errors import (
+    ProviderRejected,
+    ProviderRetriable,
+    StreamCancelled,
+    UnsupportedParameter,
+)
 from broker.estimates import Estimator
 from broker.tokens import encoding_for_model
 from schemas import (
@@ -43,9 +50,11 @@ from workers.inference.cancels import CancelledIds
 from workers.inference.lanes import BudgetGates, Reservation
 from workers.inference.routing import backoff_s, effective_deadline, route
 from workers.inference.streaming import StreamEmitter, StreamProgress
+from workers.inference.tracing import traced_call
 from workers.providers import Provider, ProviderResponse
 
 Clock = Callable[[], datetime]
+log = logging.getLogger("sluice.worker")
 
 FAILOVER_BUDGET_WAIT_S = 0.5
 """How long a request waits for the budget of a deployment that has fallbacks after it."""
@@ -125,6 +134,7 @@ class RequestProcessor:
             return self._expired(request, request.attempt, "before a provider was called")
         calls = 0
         last_error: ProviderRetriable | None = None
+        unsupported: dict[str, UnsupportedParameter] = {}
         order = route(self._config.models[request.model], self._rng)
         for index, name in enumerate(order):
             breaker = self.breakers[name]
@@ -151,9 +161,14 @@ class RequestProcessor:
             provider = self._providers[name]
             calls += 1
             started = self._clock()
+            if request.attempt + calls == 1:  # the request's first call: it queued until now
+                metrics.observe_queue_wait(request.model, priority or request.lane,
+                                           request.created_at, started)
             progress = StreamProgress()
             try:
-                response = await self._call(request, name, provider, remaining, progress)
+                response = await traced_call(  # the `chat {model}` span (GenAI attributes)
+                    self._call(request, name, provider, remaining, progress), request, name,
+                    self._config.deployments[name])
             except StreamCancelled:
                 breaker.record_success()
                 await self._settle(reservation, reservation.costs if reservation else None)
@@ -176,10 +191,24 @@ class RequestProcessor:
                         signal = replace(signal, retry_after_s=exc.retry_after_s)
                     await self.budgets.observe(name, signal, rate_limited=True)
                 continue
+            except UnsupportedParameter as exc:
+                # Refused before any call: this deployment's API cannot express the
+                # request, the next one may (a cross-provider chain); no call, no bill.
+                calls -= 1
+                unsupported[name] = exc
+                await self._settle(reservation, None)
+                continue
             except ProviderRejected as exc:
                 breaker.record_success()  # it answered: the deployment is healthy
                 await self._settle(reservation, None)
                 return Outcome(self._rejected(request, exc, name, provider, calls))
+            except Exception as exc:
+                # An adapter's bug: the request still gets a final answer and its budget
+                # back, and the partition goes on (an escaped error would stall its offset).
+                log.exception("deployment %r failed unexpectedly on request %s", name,
+                              request.id)
+                await self._settle(reservation, None)
+                return Outcome(self._broken(request, exc, name, provider, calls))
             breaker.record_success()
             used = _used(response)
             await self._settle(reservation, used or (reservation.costs if reservation else None))
@@ -194,6 +223,8 @@ class RequestProcessor:
                 provider=provider.name, attempts=request.attempt + calls,
             )
             return Outcome(result, [usage])
+        if len(unsupported) == len(order):  # none can, so none will: the caller's 400
+            return Outcome(self._unsupported(request, next(iter(unsupported.values())), calls))
         return self._retry_or_fail(request, calls, last_error, deadline)
 
     async def _call(self, request: InferenceRequest, name: str, provider: Provider,
@@ -314,6 +345,23 @@ class RequestProcessor:
         return self._final(request, RequestStatus.FAILED, error=error, deployment=name,
                            provider=provider.name, attempts=request.attempt + calls)
 
+    def _broken(self, request: InferenceRequest, exc: Exception, name: str,
+                provider: Provider, calls: int) -> InferenceResult:
+        error = ErrorInfo(type="server_error", code="adapter_error",
+                          message=f"Deployment '{name}' failed unexpectedly "
+                                  f"({type(exc).__name__}); the operators have the details.")
+        return self._final(request, RequestStatus.FAILED, error=error, deployment=name,
+                           provider=provider.name, attempts=request.attempt + calls)
+
+    def _unsupported(self, request: InferenceRequest, exc: UnsupportedParameter,
+                     calls: int) -> InferenceResult:
+        """No deployment of the model can express the request (nor failed trying)."""
+        error = ErrorInfo(type="invalid_request_error", code="unsupported_parameter",
+                          message=f"No deployment of '{request.model}' supports this request: "
+                                  f"{exc}", param=exc.param)
+        return self._final(request, RequestStatus.FAILED, error=error,
+                           attempts=request.attempt + calls)
+
     def _expired(self, request: InferenceRequest, attempts: int, when: str) -> Outcome:
         error = ErrorInfo(
             type="deadline_exceeded",
@@ -374,6 +422,8 @@ class RequestProcessor:
             input_tokens=input_tokens,
             output_tokens=output_tokens,
             cached_input_tokens=usage.cached_prompt_tokens() if usage else 0,
+            cache_write_input_tokens=usage.cache_write_prompt_tokens() if usage else 0,
+            cache_write_1h_input_tokens=usage.cache_write_1h_prompt_tokens() if usage else 0,
             reasoning_output_tokens=usage.reasoning_completion_tokens() if usage else 0,
             # No cost here: the ledger charges every call from the price catalog, the one
             # price source (broker/stores/prices.py), at the price in force when it finished.

@@ -4,9 +4,10 @@ The price comes from the `prices` table, read once per batch inside the batch's 
 transaction (so a price and the rows charged with it are consistent). The catalog is the
 one price source: the config file's prices reach it through `import_config_prices`.
 Input tokens served from the provider's prompt cache are charged the price's cached-input
-rate. Without a price, cost stays NULL and a warning names the model and deployment,
-because a silent zero would under-bill (an event that already carries a cost, from a
-worker of an earlier release, keeps it).
+rate, those written to it the cache-write rate, and calls made through a provider's batch
+API its batch rates (`Price.cost`). Without a price, cost stays NULL and a warning names
+the model and deployment, because a silent zero would under-bill (an event that already
+carries a cost, from a worker of an earlier release, keeps it).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ def charge(book: PriceBook, rows: Sequence[LedgerRow]) -> None:
                 values["input_tokens"],
                 values["output_tokens"],
                 values.get("cached_input_tokens", 0),
+                values.get("cache_write_input_tokens", 0),
+                batch=values.get("service_tier") == "batch",
+                cache_write_1h_input_tokens=values.get("cache_write_1h_input_tokens", 0),
             )
             values["price_id"] = price.id
         elif values.get("cost_usd") is None:

@@ -109,6 +109,9 @@ def usage_row(event: UsageEvent) -> dict[str, Any]:
         "input_tokens": event.input_tokens,
         "output_tokens": event.output_tokens,
         "cached_input_tokens": event.cached_input_tokens,
+        "cache_write_input_tokens": event.cache_write_input_tokens,
+        "cache_write_1h_input_tokens": event.cache_write_1h_input_tokens,
+        "service_tier": event.service_tier,
         "reasoning_output_tokens": event.reasoning_output_tokens,
         # Only from a worker of an earlier release; the ledger prices from the catalog.
         "cost_usd": event.cost_usd,

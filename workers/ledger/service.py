@@ -32,8 +32,10 @@ from broker.kafka import (
 from broker.settings import KafkaSettings, LedgerSettings
 from workers.inference.provenance import RequestProvenance
 from workers.ledger.content import PromptStore
+from workers.ledger.metered import observe_batch
 from workers.ledger.rows import Kind, LedgerBatch, Record, plan_batch, subscription_pattern
 from workers.ledger.store import write_batch
+from workers.ledger.tracing import traced_apply
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -98,7 +100,8 @@ class Ledger:
             raise BrokerUnavailable(f"cannot reach Kafka at {self._kafka.kafka_bootstrap}") from exc
         self._producer = producer
         loop = ApplyLoop(
-            self._kafka, name="ledger", group_id=self.group_id, apply=self._apply,
+            self._kafka, name="ledger", group_id=self.group_id,
+            apply=traced_apply(self._apply),  # each record's span in its request's trace
             pattern=subscription_pattern(self._kafka.topic_prefix),
             batch_size=self._settings.ledger_batch_size,
             poll_ms=max(1, int(self._settings.ledger_flush_interval_s * 1000)),
@@ -126,6 +129,7 @@ class Ledger:
                            poison.record.partition, poison.record.offset, poison.reason)
             await send_to_dead_letter(self._producer, self._topics, poison.record,
                                       poison.reason)
+        observe_batch(batch, refused)  # rows, lag, spend, dead letters (workers.ledger.metered)
 
     async def _proven(self, batch: LedgerBatch) -> LedgerBatch:
         """`batch` without the requests that do not prove who sent them."""

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from broker.errors import ProviderRejected
 from schemas import ChatCompletion, ChatCompletionRequest, EmbeddingRequest, EmbeddingResponse
+
+T = TypeVar("T")
 
 ChunkSink = Callable[[dict[str, Any]], Awaitable[None]]
 """Where a streaming call hands each `chat.completion.chunk` the moment it arrives."""
@@ -78,3 +81,23 @@ class Provider(Protocol):
             ProviderRejected: As `complete`.
         """
         ...
+
+
+def translated(translate: Callable[[], T], deployment: str) -> T:
+    """`translate()`, a request's translation into a provider's form.
+
+    sluicegate passes parameters it does not read through unchecked, so a translation can
+    meet a value of the wrong shape (`"stop": 5`); that is the caller's mistake, a 400
+    naming it, never a worker crash.
+
+    Raises:
+        ProviderRejected: A parameter's value could not be read (status 400).
+        UnsupportedParameter: As `translate` raises it.
+    """
+    try:
+        return translate()
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as exc:
+        raise ProviderRejected(
+            f"deployment '{deployment}' cannot read the request: a parameter has a value of "
+            f"the wrong shape ({type(exc).__name__}: {exc})",
+            status_code=400, deployment=deployment) from exc

@@ -7,7 +7,10 @@ from typing import assert_never
 import httpx
 
 from broker.config import DeploymentConfig
+from workers.providers.anthropic import AnthropicProvider
+from workers.providers.azure_openai import AzureOpenAIProvider
 from workers.providers.base import Provider
+from workers.providers.gemini import GeminiProvider
 from workers.providers.openai_compatible import OpenAICompatibleProvider
 from workers.providers.simulated import SimulatedProvider
 
@@ -30,6 +33,12 @@ def build_provider(
     match config.provider:
         case "openai":
             return OpenAICompatibleProvider(transport, deployment, config, api_key)
+        case "azure-openai":
+            return AzureOpenAIProvider(transport, deployment, config, api_key)
+        case "anthropic":
+            return AnthropicProvider(transport, deployment, config, api_key)
+        case "gemini":
+            return GeminiProvider(transport, deployment, config, api_key)
         case "simulated":
             return SimulatedProvider(deployment, config)
         case _:  # a new provider kind in the config must get an adapter here

@@ -28,6 +28,7 @@ import httpx
 from broker.config import DeploymentConfig
 from broker.errors import ConfigError
 from workers.providers.aiohttp_transport import AiohttpTransport
+from workers.providers.trace_context import TraceContextTransport
 
 DIRECT = "direct"
 """A deployment's `proxy` value that bypasses any proxy of the environment."""
@@ -111,7 +112,8 @@ class ProviderTransports:
         route = self._route(config)
         transport = self._transports.get(route)
         if transport is None:
-            transport = self._build(name, route)
+            # Every call carries the current span's `traceparent` (trace_context.py).
+            transport = TraceContextTransport(self._build(name, route))
             self._transports[route] = transport
         return transport
 
@@ -135,7 +137,7 @@ class ProviderTransports:
         )
 
     def _route(self, config: DeploymentConfig) -> _Route:
-        url = httpx.URL(config.base_url or "http://unused.invalid")
+        url = httpx.URL(config.endpoint() or "http://unused.invalid")
         if config.proxy == DIRECT:
             proxy = None
         elif config.proxy is not None:

@@ -1,0 +1,1 @@
+"""Worker heartbeats in PostgreSQL: what each worker process reports about itself."""
