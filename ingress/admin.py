@@ -1,8 +1,9 @@
 """Admin API (keys) and usage queries: the ledger's read and manage side over HTTP.
 
 - `GET /v1/admin/keys[?tenant=]`, `POST /v1/admin/keys`, `POST /v1/admin/keys/{id}/revoke`:
-  only with the admin key (`SLUICE_ADMIN_KEY`, compared in constant time). With no admin
-  key configured every admin call answers 401: there is no default admin.
+  the admin key (`SLUICE_ADMIN_KEY`, compared in constant time) or an `admin`-role caller;
+  a `tenant_admin` manages its own tenant's keys (README "Identity and roles"). Without
+  either, 401; a caller of another role, 403 `insufficient_role`.
 - `GET /v1/admin/tenants`, `PUT /v1/admin/tenants/{name}`: tenant budgets and the
   content-storage opt-in, with this month's spend (admin key only).
 - `GET /v1/usage?from=&to=&group_by=&format=json|csv[&tenant=]`: a normal key sees its own
@@ -24,8 +25,22 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.errors import AuthenticationFailed, InvalidRequest, NotFound
+from broker.errors import InvalidRequest, NotFound
+from broker.feedback.store import FEEDBACK_DIMENSIONS, feedback_report, merge_feedback
+from broker.identity.config import Role
+from broker.stores.access_lists import (
+    access_body,
+    apply_tenant_ip_fields,
+    key_access_of,
+    store_key_access,
+)
 from broker.stores.admission import month_of
+from broker.stores.budget_alerts import (
+    alert_fields,
+    alert_rules,
+    alerts_section,
+    apply_alert_fields,
+)
 from broker.stores.keys import (
     ApiKeyRecord,
     KeyLimits,
@@ -41,7 +56,7 @@ from broker.stores.tenants import (
     spend_accounts_of,
 )
 from broker.stores.usage import csv_text, json_rows, parse_group_by, parse_time, usage_report
-from ingress.auth import authenticate
+from ingress.auth import admin_scope
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.services import IngressServices
@@ -65,6 +80,12 @@ class NewKey(BaseModel):
     monthly_budget_usd: Usd | None = None
     monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
     expires_at: AwareDatetime | None = None
+    # Guardrail policy names (the config's `guardrails`), applied after the model's own.
+    guardrails: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
+    # README "Identity and roles": what the key may do, and from which addresses.
+    role: Role = "member"
+    ip_allow: list[str] | None = None
+    ip_deny: list[str] | None = None
 
     def limits(self) -> KeyLimits:
         """The key's limits."""
@@ -72,6 +93,7 @@ class NewKey(BaseModel):
             models=frozenset(self.models) if self.models is not None else None,
             rpm=self.rpm, tpm=self.tpm, monthly_budget_usd=self.monthly_budget_usd,
             monthly_budget_tokens=self.monthly_budget_tokens, expires_at=self.expires_at,
+            guardrails=tuple(dict.fromkeys(self.guardrails)) if self.guardrails else None,
         )
 
 
@@ -92,6 +114,7 @@ def key_body(record: ApiKeyRecord) -> dict[str, Any]:
         if limits.monthly_budget_usd is not None else None,
         "monthly_budget_tokens": limits.monthly_budget_tokens,
         "expires_at": when(limits.expires_at),
+        "guardrails": list(limits.guardrails) if limits.guardrails else None,
     }
 
 
@@ -105,6 +128,12 @@ class TenantChange(BaseModel):
     max_queued_requests: Annotated[int, Field(ge=1)] | None = None
     weight: Annotated[float, Field(gt=0)] | None = None
     store_content: bool | None = None
+    # README "Budget alerts": percentages of monthly_budget_usd, and USD per UTC day.
+    alert_thresholds_pct: list[Annotated[int, Field(ge=1, le=1000)]] | None = None
+    daily_spend_alert_usd: Usd | None = None
+    # README "Identity and roles": CIDRs the tenant's callers may (not) come from.
+    ip_allow: list[str] | None = None
+    ip_deny: list[str] | None = None
 
 
 def tenant_body(tenant: TenantSettings, account: SpendAccount | None) -> dict[str, Any]:
@@ -132,11 +161,9 @@ def is_admin(request: Request, services: IngressServices) -> bool:
     return hmac.compare_digest(secret.strip().encode(), admin.get_secret_value().encode())
 
 
-def _require_admin(request: Request, services: IngressServices) -> None:
-    if not is_admin(request, services):
-        raise AuthenticationFailed(
-            "This endpoint needs the admin key (SLUICE_ADMIN_KEY) as 'Authorization: Bearer'."
-        )
+async def _require_admin(request: Request, services: IngressServices) -> str | None:
+    """None for the admin; a tenant admin's own tenant (README "Identity and roles")."""
+    return await admin_scope(request, services.api_keys, admin_key=is_admin(request, services))
 
 
 def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
@@ -148,36 +175,48 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
 
     @app.get("/v1/admin/keys")
     async def keys_list(request: Request) -> Response:
-        _require_admin(request, services)
-        keys = await list_api_keys(engine, request.query_params.get("tenant"))
+        scope = await _require_admin(request, services)
+        keys = await list_api_keys(engine, scope or request.query_params.get("tenant"))
         return json_response({"object": "list", "data": [key_body(key) for key in keys]})
 
     @app.post("/v1/admin/keys")
     async def keys_create(request: Request) -> Response:
-        _require_admin(request, services)
+        scope = await _require_admin(request, services)
         data = await read_json_object(request, services.settings.max_body_bytes)
         spec = validate_body(NewKey, data)
+        if scope is not None and spec.tenant != scope:
+            raise NotFound(f"No tenant '{spec.tenant}' among yours ({scope}).")
+        access = key_access_of(spec.role, spec.ip_allow, spec.ip_deny, scope=scope)
+        unknown = [n for n in spec.guardrails or () if n not in services.config.guardrails]
+        if unknown:  # workers would refuse every request of the key: say so now
+            raise InvalidRequest(f"Unknown guardrail policy '{unknown[0]}' (the config's "
+                                 "`guardrails` declares the policies).", param="guardrails")
         secret, record = await create_api_key(engine, spec.tenant, spec.name, spec.limits())
-        return json_response(key_body(record) | {"secret": secret}, 201)
+        await store_key_access(engine, record.id, access)
+        return json_response(key_body(record) | access_body(access) | {"secret": secret}, 201)
 
     @app.post("/v1/admin/keys/{key_id}/revoke")
     async def keys_revoke(request: Request, key_id: str) -> Response:
-        _require_admin(request, services)
+        scope = await _require_admin(request, services)
+        if scope is not None and key_id not in {k.id for k in await list_api_keys(engine, scope)}:
+            raise NotFound(f"No active key with id '{key_id}'.")
         if not await revoke_api_key(engine, key_id):
             raise NotFound(f"No active key with id '{key_id}'.")
         return json_response({"id": key_id, "object": "api_key", "revoked": True})
 
     @app.get("/v1/admin/tenants")
     async def tenants_list(request: Request) -> Response:
-        _require_admin(request, services)
+        await _require_admin(request, services)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
+        rules = await alert_rules(engine)
         data = [tenant_body(tenant, accounts.get(f"tenant:{tenant.name}"))
+                | alert_fields(rules.get(f"tenant:{tenant.name}"))
                 for tenant in await list_tenants(engine)]
         return json_response({"object": "list", "data": data})
 
     @app.put("/v1/admin/tenants/{name}")
     async def tenants_set(request: Request, name: str) -> Response:
-        _require_admin(request, services)
+        await _require_admin(request, services)
         data = await read_json_object(request, services.settings.max_body_bytes)
         change = validate_body(TenantChange, data)
         fields = {field: getattr(change, field) for field in change.model_fields_set}
@@ -185,9 +224,13 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
             raise InvalidRequest("store_content must be true or false.", param="store_content")
         if "weight" in fields and fields["weight"] is None:
             fields["weight"] = 1.0  # null: back to the default share
+        await apply_alert_fields(engine, name, fields)
+        ip_lists = await apply_tenant_ip_fields(engine, name, fields)
         tenant = await set_tenant(engine, name, **fields)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
-        return json_response(tenant_body(tenant, accounts.get(f"tenant:{name}")))
+        rule = (await alert_rules(engine, name)).get(f"tenant:{name}")
+        return json_response(tenant_body(tenant, accounts.get(f"tenant:{name}"))
+                             | alert_fields(rule) | ip_lists)
 
     @app.get("/v1/usage")
     async def usage(request: Request) -> Response:
@@ -196,10 +239,8 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
 
 async def _usage(request: Request, services: IngressServices, engine: AsyncEngine) -> Response:
     query = request.query_params
-    if is_admin(request, services):
-        tenant = query.get("tenant")
-    else:
-        tenant = (await authenticate(request, services.api_keys)).tenant
+    scope = await admin_scope(request, services.api_keys, admin_key=is_admin(request, services))
+    tenant = query.get("tenant") if scope is None else scope
     now = datetime.now(UTC)
     start = parse_time(query["from"], param="from") if "from" in query else now - timedelta(30)
     end = parse_time(query["to"], param="to") if "to" in query else now
@@ -208,9 +249,15 @@ async def _usage(request: Request, services: IngressServices, engine: AsyncEngin
     if output not in ("json", "csv"):
         raise InvalidRequest("format must be json or csv.", param="format")
     rows = await usage_report(engine, start=start, end=end, group_by=group_by, tenant=tenant)
+    if output == "json" and set(group_by) <= set(FEEDBACK_DIMENSIONS):  # README "Feedback"
+        rows = merge_feedback(rows, await feedback_report(
+            engine, start=start, end=end, group_by=group_by, tenant=tenant), group_by)
     if output == "csv":
         return Response(csv_text(rows, group_by), media_type="text/csv; charset=utf-8")
-    return json_response({
+    body: dict[str, Any] = {
         "object": "list", "from": start.isoformat(), "to": end.isoformat(),
         "group_by": list(group_by), "tenant": tenant, "data": json_rows(rows),
-    })
+    }
+    if tenant is not None:  # README "Budget alerts"
+        body["alerts"] = await alerts_section(engine, tenant)
+    return json_response(body)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -20,13 +21,17 @@ from broker.asyncapi import asyncapi_document
 from broker.config import ModelKind
 from broker.errors import InvalidRequest, NotFound, SluiceError, UnknownModel
 from broker.kafka import topics_for
+from broker.routing import resolve_alias, shadow_copy, with_variant
+from ingress.access import access_gate, register_access_routes
 from ingress.admin import register_ledger_routes
 from ingress.anthropic import register_anthropic_routes
 from ingress.auth import authenticate
 from ingress.batches import register_batch_routes
 from ingress.body import read_json_object, validate_body
+from ingress.cache import ResponseCache
 from ingress.console import register_console_routes
 from ingress.envelope import error_body, install_error_handlers, json_response
+from ingress.feedback import register_feedback_routes
 from ingress.health import ingress_readiness, register_health_routes
 from ingress.login_throttle import LoginThrottle
 from ingress.metrics import register_metrics_route
@@ -36,6 +41,7 @@ from ingress.rendering import completion_body, failure, request_state
 from ingress.replies import ReplyListener
 from ingress.services import IngressServices, Principal, RecentlyAccepted
 from ingress.streaming import StreamEvents, stream_events
+from ingress.templates import register_template_routes
 from ingress.tracing import describe_request, traced_route
 from ingress.webhooks import WebhookIntake
 from schemas import (
@@ -46,7 +52,10 @@ from schemas import (
     RequestStatus,
     StreamChunk,
 )
+from schemas.caching import CacheTicket
 from schemas.messages import CancelRequested
+
+log = logging.getLogger("sluice.ingress")
 
 
 class Ingress:
@@ -60,6 +69,10 @@ class Ingress:
         self.accepted = RecentlyAccepted()
         self.long_polls = LongPolls(services.settings.max_long_polls_per_tenant)
         self.webhooks = WebhookIntake(services)  # X-Webhook-URL and /v1/webhooks/*
+        self.access = access_gate(services)  # README "Access approval"
+        # Answers repeated chat requests before admission and Kafka (README "Caching").
+        self.cache = ResponseCache(services.config,
+                                   services.ledger.engine if services.ledger else None)
         self.started = int(time.time())
         self._asyncapi: dict[str, Any] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -71,6 +84,12 @@ class Ingress:
     async def accept(self, request: Request, *, wait: bool,
                      kind: ModelKind | None = "chat") -> tuple[Principal, InferenceRequest]:
         """Authenticate, validate and admit a request; `kind` None: tell it by its body."""
+        principal, body = await self.receive(request, kind=kind)
+        return principal, await self.admit(request, principal, body, wait=wait)
+
+    async def receive(self, request: Request, *, kind: ModelKind | None
+                      ) -> tuple[Principal, ChatCompletionRequest | EmbeddingRequest]:
+        """Authenticate and validate a request; `kind` None: tell it by its body."""
         principal = await authenticate(request, self.services.api_keys)
         data = await read_json_object(request, self.services.settings.max_body_bytes)
         if kind is None:
@@ -80,26 +99,30 @@ class Ingress:
             body = validate_body(ChatCompletionRequest, data)
         else:
             body = validate_body(EmbeddingRequest, data)
-        return principal, await self.admit(request, principal, body, wait=wait)
+        return principal, body
 
     async def admit(self, request: Request, principal: Principal,
                     body: ChatCompletionRequest | EmbeddingRequest, *,
-                    wait: bool) -> InferenceRequest:
+                    wait: bool, cache: CacheTicket | None = None) -> InferenceRequest:
         """The queued form of an already parsed `body`, admitted for `principal` (model
         checks, deadline, webhook, limits); published by `publish`."""
         kind = "chat" if isinstance(body, ChatCompletionRequest) else "embedding"
-        model = self.services.config.models.get(body.model)
-        if model is None or not principal.may_use(body.model):
+        # An alias is served by the model it names; a key may use it when it lists either.
+        served = resolve_alias(self.services.config, body.model)
+        model = self.services.config.models.get(served)
+        if model is None or not (principal.may_use(body.model) or principal.may_use(served)):
             raise UnknownModel(body.model)  # 404 for a key's unlisted model: no existence leak
         if model.kind != kind:
             route = "/v1/embeddings" if model.kind == "embedding" else "/v1/chat/completions"
             raise InvalidRequest(f"The model '{body.model}' is an {model.kind} model; call it "
                                  f"at {route}.", param="model", code="wrong_model_kind")
+        if model.requires_approval:  # 403 until an admin approved (README "Access approval")
+            await self.access.require(principal.tenant, principal.api_key_id, f"model:{served}")
         now = datetime.now(UTC)
         request_id = f"req_{uuid.uuid4().hex}"
         inference = InferenceRequest(
             id=request_id,
-            model=body.model,
+            model=served,
             body=body,
             tenant=principal.tenant,
             api_key_id=principal.api_key_id,
@@ -108,7 +131,14 @@ class Ingress:
             reply_to=self.replies.topic if wait else None,
             correlation_id=request_id,
             webhook_url=await self.webhooks.from_header(request, principal.tenant),
+            cache=cache,  # where the ledger keeps the answer (README "Caching")
+            requested_model=body.model if served != body.model else None,
+            # The model's and then the key's guardrail policies (README "Guardrails"):
+            # workers apply them; the ledger masks a screened request's stored prompt.
+            guardrails=list(dict.fromkeys([*model.guardrails, *(principal.guardrails or ())]))
+            or None,
         )
+        inference = with_variant(model.routing, inference)  # A/B or canary (broker/routing)
         if self.services.admission is not None:  # last: a refused request counts nothing
             await self.services.admission.admit(principal, inference)
         return inference
@@ -122,16 +152,41 @@ class Ingress:
                 with contextlib.suppress(SluiceError):
                     await self.services.admission.release(inference.id)
             raise
+        self._mirror(inference)
+
+    def _mirror(self, inference: InferenceRequest) -> None:
+        """Publish the request's shadow copy, if it is one of its model's mirrored share
+        (broker/routing/shadow.py), in the background: the caller never waits for it."""
+        model = self.services.config.models.get(inference.model)
+        copy = shadow_copy(model.routing, inference, datetime.now(UTC)) if model else None
+        if copy is None:
+            return
+
+        async def publish_copy() -> None:
+            try:
+                await self.publisher.publish(copy)
+            except SluiceError as exc:  # a lost copy is a lost comparison, never an error
+                log.warning("shadow copy of %s not published: %s", inference.id, exc)
+
+        task = asyncio.create_task(publish_copy())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def chat_completions(self, request: Request) -> Response:
         wait = "respond-async" not in request.headers.get("prefer", "").lower()
-        _, inference = await self.accept(request, wait=wait)
+        principal, body = await self.receive(request, kind="chat")
+        assert isinstance(body, ChatCompletionRequest)
+        # A cache hit is answered here: no admission, no Kafka, no provider call.
+        cached = await self.cache.lookup(request, principal, body, answer=wait)
+        if cached.response is not None:
+            return cached.response
+        inference = await self.admit(request, principal, body, wait=wait, cache=cached.ticket)
         if not wait:
             await self.publish(request, inference)
-            return self._accepted(request, inference)
-        if isinstance(inference.body, ChatCompletionRequest) and inference.body.stream:
-            return await self._stream(request, inference)
-        return await self._answer(request, inference)
+            return cached.mark(self._accepted(request, inference))
+        if body.stream:
+            return cached.mark(await self._stream(request, inference))
+        return cached.mark(await self._answer(request, inference))
 
     async def embeddings(self, request: Request) -> Response:
         """`POST /v1/embeddings`: queued like chat, answered when final (or 202 async)."""
@@ -316,9 +371,11 @@ class Ingress:
         principal = await authenticate(request, self.services.api_keys)
         # A key limited to some models sees only those: the others answer 404 as if they
         # did not exist, so listing them would leak what the key may not use.
+        config = self.services.config
         data = [
             {"id": name, "object": "model", "created": self.started, "owned_by": "sluicegate"}
-            for name in self.services.config.models if principal.may_use(name)
+            for name in [*config.models, *config.aliases]
+            if principal.may_use(name) or principal.may_use(resolve_alias(config, name))
         ]
         return json_response({"object": "list", "data": data})
 
@@ -354,6 +411,7 @@ def create_app(services: IngressServices) -> FastAPI:
             await ingress.replies.wait_ready(10.0)
         yield
         await ingress.publisher.stop()
+        await ingress.cache.close()  # hits answered but not yet recorded
         await ingress.replies.stop()
         if announcements is not None:
             await announcements.stop()
@@ -371,8 +429,10 @@ def create_app(services: IngressServices) -> FastAPI:
     app.state.login_throttle = LoginThrottle()  # read by `authenticate`
     install_error_handlers(app)
     register_ledger_routes(app, services)
+    register_access_routes(app, services, ingress.access)  # /v1/admin/access, /v1/access/*
     ingress.webhooks.register(app)
     register_batch_routes(app, services)  # /v1/files and /v1/batches (OpenAI Batch API)
+    register_feedback_routes(app, services)  # feedback on answers (ingress/feedback.py)
     register_console_routes(app, services)  # /console: the page and /console/api/*
     register_metrics_route(app, services)  # /metrics for Prometheus (ingress/metrics.py)
 
@@ -393,6 +453,7 @@ def create_app(services: IngressServices) -> FastAPI:
         for path, endpoint in app.state.hot_routes.items()
     ]
     register_anthropic_routes(app, ingress)  # /v1/messages* (Anthropic's Messages API)
+    register_template_routes(app, ingress)  # /v1/templates/*, /v1/admin/templates
 
     @app.get("/v1/requests/{request_id}")
     async def request_status(request: Request, request_id: str) -> Response:

@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
 from broker.errors import (
+    AccessNotApproved,
     AuthenticationFailed,
     BrokerUnavailable,
     DatabaseUnavailable,
@@ -60,6 +61,8 @@ def error_response(exc: SluiceError) -> Response:
                                         code="invalid_api_key"), 401)
     if isinstance(exc, NotFound):
         return json_response(error_body(str(exc), "invalid_request_error", code="not_found"), 404)
+    if isinstance(exc, AccessNotApproved):
+        return json_response(error_body(str(exc), "permission_denied", code=exc.code), 403)
     if isinstance(exc, LimitExceeded):
         headers = {}
         if exc.retry_after_s is not None:

@@ -24,7 +24,7 @@ class PostgresApiKeys:
         return Principal(
             tenant=record.tenant, api_key_id=record.id, models=limits.models,
             rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
-            monthly_budget_tokens=limits.monthly_budget_tokens,
+            monthly_budget_tokens=limits.monthly_budget_tokens, guardrails=limits.guardrails,
         )
 
 

@@ -47,6 +47,8 @@ class Principal:
     tpm: int | None = None
     monthly_budget_usd: Decimal | None = None
     monthly_budget_tokens: int | None = None
+    # Guardrail policies of the key, applied after its model's own (README "Guardrails").
+    guardrails: tuple[str, ...] | None = None
 
     def may_use(self, model: str) -> bool:
         """Whether this caller may call `model`."""

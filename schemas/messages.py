@@ -15,8 +15,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.caching import CacheTicket
 from schemas.chat import ChatCompletion, ChatCompletionRequest
 from schemas.embeddings import EmbeddingRequest, EmbeddingResponse
+from schemas.guardrails import GuardrailDecision
 
 SCHEMA_VERSION: Literal[1] = 1
 
@@ -72,6 +74,18 @@ class InferenceRequest(_Message):
     metadata: dict[str, str] = Field(default_factory=dict)
     # Where `sluice deliver` POSTs the signed result (Standard Webhooks); checked at ingress.
     webhook_url: Annotated[str, Field(max_length=2048)] | None = None
+    # Response cache (README "Caching"): where the ledger keeps the answer; set by ingress.
+    cache: CacheTicket | None = None
+    # Routing (README "Routing"): the alias the caller asked for (`model` is the model it
+    # resolved to), the A/B or canary variant ingress assigned (workers assign one when
+    # absent), and on a shadow copy the id of the request it mirrors.
+    requested_model: str | None = None
+    variant: Annotated[str, Field(max_length=100)] | None = None
+    shadow_of: Annotated[str, Field(max_length=200)] | None = None
+    # Guardrails (README "Guardrails"): the policies of the model and then of the caller's
+    # API key, set by ingress. Workers apply the model's own policies in any case (a
+    # Kafka-native producer cannot drop them), then these.
+    guardrails: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
 
 
 class ErrorInfo(BaseModel):
@@ -104,6 +118,16 @@ class InferenceResult(_Message):
     finished_at: datetime
     # Copied from the request, so the deliverer needs nothing but this event.
     webhook_url: str | None = None
+    # Copied from a succeeded request's (README "Caching"): the ledger keeps the answer.
+    cache: CacheTicket | None = None
+    # Copied from the request (routing, README "Routing"), so the ledger's row has them
+    # whichever of the two it records first.
+    requested_model: str | None = None
+    variant: str | None = None
+    shadow_of: str | None = None
+    # What guardrail policies did (README "Guardrails"); the ledger records each decision
+    # in `guardrail_events`. Names the policy, rule and action, never the matched text.
+    guardrails: list[GuardrailDecision] | None = None
 
 
 class StreamChunk(_Message):
@@ -165,6 +189,8 @@ class UsageEvent(_Message):
     attempt: Annotated[int, Field(ge=0)] = 0
     started_at: datetime
     finished_at: datetime
+    # The routing variant of the request (A/B name, `canary`, `stable`, `shadow`).
+    variant: str | None = None
 
     @model_validator(mode="after")
     def _cached_within_input(self) -> UsageEvent:

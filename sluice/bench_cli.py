@@ -124,3 +124,22 @@ def add_bench_commands(commands: Any, handler: MakeHandler) -> None:
                         help="ledger instances writing at once (each owns a share of the "
                              "tenants, as of the usage partitions)")
     ledger.set_defaults(handler=handler("sluice.ledger_bench", "run_ledger_bench"))
+
+    cache = kinds.add_parser("cache", help="response cache: miss, exact-hit and semantic-hit "
+                                           "latency through ingress")
+    cache.add_argument("--requests", type=int, default=120,
+                       help="distinct questions (each asked, repeated, then paraphrased)")
+    cache.add_argument("--warmup", type=int, default=20, help="misses sent before measuring")
+    _kafka_option(cache)
+    cache.set_defaults(handler=handler("sluice.cache_bench", "run_cache_bench"))
+
+    guardrails = kinds.add_parser("guardrails", help="guardrail overhead per request: "
+                                                     "in process, and end to end p50")
+    guardrails.add_argument("--iterations", type=int, default=2000,
+                            help="screenings per prompt and policy (in process)")
+    guardrails.add_argument("--requests", type=int, default=300,
+                            help="round trips per model (end to end)")
+    guardrails.add_argument("--no-stack", action="store_true",
+                            help="only the in-process figures (no Kafka, no worker)")
+    _kafka_option(guardrails)
+    guardrails.set_defaults(handler=handler("sluice.guardrails_bench", "run_guardrails_bench"))

@@ -15,10 +15,12 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from broker.errors import SluiceError
+from sluice.access_cli import add_access_commands
 from sluice.batch_cli import add_batch_commands
 from sluice.bench_cli import add_bench_commands
 from sluice.ledger_commands import add_ledger_commands
 from sluice.settings_check import unknown_variables
+from sluice.templates_cli import add_template_commands
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -148,6 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_ledger_commands(commands, ledger, _handler)  # keys, prices, usage, ledger reconcile
     add_batch_commands(commands, _handler)  # sluice batch submit|status|cancel|list
+    add_access_commands(commands, _handler)  # sluice access request|approve|deny|list
+    add_template_commands(commands, _handler)  # sluice templates create|list|show
     return parser
 
 

@@ -150,6 +150,10 @@ def run_dev(args: argparse.Namespace) -> int:
             # loadgen`, a quick script) are served as well.
             "SLUICE_KAFKA_SIGNING_KEY": os.environ.get(
                 "SLUICE_KAFKA_SIGNING_KEY", secrets.token_hex(32)),
+            # The console's operator views (queues, budgets, breakers, dead letters) and
+            # the admin API want an admin key: one per run unless one is given.
+            "SLUICE_ADMIN_KEY": os.environ.get(
+                "SLUICE_ADMIN_KEY", f"sk-admin-{secrets.token_urlsafe(32)}"),
             "SLUICE_KAFKA_TRUST_UNSIGNED": os.environ.get("SLUICE_KAFKA_TRUST_UNSIGNED", "true"),
             # One machine, nothing to wait for: faster first joins on Tansu (it holds
             # JoinGroup for half the session timeout) and faster takeover after a crash.
@@ -176,8 +180,11 @@ def run_dev(args: argparse.Namespace) -> int:
                 name = f"worker-{index + 1}"
                 workers[name] = (status_port, children.start(
                     name, "worker", "--status-port", str(status_port)))
-            children.start("ledger", "ledger")
-            children.start("deliver", "deliver")  # webhooks (loopback allowlisted above)
+            # Each process answers /livez, /readyz, /status and /metrics on its ops port.
+            ops_ports = {"ledger": free_port(), "deliver": free_port()}
+            children.start("ledger", "ledger", "--ops-port", str(ops_ports["ledger"]))
+            # webhooks (loopback allowlisted above)
+            children.start("deliver", "deliver", "--ops-port", str(ops_ports["deliver"]))
             ingress = children.start("ingress", "ingress", "--port", str(args.port))
             ingress_url = f"http://127.0.0.1:{args.port}"
             _wait_http(f"{ingress_url}/health", ingress, "ingress", log_dir / "ingress.log")
@@ -195,6 +202,11 @@ def run_dev(args: argparse.Namespace) -> int:
             "config": str(config_path),
             "worker_status_urls": [f"http://127.0.0.1:{port}/status"
                                    for port, _ in workers.values()],
+            "admin_key": env["SLUICE_ADMIN_KEY"],
+            "console_url": f"{ingress_url}/console",
+            "metrics_urls": [f"{ingress_url}/metrics",
+                             *(f"http://127.0.0.1:{port}/metrics" for port, _ in workers.values()),
+                             *(f"http://127.0.0.1:{port}/metrics" for port in ops_ports.values())],
             "pids": {
                 **({"kafka": kafka_pid} if kafka_pid is not None else {}),
                 **{name: process.pid for name, process in children.processes.items()},
@@ -291,8 +303,13 @@ def _print_usage(endpoints: Mapping[str, object], state_dir: Path) -> None:
     console.print(f"""
 [bold green]sluicegate is running[/] — endpoints in {state_dir / 'endpoints.json'}
 
-  ingress      {url}   (OpenAI-compatible: {url}/v1)
+  ingress      {url}   (OpenAI-compatible: {url}/v1, Anthropic-compatible: {url}/v1/messages)
   API key      {key}
+  console      {endpoints['console_url']}   (sign in with the API key, or the admin key
+               {endpoints['admin_key']} for queues, budgets, breakers and dead letters)
+  metrics      {url}/metrics (and each process's ops port: endpoints.json)
+  traces       printed as JSON lines in each process's log (SLUICE_TRACES=otlp and
+               OTEL_EXPORTER_OTLP_ENDPOINT send them to a collector instead)
   Kafka        {endpoints['kafka_bootstrap']}
   PostgreSQL   {endpoints['postgres_dsn']}
   logs         {state_dir / 'logs'}
@@ -303,6 +320,7 @@ def _print_usage(endpoints: Mapping[str, object], state_dir: Path) -> None:
        -d '{{"model":"gpt-4o-mini","messages":[{{"role":"user","content":"Hello!"}}]}}'
 
   OpenAI SDK:  OpenAI(base_url="{url}/v1", api_key="{key}")
+  Claude SDK:  Anthropic(base_url="{url}", api_key="{key}")
   Ledger:      psql '{endpoints['postgres_dsn']}' -c 'select * from usage_events limit 5'
   Benchmark:   sluice bench sync --concurrency 64 --requests 5000
   Batches:     sluice batch submit prompts.jsonl --wait --output results.jsonl

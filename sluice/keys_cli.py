@@ -18,8 +18,10 @@ from rich.table import Table
 from broker.errors import ConfigError, InvalidRequest
 from broker.settings import DatabaseSettings, KafkaSettings
 from broker.signing import KEY_ID_HEADER, SIGNATURE_HEADER, key_signing_secret
+from broker.stores.access_lists import key_access_of, store_key_access
 from broker.stores.database import create_engine
 from broker.stores.keys import (
+    ApiKeyRecord,
     KeyLimits,
     create_api_key,
     find_active_key,
@@ -79,6 +81,12 @@ def _expiry(raw: str | None) -> datetime | None:
         raise ConfigError(f"--expires: {exc}") from exc
 
 
+def _names(raw: str | None) -> tuple[str, ...] | None:
+    """`a, b,a` → ("a", "b"): a comma-separated list, in order, without repeats."""
+    names = tuple(dict.fromkeys(name.strip() for name in (raw or "").split(",") if name.strip()))
+    return names or None
+
+
 def run_keys_create(args: argparse.Namespace) -> int:
     """`sluice keys create --tenant T […]`: print a new key once."""
     limits = KeyLimits(
@@ -88,10 +96,19 @@ def run_keys_create(args: argparse.Namespace) -> int:
         monthly_budget_usd=_money(args.monthly_budget_usd, "--monthly-budget-usd"),
         monthly_budget_tokens=args.monthly_budget_tokens,
         expires_at=_expiry(args.expires),
+        guardrails=_names(args.guardrails),
     )
-    secret, record = with_engine(lambda e: create_api_key(e, args.tenant, args.name, limits))
+    access = key_access_of(args.role, _names(args.ip_allow), _names(args.ip_deny), scope=None)
+
+    async def create(engine: AsyncEngine) -> tuple[str, ApiKeyRecord]:
+        secret, record = await create_api_key(engine, args.tenant, args.name, limits)
+        await store_key_access(engine, record.id, access)
+        return secret, record
+
+    secret, record = with_engine(create)
     print(secret)
-    print(f"(key id {record.id}, tenant {record.tenant}; shown once, store it now)")
+    print(f"(key id {record.id}, tenant {record.tenant}, role {access.role}; shown once, "
+          "store it now)")
     return 0
 
 
@@ -99,7 +116,7 @@ def run_keys_list(args: argparse.Namespace) -> int:
     """`sluice keys list [--tenant T]`: keys by prefix, never their secrets."""
     keys = with_engine(lambda e: list_api_keys(e, args.tenant))
     table = Table("id", "tenant", "name", "prefix", "models", "rpm", "tpm", "budget/mo",
-                  "expires", "status")
+                  "expires", "guardrails", "status")
     for key in keys:
         limits = key.limits
         status = "revoked" if key.revoked_at else "active"
@@ -110,7 +127,8 @@ def run_keys_list(args: argparse.Namespace) -> int:
             ",".join(sorted(limits.models)) if limits.models is not None else "*",
             _text(limits.rpm), _text(limits.tpm),
             budget_text(limits.monthly_budget_usd, limits.monthly_budget_tokens),
-            limits.expires_at.isoformat() if limits.expires_at else "", status,
+            limits.expires_at.isoformat() if limits.expires_at else "",
+            ",".join(limits.guardrails or ()), status,
         )
     console().print(table)
     return 0

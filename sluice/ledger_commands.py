@@ -35,6 +35,16 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     create.add_argument("--monthly-budget-tokens", type=int, default=None,
                         help="tokens per calendar month")
     create.add_argument("--expires", default=None, help="ISO time, or a duration like 30d")
+    create.add_argument("--guardrails", default=None,
+                        help="comma-separated guardrail policies its requests pass (after "
+                             "their model's own)")
+    create.add_argument("--role", default="member",
+                        choices=["admin", "tenant_admin", "member", "analyst"],
+                        help="what the key may do (README \"Identity and roles\")")
+    create.add_argument("--ip-allow", default=None,
+                        help="comma-separated CIDRs the key may be used from")
+    create.add_argument("--ip-deny", default=None,
+                        help="comma-separated CIDRs the key may not be used from")
     create.set_defaults(handler=handler("sluice.keys_cli", "run_keys_create"))
     listing = key_commands.add_parser("list", help="list API keys (prefix, never the secret)")
     listing.add_argument("--tenant", default=None)
@@ -46,6 +56,10 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
         "signing-secret", help="print the secret a Kafka-native client of a key signs with")
     signing.add_argument("key_id")
     signing.set_defaults(handler=handler("sluice.keys_cli", "run_keys_signing_secret"))
+    key_alerts = key_commands.add_parser("alerts", help="budget alerts of an API key")
+    key_alerts.add_argument("key_id")
+    _add_alert_options(key_alerts, "key's")
+    key_alerts.set_defaults(handler=handler("sluice.alerts_cli", "run_keys_alerts"))
 
     tenants = commands.add_parser("tenants", help="tenant budgets and content storage")
     tenant_commands = tenants.add_subparsers(dest="tenants_command", required=True)
@@ -63,6 +77,7 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
                                  "the turns and worker slots at 2")
     tenant_set.add_argument("--store-content", choices=("yes", "no"), default=None,
                             help="keep prompt and completion text (default no)")
+    _add_alert_options(tenant_set, "tenant's")
     tenant_set.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_set"))
     tenant_list = tenant_commands.add_parser("list", help="tenants and this month's spend")
     tenant_list.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_list"))
@@ -109,3 +124,13 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     reconcile.add_argument("--since", default=None,
                            help="7d, 12h or an ISO time (default: the topic's beginning)")
     reconcile.set_defaults(handler=handler("sluice.usage_cli", "run_reconcile"))
+
+
+def _add_alert_options(parser: argparse.ArgumentParser, whose: str) -> None:
+    parser.add_argument("--alert-thresholds", default=None,
+                        help=f"percentages of the {whose} monthly USD budget that send a "
+                             "budget.threshold_crossed webhook, once per month each "
+                             "(e.g. 50,80,100; 'none' removes them)")
+    parser.add_argument("--daily-spend-alert", default=None,
+                        help="USD spent in one UTC day that sends the webhook, once a day "
+                             "('none' removes it)")

@@ -10,7 +10,9 @@ from rich.table import Table
 
 from broker.errors import ConfigError
 from broker.stores.admission import month_of
+from broker.stores.budget_alerts import alert_rules, describe_rule, last_alerts
 from broker.stores.tenants import list_tenants, set_tenant, spend_accounts_of
+from sluice.alerts_cli import alert_changes, last_fired_text, rule_text, set_tenant_alerts
 from sluice.keys_cli import _money, budget_text, console, with_engine
 
 _CLEAR = ("none", "off", "")
@@ -44,7 +46,8 @@ def _tokens_option(raw: str | None) -> Any:
 
 def run_tenants_set(args: argparse.Namespace) -> int:
     """`sluice tenants set NAME [--monthly-budget-usd X] [--monthly-budget-tokens N]
-    [--max-queued N] [--weight W] [--store-content yes|no]`."""
+    [--max-queued N] [--weight W] [--store-content yes|no]
+    [--alert-thresholds 50,80,100] [--daily-spend-alert USD]`."""
     changes: dict[str, Any] = {}
     usd, tokens = _usd_option(args.monthly_budget_usd), _tokens_option(args.monthly_budget_tokens)
     if usd is not ...:
@@ -61,7 +64,15 @@ def run_tenants_set(args: argparse.Namespace) -> int:
         changes["weight"] = weight
     if args.store_content is not None:
         changes["store_content"] = args.store_content == "yes"
-    tenant = with_engine(lambda e: set_tenant(e, args.name, **changes))
+    alerts = alert_changes(args)
+
+    async def apply(engine: Any) -> Any:
+        if alerts:
+            rule = await set_tenant_alerts(engine, args.name, alerts)
+            print(f"tenant {args.name}: budget alerts {rule_text(rule)}")
+        return await set_tenant(engine, args.name, **changes)
+
+    tenant = with_engine(apply)
     budget = budget_text(tenant.monthly_budget_usd, tenant.monthly_budget_tokens)
     stored = "yes" if tenant.store_content else "no"
     cap = tenant.max_queued_requests if tenant.max_queued_requests is not None else "no cap"
@@ -76,12 +87,14 @@ def run_tenants_list(args: argparse.Namespace) -> int:
     """`sluice tenants list`: settings and this month's spend of every tenant with a row."""
     period = month_of(datetime.now(UTC))
 
-    async def load(engine: Any) -> tuple[Any, Any]:
-        return await list_tenants(engine), await spend_accounts_of(engine, period)
+    async def load(engine: Any) -> tuple[Any, Any, Any, Any]:
+        return (await list_tenants(engine), await spend_accounts_of(engine, period),
+                await alert_rules(engine), await last_alerts(engine))
 
-    tenants, accounts = with_engine(load)
+    tenants, accounts, rules, fired = with_engine(load)
     table = Table("tenant", "budget / month", "spent USD", "held USD", "spent tokens",
-                  "held tokens", "store content", title=f"spend in {period:%Y-%m}")
+                  "held tokens", "store content", "alerts", "last alert",
+                  title=f"spend in {period:%Y-%m}")
     for tenant in tenants:
         account = accounts.get(f"tenant:{tenant.name}")
         table.add_row(
@@ -91,6 +104,8 @@ def run_tenants_list(args: argparse.Namespace) -> int:
             str(account.spent_tokens) if account else "0",
             str(account.reserved_tokens) if account else "0",
             "yes" if tenant.store_content else "no",
+            describe_rule(rules.get(f"tenant:{tenant.name}")),
+            last_fired_text(fired.get(f"tenant:{tenant.name}")),
         )
     console().print(table)
     if not tenants:

@@ -52,6 +52,8 @@ class KeyLimits:
     monthly_budget_usd: Decimal | None = None
     expires_at: datetime | None = None
     monthly_budget_tokens: int | None = None
+    # Guardrail policies the key's requests pass after their model's own (None: none).
+    guardrails: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +106,7 @@ def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in S
             monthly_budget_usd=row.monthly_budget_usd,
             expires_at=row.expires_at,
             monthly_budget_tokens=row.monthly_budget_tokens,
+            guardrails=tuple(row.guardrails) if row.guardrails else None,
         ),
         last_used_at=row.last_used_at,
     )
@@ -123,6 +126,7 @@ _COLUMNS = (
     api_keys.c.expires_at,
     api_keys.c.last_used_at,
     api_keys.c.monthly_budget_tokens,
+    api_keys.c.guardrails,
 )
 
 
@@ -146,6 +150,7 @@ async def create_api_key(
             models=sorted(limits.models) if limits.models is not None else None,
             rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
             monthly_budget_tokens=limits.monthly_budget_tokens, expires_at=limits.expires_at,
+            guardrails=list(limits.guardrails) if limits.guardrails else None,
         )
         .returning(*_COLUMNS)
     )

@@ -253,7 +253,9 @@ def config_price_specs(config: SluiceConfig, book: PriceBook, now: datetime) -> 
     """The configuration's deployment prices the catalog does not have in force at `now`."""
     specs = []
     for model, settings in config.models.items():
-        for name in settings.deployments:
+        # Deployments reached through A/B variants, a canary or a shadow are priced too.
+        for name in dict.fromkeys([*settings.deployments,
+                                   *settings.routing.deployments().values()]):
             deployment = config.deployments[name]
             if deployment.input_usd_per_mtok is None or deployment.output_usd_per_mtok is None:
                 continue

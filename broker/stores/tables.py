@@ -19,6 +19,7 @@ from sqlalchemy import (
     Identity,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     Numeric,
     Table,
@@ -83,6 +84,13 @@ usage_events = Table(
     Column("status", Text, nullable=False),
     # The `prices` row the ledger charged with (None: config fallback or unknown price).
     Column("price_id", BigInteger, nullable=True),
+    # The routing variant of the call's request (A/B name, `canary`, `stable`, `shadow`; 0017).
+    Column("variant", Text, nullable=True),
+    # Answered from the response cache (`hit`, `semantic-hit`; migration 0015): provider
+    # `cache`, zero tokens and cost; the saved_* columns hold what the original call used.
+    Column("cache", Text, nullable=True),
+    Column("saved_input_tokens", Integer, nullable=False, server_default="0"),
+    Column("saved_output_tokens", Integer, nullable=False, server_default="0"),
     timestamp_column("started_at"),
     timestamp_column("finished_at"),
     timestamp_column("recorded_at", now=True),
@@ -91,6 +99,7 @@ usage_events = Table(
     Index(None, "tenant", "finished_at"),
     Index(None, "request_id"),
     Index(None, "finished_at"),
+    CheckConstraint("cache IN ('hit', 'semantic-hit')", name="cache"),
 )
 
 # Rows of `requests` that still hold text: a prompt, or a completion's message content.
@@ -115,6 +124,14 @@ requests = Table(
     Column("error", JSONB, nullable=True),
     # The request's messages: kept only for tenants with `store_content` (privacy).
     Column("prompt", JSONB, nullable=True),
+    # Routing (0017): the alias asked for (`model` is the model that served it), the
+    # variant assigned, and on a shadow copy the id of the request it mirrors.
+    Column("requested_model", Text, nullable=True),
+    Column("variant", Text, nullable=True),
+    Column("shadow_of", Text, nullable=True),
+    # Prompt templates (0018): the template and version the request was rendered from.
+    Column("template", Text, nullable=True),
+    Column("template_version", Integer, nullable=True),
     timestamp_column("created_at"),
     timestamp_column("finished_at", nullable=True),
     timestamp_column("updated_at", now=True),
@@ -145,6 +162,14 @@ api_keys = Table(
     Column("monthly_budget_usd", Numeric(20, 10), nullable=True),
     timestamp_column("expires_at", nullable=True),
     Column("monthly_budget_tokens", BigInteger, nullable=True),
+    # Guardrail policies this key adds to its models' own (0016; README "Guardrails").
+    Column("guardrails", ARRAY(Text), nullable=True),
+    # Identity (0020; README "Identity and roles"): what the key may do, and the CIDRs it
+    # may (allow) or may not (deny) be used from; null lists check nothing.
+    Column("role", Text, nullable=False, server_default="member"),
+    Column("ip_allow", ARRAY(Text), nullable=True),
+    Column("ip_deny", ARRAY(Text), nullable=True),
+    CheckConstraint("role IN ('admin', 'tenant_admin', 'member', 'analyst')", name="role"),
     Index(None, "tenant"),
 )
 
@@ -185,6 +210,9 @@ tenants = Table(
     Column("max_queued_requests", BigInteger, nullable=True),
     # Fair share: the tenant's share relative to others (workers' turns and slots).
     Column("weight", Double, nullable=False, server_default="1"),
+    # Identity (0020): CIDRs the tenant's keys and tokens may (not) be used from.
+    Column("ip_allow", ARRAY(Text), nullable=True),
+    Column("ip_deny", ARRAY(Text), nullable=True),
     CheckConstraint("weight > 0", name="weight"),
 )
 
@@ -289,4 +317,161 @@ worker_heartbeats = Table(
     Column("state", JSONB, nullable=False),
     timestamp_column("started_at"),
     timestamp_column("beat_at", now=True),
+)
+
+# Answers kept for identical or similar requests (migration 0015, `broker.caching`): one
+# row per exact cache key, written by the ledger, read by ingress through an in-process LRU.
+# `rest_hash` and `embedding` (384 float32, L2-normalised) only for semantic-cache models.
+response_cache = Table(
+    "response_cache",
+    metadata,
+    Column("key", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("request_id", Text, nullable=False),
+    Column("rest_hash", Text, nullable=True),
+    Column("embedding", LargeBinary, nullable=True),
+    Column("completion", JSONB, nullable=False),
+    Column("input_tokens", Integer, nullable=False),
+    Column("output_tokens", Integer, nullable=False),
+    timestamp_column("created_at", now=True),
+    timestamp_column("expires_at"),
+    Index(None, "tenant", "model", "rest_hash"),
+    Index(None, "expires_at"),
+)
+
+# One row per guardrail decision (migration 0016, `broker.guardrails`): which policy's rule
+# did what to a request, and how many matches. Never the matched text: PII stays out of the
+# database. Written by the ledger from `InferenceResult.guardrails`; a redelivered result is
+# the same rows (the unique decision).
+guardrail_events = Table(
+    "guardrail_events",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("request_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("model", Text, nullable=False),
+    Column("policy", Text, nullable=False),
+    Column("rule", Text, nullable=False),
+    # masked | blocked | logged | flagged | redacted | restored
+    Column("action", Text, nullable=False),
+    # input (the prompt, before the call) | output (the answer)
+    Column("stage", Text, nullable=False),
+    Column("count", Integer, nullable=False, server_default="1"),
+    timestamp_column("at", now=True),
+    UniqueConstraint("request_id", "policy", "rule", "action", "stage",
+                     name="uq_guardrail_events_decision"),
+    Index(None, "tenant", "at"),
+)
+
+# Access approval (migration 0019, `broker.stores.access`): one row per request to use a
+# model or template that requires approval (`resource` is `model:<name>` or
+# `template:<name>`), for a whole tenant (`key_id` '') or one key. `status` is pending,
+# approved or denied.
+access_grants = Table(
+    "access_grants",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("tenant", Text, nullable=False),
+    Column("key_id", Text, nullable=False, server_default=""),
+    Column("resource", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    Column("requested_by", Text, nullable=False),
+    Column("decided_by", Text, nullable=True),
+    timestamp_column("created_at", now=True),
+    timestamp_column("decided_at", nullable=True),
+    UniqueConstraint("tenant", "key_id", "resource", name="uq_access_grants_scope"),
+)
+
+# Every access request and decision, append-only (a trigger refuses UPDATE and DELETE):
+# who (`admin` or a tenant key id), what, when and why.
+access_audit = Table(
+    "access_audit",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("grant_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("key_id", Text, nullable=False),
+    Column("resource", Text, nullable=False),
+    # requested | approved | denied
+    Column("action", Text, nullable=False),
+    Column("actor", Text, nullable=False),
+    Column("reason", Text, nullable=False, server_default=""),
+    timestamp_column("at", now=True),
+    Index(None, "grant_id"),
+)
+
+# Versioned prompt templates (migration 0018, `broker.templates`): one row per (name,
+# version); a version is never updated, a change is the next version.
+prompt_templates = Table(
+    "prompt_templates",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("messages", JSONB, nullable=False),
+    Column("parameters", JSONB, nullable=False),
+    Column("variables", JSONB, nullable=False),
+    Column("description", Text, nullable=True),
+    timestamp_column("created_at", now=True),
+    CheckConstraint("version >= 1", name="version"),
+)
+
+# Feedback on answers (migration 0022, `broker.feedback.store`): one row per posted
+# score, several per request allowed. `comment` is content: kept only for tenants with
+# `store_content`. Model, deployment and variant come from `requests` and `usage_events`
+# at report time (the `feedback_by_variant` view), so feedback may arrive before the ledger.
+feedback = Table(
+    "feedback",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("request_id", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("api_key_id", Text, nullable=True),
+    # Set when the feedback was given to a batch line by its custom id.
+    Column("batch_id", Text, nullable=True),
+    Column("custom_id", Text, nullable=True),
+    Column("score", Double, nullable=False),
+    Column("label", Text, nullable=True),
+    Column("comment", Text, nullable=True),
+    timestamp_column("created_at", now=True),
+    CheckConstraint("score >= -1 AND score <= 1", name="score"),
+    Index(None, "request_id"),
+    Index(None, "tenant", "created_at"),
+)
+
+# Budget alerts (migration 0021, `broker.stores.budget_alerts`): a trigger on
+# `spend_accounts` fires each (scope, threshold, period) once into the webhook outbox.
+budget_alert_rules = Table(
+    "budget_alert_rules",
+    metadata,
+    Column("scope", Text, primary_key=True),  # tenant:<name> or key:<id>
+    Column("tenant", Text, nullable=False),
+    Column("thresholds_pct", ARRAY(Integer), nullable=False, server_default="{}"),
+    Column("daily_usd", Numeric(20, 10), nullable=True),
+    timestamp_column("updated_at", now=True),
+    Index(None, "tenant"),
+)
+
+budget_alerts_fired = Table(
+    "budget_alerts_fired",
+    metadata,
+    Column("id", BigInteger, Identity(), primary_key=True),
+    Column("scope", Text, nullable=False),
+    Column("tenant", Text, nullable=False),
+    Column("threshold", Text, nullable=False),  # "50%" or "daily"
+    Column("period", Date, nullable=False),  # a month's first day, or the day
+    Column("spend_usd", Numeric(20, 10), nullable=False),
+    Column("budget_usd", Numeric(20, 10), nullable=False),
+    timestamp_column("fired_at", now=True),
+    UniqueConstraint("scope", "threshold", "period"),
+    Index(None, "tenant", "fired_at"),
+)
+
+budget_daily_spend = Table(
+    "budget_daily_spend",
+    metadata,
+    Column("scope", Text, primary_key=True),
+    Column("day", Date, primary_key=True),
+    Column("spent_usd", Numeric(20, 10), nullable=False, server_default="0"),
 )

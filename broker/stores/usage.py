@@ -50,6 +50,8 @@ DIMENSIONS: dict[str, ColumnElement[Any]] = {
     "model": _c.model,
     "provider": _c.provider,
     "deployment": _c.deployment,
+    # The routing variant (A/B name, canary, stable, shadow); not in the rollup.
+    "variant": _c.variant,
     "day": func.date_trunc("day", _utc),
     "hour": func.date_trunc("hour", _utc),
 }
@@ -140,7 +142,8 @@ async def usage_report(
     Raises:
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
-    days = None if "hour" in group_by else whole_days(start, end)
+    # The rollup has no hours and no variants: those read the rows themselves.
+    days = None if {"hour", "variant"} & set(group_by) else whole_days(start, end)
     if days is None:
         statement = _from_rows(group_by, tenant, _c.finished_at >= start, _c.finished_at < end)
     else:

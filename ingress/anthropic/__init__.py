@@ -15,6 +15,7 @@ from starlette.routing import Route
 
 from ingress.anthropic.batches import register_message_batch_routes
 from ingress.anthropic.routes import MessagesDoor, anthropic_errors
+from ingress.tracing import traced_route
 
 if TYPE_CHECKING:  # ingress.app calls this; importing it back would be a circle
     from ingress.app import Ingress
@@ -25,7 +26,8 @@ def register_anthropic_routes(app: FastAPI, ingress: Ingress) -> None:
     middleware by `ingress.hot_routes`); the others are plain routes at the table's end,
     after every OpenAI route."""
     door = MessagesDoor(ingress)
-    messages = anthropic_errors(door.messages)
+    # In a server span like the OpenAI hot routes (ingress/tracing.py).
+    messages = traced_route("/v1/messages", anthropic_errors(door.messages))
     app.state.hot_routes["/v1/messages"] = messages
     app.router.routes.extend([
         Route("/v1/messages", messages, methods=["POST"]),

@@ -30,7 +30,10 @@ from simulator.settings import Faults
 from tests.integration.stack import Stack, demo_config, eventually, running_stack
 from workers.batches import BatchTracker
 
-pytestmark = pytest.mark.integration
+# A gateway feature above the Kafka port: on the production engine only (the port's own
+# behaviour is proven on both engines by tests/kafka_contract.py and the pipeline tests),
+# which keeps CI within its time.
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
 MODEL = "gpt-4o-mini"
 WEATHER = {"name": "get_weather", "description": "Current weather in a city",

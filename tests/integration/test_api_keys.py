@@ -99,12 +99,19 @@ async def test_admin_api_needs_the_admin_key(
     client: httpx.AsyncClient, engine: AsyncEngine
 ) -> None:
     tenant_key, _ = await create_api_key(engine, "acme")
-    for headers in ({}, bearer(tenant_key), bearer(ADMIN + "x")):
+    for headers in ({}, bearer(ADMIN + "x")):
         response = await client.get("/v1/admin/keys", headers=headers)
         assert response.status_code == 401, headers
         assert response.json()["error"]["code"] == "invalid_api_key"
         response = await client.post("/v1/admin/keys", json={"tenant": "x"}, headers=headers)
         assert response.status_code == 401
+    # A tenant's own key is known but a member: the admin API is not its role's.
+    member = bearer(tenant_key)
+    response = await client.get("/v1/admin/keys", headers=member)
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "insufficient_role"
+    response = await client.post("/v1/admin/keys", json={"tenant": "x"}, headers=member)
+    assert response.status_code == 403
 
 
 async def test_admin_key_lifecycle_over_http(

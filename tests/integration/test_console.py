@@ -29,7 +29,10 @@ from schemas import ChatCompletionRequest, InferenceRequest
 from tests.integration.stack import Stack, demo_config, eventually, running_stack
 from workers.inference.heartbeat import WorkerHeartbeat
 
-pytestmark = pytest.mark.integration
+# A gateway feature above the Kafka port: on the production engine only (the port's own
+# behaviour is proven on both engines by tests/kafka_contract.py and the pipeline tests),
+# which keeps CI within its time.
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "console"

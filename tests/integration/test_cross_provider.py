@@ -22,7 +22,10 @@ from broker.settings import KafkaSettings
 from simulator import Faults, SimulatorSettings
 from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
 
-pytestmark = pytest.mark.integration
+# A gateway feature above the Kafka port: on the production engine only (the port's own
+# behaviour is proven on both engines by tests/kafka_contract.py and the pipeline tests),
+# which keeps CI within its time.
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
 ANTHROPIC = {"provider": "anthropic", "base_url": SIM_BASE, "model": "claude-sim",
              "input_usd_per_mtok": "3", "output_usd_per_mtok": "15", "timeout_s": 2}

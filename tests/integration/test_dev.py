@@ -126,6 +126,28 @@ def test_sluice_dev_runs_the_whole_stack_and_stops_cleanly(tmp_path: Path, engin
 
         assert asyncio.run(_ledger_rows(endpoints["postgres_dsn"], completion.id)) == 1
 
+        # What the run shows an operator: the console, metrics on every process (the
+        # request just made counted on ingress), spans in the logs, JSON-free text logs.
+        console_page = httpx.get(endpoints["console_url"], timeout=5)
+        assert console_page.status_code == 200 and "<html" in console_page.text.lower()
+        me = httpx.get(f"{endpoints['ingress_url']}/console/api/me", timeout=5,
+                       headers={"Authorization": f"Bearer {endpoints['admin_key']}"})
+        assert me.status_code == 200, me.text
+        scraped = [httpx.get(url, timeout=5) for url in endpoints["metrics_urls"]]
+        assert [r.status_code for r in scraped] == [200] * len(scraped)
+        assert len(scraped) == 1 + len(endpoints["worker_status_urls"]) + 2
+        assert "sluice_queue_depth_messages{" in scraped[0].text  # ingress measures it
+        answered = [line for line in scraped[1].text.splitlines()  # worker-1 answered
+                    if line.startswith("sluice_requests_total{")]
+        assert any('model="gpt-4o-mini"' in line and 'status="succeeded"' in line
+                   for line in answered), answered
+        # Spans go to the processes' logs in batches (every few seconds).
+        worker_log = tmp_path / "state" / "logs" / "worker-1.log"
+        deadline = time.monotonic() + 20
+        while '"name": "chat gpt-4o-mini"' not in worker_log.read_text():
+            assert time.monotonic() < deadline, "no chat span in the worker's log"
+            time.sleep(0.5)
+
         summary = _bench(tmp_path / "state", env, "sync", "--warmup", "0")
         assert summary["ok"] == 40
         assert {"bench", "kafka", "ingress", "worker-1", "ledger"} <= set(

@@ -18,7 +18,10 @@ from broker import metrics
 from broker.settings import KafkaSettings
 from tests.integration.stack import Stack, eventually, running_stack
 
-pytestmark = pytest.mark.integration
+# A gateway feature above the Kafka port: on the production engine only (the port's own
+# behaviour is proven on both engines by tests/kafka_contract.py and the pipeline tests),
+# which keeps CI within its time.
+pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
 MODEL = "gpt-4o-mini"
 HELLO = {"model": MODEL, "messages": [{"role": "user", "content": "Metrics, please."}]}

@@ -38,8 +38,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from broker.batches.files import FileRecord, FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope
 from broker.batches.tables import batch_requests, batches
+from broker.config import SluiceConfig
 from broker.errors import UnsupportedParameter
 from broker.estimates import Estimator
+from broker.guardrails.screening import Guardrails, Screening
 from broker.kafka import (
     Producer,
     encode,
@@ -51,7 +53,7 @@ from broker.settings import KafkaSettings
 from broker.signing import service_headers
 from broker.stores.database import database_errors
 from broker.stores.prices import PriceBook, list_prices
-from schemas import InferenceRequest, Lane
+from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 from workers.batches.native import NativeLane
@@ -73,13 +75,34 @@ def request_id(batch_id: str, line: int) -> str:
     return f"batch_req_{batch_id.removeprefix('batch_')}_{line}"
 
 
+class NativeScreening:
+    """The model's guardrail policies, applied to lines sent to a provider's batch API.
+
+    Lines on the native lane never reach a worker, which screens every other request: they
+    are screened here before they leave. Masked PII stays masked (restoring needs the
+    worker's in-memory mapping, which a batch API does not have); a block answers the line
+    in the error file. Decisions are not recorded in `guardrail_events` for these lines.
+    """
+
+    def __init__(self, config: SluiceConfig | None) -> None:
+        self._guardrails = Guardrails(config.guardrails if config else {})
+        self._policies = ({name: model.guardrails for name, model in config.models.items()}
+                          if config else {})
+
+    def screen(self, model: str, body: ChatCompletionRequest | EmbeddingRequest) -> Screening:
+        """`body` screened by `model`'s policies (unchanged when it has none)."""
+        return self._guardrails.screen(body, self._policies.get(model) or ())
+
+
 class Launcher:
     """Validates and publishes `validating` batches."""
 
     def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
-                 kafka: KafkaSettings, estimator: Estimator, native: NativeLane | None = None):
+                 kafka: KafkaSettings, estimator: Estimator, native: NativeLane | None = None,
+                 screening: NativeScreening | None = None):
         self._engine = engine
         self._native = native
+        self._screening = screening or NativeScreening(None)
         self._estimator = estimator
         self._files = files
         self._producer = producer
@@ -210,8 +233,14 @@ class Launcher:
                 metadata={"batch_id": batch.id, "custom_id": line.custom_id})
             upstream = self._native.upstream_for(message.model) if self._native else None
             if upstream is not None:
+                # No worker sees these lines: the model's guardrails screen them here.
+                screened = self._screening.screen(message.model, line.body)
+                if screened.blocked is not None:
+                    lines[index] = replace(line, body=None, problem=screened.blocked.message,
+                                           code="guardrail_blocked")
+                    continue
                 try:
-                    encoded = upstream.encode_line(message.id, line.body, batch.endpoint)
+                    encoded = upstream.encode_line(message.id, screened.body, batch.endpoint)
                 except UnsupportedParameter as exc:
                     lines[index] = replace(line, body=None, problem=str(exc))
                     continue

@@ -31,7 +31,7 @@ from broker.kafka import (
 from broker.settings import KafkaSettings
 from workers.batches.claims import candidates, claim
 from workers.batches.finalizer import Finalizer
-from workers.batches.launcher import Launcher
+from workers.batches.launcher import Launcher, NativeScreening
 from workers.batches.native import BatchUpstream, NativeLane, native_routes
 from workers.batches.results import record_results
 
@@ -62,6 +62,7 @@ class BatchTracker:
                  upstreams: Mapping[str, BatchUpstream] | None = None):
         self._kafka = kafka
         self._routes = native_routes(config, upstreams or {})
+        self._config = config
         self._estimator = Estimator(config)
         self._settings = settings
         self._engine = engine
@@ -84,7 +85,7 @@ class BatchTracker:
             lane = NativeLane(self._engine, self._routes, self._settings, producer,
                               self._kafka, self._topics)
             launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator,
-                                lane)
+                                lane, NativeScreening(self._config))
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
             # The native lane has a loop of its own: an upload or download of hundreds of
             # megabytes must not hold up launching and finishing other batches.

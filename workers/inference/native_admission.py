@@ -5,7 +5,8 @@ tenant's monthly budgets, the tenant's queue cap). A Kafka-native request signed
 key (`workers.inference.provenance`) never passed that door, so the worker admits it with
 the same `AdmissionControl`, the same estimate and the same shared state before any
 provider call. A refusal ends the request `failed` with the error ingress would have
-answered (`rate_limit_exceeded`, `insufficient_quota`, `queue_full`); nothing is called
+answered (`rate_limit_exceeded`, `insufficient_quota`, `queue_full`, and the access
+approval codes `access_required`, `access_pending`, `access_denied`); nothing is called
 and nothing is billed. Requests our services signed, and unsigned ones on a cluster that
 trusts them, are not admitted again.
 """
@@ -17,7 +18,7 @@ import logging
 import time
 
 from broker.admission import AdmissionControl, KeyCaller
-from broker.errors import DatabaseUnavailable, LimitExceeded
+from broker.errors import AccessNotApproved, DatabaseUnavailable, LimitExceeded
 from broker.kafka import Record, header
 from broker.signing import KEY_ID_HEADER, SERVICE_SIGNER
 from schemas import ErrorInfo, InferenceRequest
@@ -54,8 +55,12 @@ class NativeAdmission:
         delay = 0.5
         while True:
             try:
+                # A model that requires approval (README "Access approval") first.
+                await self._admission.require_access(KeyCaller.of(key), request)
                 await self._admission.admit(KeyCaller.of(key), request)
                 return None
+            except AccessNotApproved as exc:
+                return ErrorInfo(type="permission_denied", code=exc.code, message=str(exc))
             except LimitExceeded as exc:
                 kind = "insufficient_quota" if exc.code == "insufficient_quota" else "requests"
                 return ErrorInfo(type=kind, code=exc.code, message=str(exc))

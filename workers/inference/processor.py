@@ -47,8 +47,11 @@ from schemas import (
 )
 from workers.inference.breakers import BreakerBoard
 from workers.inference.cancels import CancelledIds
+from workers.inference.deployment_stats import DeploymentStats, tracked
+from workers.inference.guardrails import RequestGuard, guarded_emitter
 from workers.inference.lanes import BudgetGates, Reservation
-from workers.inference.routing import backoff_s, effective_deadline, route
+from workers.inference.router import Router
+from workers.inference.routing import backoff_s, effective_deadline
 from workers.inference.streaming import StreamEmitter, StreamProgress
 from workers.inference.tracing import traced_call
 from workers.providers import Provider, ProviderResponse
@@ -105,13 +108,18 @@ class RequestProcessor:
     ):
         self._config = config
         self._estimator = Estimator(config)
-        self._providers = providers
+        # Calls in flight and latency per deployment, for the routing strategies.
+        self.stats = DeploymentStats()
+        self._providers = tracked(providers, self.stats)
         self._clock = clock
         self.breakers = breakers or BreakerBoard(config.circuit_breaker, config.deployments)
         self.cancelled = cancelled or CancelledIds()
         self._rng = rng or random.Random()
+        self.router = Router(config, self.stats, self._rng, self._estimator)
         self.budgets = budgets
-        self._emit = emit
+        # Guardrail policies around each delivery (workers/inference/guardrails.py).
+        self.guard = RequestGuard(config)
+        self._emit = guarded_emitter(emit)
 
     def refused(self, request: InferenceRequest, error: ErrorInfo) -> Outcome:
         """The final answer of a request its limits refused before any call."""
@@ -119,6 +127,12 @@ class RequestProcessor:
                                    attempts=request.attempt))
 
     async def process(self, request: InferenceRequest, priority: Lane | None = None) -> Outcome:
+        """Answer `request` within its guardrail policies: a prompt they block is refused
+        before any call; the answer passes their output rules (see `_answer`)."""
+        return await self.guard.run(request, lambda screened: self._answer(screened, priority),
+                                    self.refused)
+
+    async def _answer(self, request: InferenceRequest, priority: Lane | None = None) -> Outcome:
         """Answer `request`; never raises for provider failures (they become outcomes).
 
         `priority`: the lane it waits in for budget, when not its own (a request moved to
@@ -135,7 +149,14 @@ class RequestProcessor:
         calls = 0
         last_error: ProviderRetriable | None = None
         unsupported: dict[str, UnsupportedParameter] = {}
-        order = route(self._config.models[request.model], self._rng)
+        # Variant, strategy order and context-window rule (workers/inference/router.py).
+        choice = self.router.choose(request)
+        if choice.variant != request.variant:
+            request = request.model_copy(update={"variant": choice.variant})
+        if choice.refusal is not None:
+            return Outcome(self._final(request, RequestStatus.FAILED, error=choice.refusal,
+                                       attempts=request.attempt))
+        order = choice.order
         for index, name in enumerate(order):
             breaker = self.breakers[name]
             if not breaker.allow():
@@ -270,7 +291,7 @@ class RequestProcessor:
             output_tokens=count(progress.generated_text()),
             latency_ms=(self._clock() - started).total_seconds() * 1000,
             status="failed", attempt=request.attempt + calls - 1, started_at=started,
-            finished_at=self._clock())
+            finished_at=self._clock(), variant=request.variant)
         result = self._final(request, status, error=error, deployment=name,
                              provider=provider.name, attempts=request.attempt + calls)
         return Outcome(result, [usage])
@@ -396,6 +417,11 @@ class RequestProcessor:
             created_at=request.created_at,
             finished_at=self._clock(),
             webhook_url=request.webhook_url,
+            # The ledger keeps a succeeded answer in the response cache (README "Caching").
+            cache=request.cache if status is RequestStatus.SUCCEEDED else None,
+            requested_model=request.requested_model,
+            variant=request.variant,
+            shadow_of=request.shadow_of,
         )
 
     def _usage(
@@ -432,6 +458,7 @@ class RequestProcessor:
             attempt=attempt,
             started_at=started,
             finished_at=self._clock(),
+            variant=request.variant,
         )
 
 

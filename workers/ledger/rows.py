@@ -10,6 +10,7 @@ from enum import StrEnum
 from typing import Any, TypeAlias
 
 from broker.errors import PoisonMessage
+from broker.guardrails.screening import MaskedForStorage
 from broker.kafka import (
     ConsumerRecord,
     decode,
@@ -52,6 +53,8 @@ class LedgerRow:
     prompt: Sequence[ChatMessage] | None = None
     # Request rows: the decoded request, so checking who sent it decodes nothing again.
     request: InferenceRequest | None = None
+    # Result rows: the decoded result (the response cache keeps succeeded answers from it).
+    result: InferenceResult | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +123,7 @@ def usage_row(event: UsageEvent) -> dict[str, Any]:
         "status": event.status,
         "started_at": _utc(event.started_at),
         "finished_at": _utc(event.finished_at),
+        "variant": event.variant,
     }
 
 
@@ -136,7 +140,24 @@ def request_row(request: InferenceRequest) -> dict[str, Any]:
         "error": None,
         "created_at": _utc(request.created_at),
         "finished_at": None,
+        **_routing(request),
+        **_template(request),
     }
+
+
+def _template(request: InferenceRequest) -> dict[str, Any]:
+    """The template columns (0018) from the metadata ingress sets on a template call; a
+    version that is not a whole number (a Kafka-native producer's) is left out."""
+    version = request.metadata.get("template_version", "")
+    return {"template": request.metadata.get("template"),
+            "template_version": int(version) if version.isdigit() else None}
+
+
+def _routing(message: InferenceRequest | InferenceResult) -> dict[str, str | None]:
+    """The routing columns (0017), which requests and results both carry: whichever of
+    the two the ledger records first inserts the row with them."""
+    return {"requested_model": message.requested_model, "variant": message.variant,
+            "shadow_of": message.shadow_of}
 
 
 def prompt_json(messages: Iterable[ChatMessage]) -> list[dict[str, Any]]:
@@ -159,10 +180,12 @@ def result_row(result: InferenceResult) -> dict[str, Any]:
         "model": result.model,
         "lane": None,
         "status": result.status.value,
-        "result": result.model_dump(mode="json", exclude_none=True),
+        # Without the cache ticket: it says where the answer is cached, nothing about it.
+        "result": result.model_dump(mode="json", exclude_none=True, exclude={"cache"}),
         "error": result.error.model_dump(mode="json", exclude_none=True) if result.error else None,
         "created_at": _utc(result.created_at),
         "finished_at": _utc(result.finished_at),
+        **_routing(result),
     }
 
 
@@ -178,10 +201,13 @@ def to_row(kind: Kind, record: Record) -> LedgerRow:
     if kind is Kind.REQUEST:
         request = decode(InferenceRequest, record)
         # An embeddings request's input is not kept as a prompt: it is data, often a corpus.
-        prompt = request.body.messages if isinstance(request.body, ChatCompletionRequest) else None
+        prompt: Sequence[ChatMessage] | None = (
+            request.body.messages if isinstance(request.body, ChatCompletionRequest) else None)
+        if prompt is not None and request.guardrails:  # screened: stored masked (if at all)
+            prompt = MaskedForStorage(prompt)
         return LedgerRow(kind, request.id, request_row(request), record, prompt, request)
     result = decode(InferenceResult, record)
-    return LedgerRow(kind, result.request_id, result_row(result), record)
+    return LedgerRow(kind, result.request_id, result_row(result), record, result=result)
 
 
 def plan_batch(topics: Topics, records: Iterable[Record]) -> LedgerBatch:

@@ -30,6 +30,7 @@ from broker.kafka import (
     topics_for,
 )
 from broker.settings import KafkaSettings, LedgerSettings
+from broker.stores.response_cache import keep_answers
 from workers.inference.provenance import RequestProvenance
 from workers.ledger.content import PromptStore
 from workers.ledger.metered import observe_batch
@@ -122,6 +123,10 @@ class Ledger:
         refused = await write_batch(self._engine, batch)
         # Opted-in tenants only (privacy); after the batch, so every request row exists.
         await self._prompts.store(batch)
+        # Succeeded answers of requests with a cache ticket (README "Caching"); after the
+        # batch, off every request's path, and idempotent when the batch is read again.
+        await keep_answers(self._engine, [row.result for row in batch.rows[Kind.RESULT]
+                                          if row.result is not None])
         # Dead letters go out after the rows are durable and before the commit: a crash
         # in between repeats a dead letter at worst, never loses one.
         for poison in [*batch.poison, *refused]:

@@ -31,6 +31,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from broker.stores.database import database_errors, is_data_error, sqlstate
+from broker.stores.guardrail_events import events_of_results, insert_guardrail_events
 from broker.stores.notifications import notify_final_results
 from broker.stores.tables import requests, usage_events
 from workers.ledger.pricing import price_usage
@@ -98,9 +99,21 @@ def request_statement() -> Insert:
     statement = insert(requests)
     return statement.on_conflict_do_update(
         index_elements=[requests.c.id],
-        set_={"lane": statement.excluded.lane, "updated_at": func.now()},
+        # A result recorded first left the template columns null: the request brings them.
+        set_={"lane": statement.excluded.lane, "template": statement.excluded.template,
+              "template_version": statement.excluded.template_version,
+              "updated_at": func.now()},
         where=requests.c.lane.is_(None) & (requests.c.tenant == statement.excluded.tenant),
     )
+
+
+def _routing_kept(new: Any) -> dict[str, Any]:
+    """The routing and template a request row already has, else the incoming row's: a
+    Kafka-native request's variant is assigned by the worker and first known from its
+    result; the template is known from the request only."""
+    return {column: func.coalesce(requests.c[column], new[column])
+            for column in ("variant", "requested_model", "shadow_of", "template",
+                           "template_version")}
 
 
 def result_statement() -> Insert:
@@ -113,6 +126,7 @@ def result_statement() -> Insert:
             "result": statement.excluded.result,
             "error": statement.excluded.error,
             "finished_at": statement.excluded.finished_at,
+            **_routing_kept(statement.excluded),
             "updated_at": func.now(),
         },
         where=(requests.c.status == "queued") & (requests.c.tenant == statement.excluded.tenant),
@@ -140,6 +154,7 @@ def answered_statement() -> Insert:
             "result": final("result"),
             "error": final("error"),
             "finished_at": final("finished_at"),
+            **_routing_kept(new),
             "updated_at": func.now(),
         },
         where=(queued | requests.c.lane.is_(None)) & (requests.c.tenant == new.tenant),
@@ -162,15 +177,19 @@ def pair_answered(
     for each id with both: the result's values with the request's lane (which a result
     does not carry).
     """
-    lanes = {row.key: row.values["lane"] for row in queued}
+    # What only the request knows (a result carries neither lane nor template).
+    request_only = {row.key: {"lane": row.values["lane"],
+                              "template": row.values.get("template"),
+                              "template_version": row.values.get("template_version")}
+                    for row in queued}
     tenants = {row.key: row.values["tenant"] for row in queued}
     # A result naming another tenant is no answer to the request (see `_foreign`).
     answered = {row.key for row in finals
-                if row.key in lanes and tenants[row.key] == row.values["tenant"]}
+                if row.key in request_only and tenants[row.key] == row.values["tenant"]}
     return (
         [row for row in queued if row.key not in answered],
         [row for row in finals if row.key not in answered],
-        [row.values | {"lane": lanes[row.key]} for row in finals if row.key in answered],
+        [row.values | request_only[row.key] for row in finals if row.key in answered],
     )
 
 
@@ -327,6 +346,9 @@ async def write_batch(engine: AsyncEngine, batch: LedgerBatch) -> list[Poison]:
                 if answered:
                     await connection.execute(_ANSWERED, answered)
                 await _write(connection, Kind.RESULT, unanswered_results)
+                # Guardrail decisions of these results, never the matched text.
+                await insert_guardrail_events(connection, events_of_results(
+                    row.values for row in batch.rows[Kind.RESULT]))
                 if settling:
                     await connection.execute(RELEASE_STATEMENT, {"request_ids": settling})
                 # Long polls waiting on these wake at the commit (broker/stores/notifications).
@@ -357,6 +379,9 @@ async def _write_one_by_one(engine: AsyncEngine, batch: LedgerBatch) -> list[Poi
                     orig = exc.orig if exc.orig is not None else exc
                     reason = f"refused by PostgreSQL ({sqlstate(exc)}): {orig}"
                     refused.append(Poison(row.record, reason))
+        await insert_guardrail_events(connection, events_of_results(
+            row.values for row in batch.rows[Kind.RESULT]
+            if all(poison.record is not row.record for poison in refused)))
         await notify_final_results(connection, _final_ids(batch))
     return refused
 

@@ -1,0 +1,1 @@
+"""Feedback on answers: scores per request or batch line, by variant (README "Feedback")."""

@@ -1,0 +1,1 @@
+"""Identity: who may call, as what role (README "Identity and roles")."""

@@ -1,0 +1,39 @@
+"""`sluice templates create|list|show` against a real PostgreSQL."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sluice.cli import main
+from tests.integration.test_prompt_templates import GREET, GREET_V2
+
+pytestmark = pytest.mark.integration
+
+
+def test_cli_creates_lists_and_shows_versions(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SLUICE_DATABASE_URL", database_url)
+    path = tmp_path / "greet.yaml"
+    path.write_text(yaml.safe_dump({key: GREET[key] for key in
+                                    ("messages", "parameters", "variables")}))
+    assert main(["templates", "create", "greet", "--file", str(path)]) == 0
+    assert "template greet version 1 created" in capsys.readouterr().out
+    path.write_text(yaml.safe_dump({key: GREET_V2[key] for key in
+                                    ("messages", "parameters", "variables")}))
+    assert main(["templates", "create", "greet", "--file", str(path)]) == 0
+    assert "version 2" in capsys.readouterr().out
+    assert main(["templates", "list"]) == 0
+    assert capsys.readouterr().out.split("\t")[:3] == ["greet", "v2", "gpt-4o-mini"]
+    assert main(["templates", "show", "greet", "--version", "1"]) == 0
+    assert json.loads(capsys.readouterr().out)["messages"] == GREET["messages"]
+    assert main(["templates", "show", "greet", "--version", "3"]) == 2
+    path.write_text(yaml.safe_dump({"messages": [{"role": "user", "content": "{{ who }}"}],
+                                    "parameters": {"model": "m"}}))
+    assert main(["templates", "create", "greet", "--file", str(path)]) == 2
+    assert "'who'" in capsys.readouterr().err
