@@ -21,13 +21,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.access import ADMIN_ACTOR, AccessGate, Action, parse_resource
-from broker.errors import AuthenticationFailed, InvalidRequest, NotFound, UnknownModel
+from broker.config import SluiceConfig
+from broker.errors import (
+    AccessNotApproved,
+    AuthenticationFailed,
+    InvalidRequest,
+    NotFound,
+    UnknownModel,
+)
 from broker.stores.access import AccessGrant, AccessStore
 from ingress.admin import is_admin
 from ingress.auth import authenticate
 from ingress.body import read_json_object
 from ingress.envelope import json_response
-from ingress.services import IngressServices
+from ingress.services import IngressServices, Principal
 
 
 def access_gate(services: IngressServices) -> AccessGate:
@@ -133,3 +140,22 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
     async def tenant_list(request: Request) -> Response:
         principal = await authenticate(request, services.api_keys)
         return _listing(await store.grants(tenant=principal.tenant))
+
+
+async def batch_models(request: Request, principal: Principal, config: SluiceConfig,
+                       kind: str) -> list[str]:
+    """The models a new batch of `principal`'s may send lines to: those of `kind` its key
+    may use, and, of those that require approval, only the approved ones (lines for the
+    rest are answered like an unknown model's). Both batch doors use it."""
+    models = []
+    for name, model in config.models.items():
+        if not principal.may_use(name) or model.kind != kind:
+            continue
+        if model.requires_approval:
+            try:
+                await request.app.state.ingress.access.require(
+                    principal.tenant, principal.api_key_id, f"model:{name}")
+            except AccessNotApproved:
+                continue
+        models.append(name)
+    return sorted(models)

@@ -25,7 +25,7 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.errors import InvalidRequest, NotFound
+from broker.errors import AccessNotApproved, InvalidRequest, NotFound
 from broker.feedback.store import FEEDBACK_DIMENSIONS, feedback_report, merge_feedback
 from broker.identity.config import Role
 from broker.stores.access_lists import (
@@ -206,7 +206,7 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
 
     @app.get("/v1/admin/tenants")
     async def tenants_list(request: Request) -> Response:
-        await _require_admin(request, services)
+        await _require_every_tenant(request, services)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
         rules = await alert_rules(engine)
         data = [tenant_body(tenant, accounts.get(f"tenant:{tenant.name}"))
@@ -216,7 +216,7 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
 
     @app.put("/v1/admin/tenants/{name}")
     async def tenants_set(request: Request, name: str) -> Response:
-        await _require_admin(request, services)
+        await _require_every_tenant(request, services)
         data = await read_json_object(request, services.settings.max_body_bytes)
         change = validate_body(TenantChange, data)
         fields = {field: getattr(change, field) for field in change.model_fields_set}
@@ -261,3 +261,11 @@ async def _usage(request: Request, services: IngressServices, engine: AsyncEngin
     if tenant is not None:  # README "Budget alerts"
         body["alerts"] = await alerts_section(engine, tenant)
     return json_response(body)
+
+
+async def _require_every_tenant(request: Request, services: IngressServices) -> None:
+    """Tenants' budgets, lists and settings are the admin's alone (a tenant admin's scope
+    is its own tenant's keys, not the tenants)."""
+    if await _require_admin(request, services) is not None:
+        raise AccessNotApproved("Tenants are managed with the admin key or the 'admin' role.",
+                                code="insufficient_role")

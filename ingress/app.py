@@ -116,8 +116,7 @@ class Ingress:
             route = "/v1/embeddings" if model.kind == "embedding" else "/v1/chat/completions"
             raise InvalidRequest(f"The model '{body.model}' is an {model.kind} model; call it "
                                  f"at {route}.", param="model", code="wrong_model_kind")
-        if model.requires_approval:  # 403 until an admin approved (README "Access approval")
-            await self.access.require(principal.tenant, principal.api_key_id, f"model:{served}")
+        await self._require_access(principal, served)
         now = datetime.now(UTC)
         request_id = f"req_{uuid.uuid4().hex}"
         inference = InferenceRequest(
@@ -142,6 +141,14 @@ class Ingress:
         if self.services.admission is not None:  # last: a refused request counts nothing
             await self.services.admission.admit(principal, inference)
         return inference
+
+    async def _require_access(self, principal: Principal, name: str) -> None:
+        """403 until an admin approved, for a model that requires it (README "Access
+        approval"); `name` may be an alias."""
+        served = resolve_alias(self.services.config, name)
+        model = self.services.config.models.get(served)
+        if model is not None and model.requires_approval:
+            await self.access.require(principal.tenant, principal.api_key_id, f"model:{served}")
 
     async def publish(self, request: Request, inference: InferenceRequest) -> None:
         try:
@@ -176,7 +183,9 @@ class Ingress:
         wait = "respond-async" not in request.headers.get("prefer", "").lower()
         principal, body = await self.receive(request, kind="chat")
         assert isinstance(body, ChatCompletionRequest)
-        # A cache hit is answered here: no admission, no Kafka, no provider call.
+        # A cache hit is answered here: no admission, no Kafka, no provider call; but only
+        # to a caller the model would answer (a denied approval is not served from cache).
+        await self._require_access(principal, body.model)
         cached = await self.cache.lookup(request, principal, body, answer=wait)
         if cached.response is not None:
             return cached.response

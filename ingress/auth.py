@@ -220,5 +220,8 @@ async def admin_scope(request: Request, keys: ApiKeyFinder, *, admin_key: bool) 
     if admin_key:
         return None
     principal = await authenticate(request, keys)
+    # Here too, not only through the route table: a route's path can change (a mount
+    # under a prefix), the scope must not.
+    authorize(principal, "manage_keys")
     return None if role_of(principal) == "admin" else principal.tenant
 

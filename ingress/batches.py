@@ -19,13 +19,13 @@ from starlette.responses import Response
 from broker.batches import store
 from broker.batches.files import FileStore
 from broker.batches.lines import ENDPOINT_KINDS
-from broker.config import ModelConfig
-from broker.errors import AccessNotApproved, InvalidRequest, NotFound
+from broker.errors import InvalidRequest, NotFound
+from ingress.access import batch_models
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.files import register_file_routes
-from ingress.services import IngressServices, Principal
+from ingress.services import IngressServices
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
     from sqlalchemy.ext.asyncio import AsyncEngine
@@ -84,9 +84,7 @@ def register_batch_routes(app: FastAPI, services: IngressServices) -> None:
             raise InvalidRequest("The input file must have purpose 'batch'.",
                                  param="input_file_id")
         # Lines may name the models this key may use that answer the batch's endpoint.
-        models = sorted([name for name, model in services.config.models.items()
-                         if principal.may_use(name) and model.kind == kind
-                         and await _approved(request, principal, name, model)])
+        models = await batch_models(request, principal, services.config, kind)
         batch = await store.create_batch(
             engine, tenant=principal.tenant, api_key_id=principal.api_key_id, models=models,
             endpoint=spec.endpoint, input_file_id=record.id, window=spec.completion_window,
@@ -112,17 +110,3 @@ def register_batch_routes(app: FastAPI, services: IngressServices) -> None:
         tenant, _ = await owned(request, batch_id)
         await store.request_cancel(engine, tenant, batch_id)
         return json_response((await owned(request, batch_id))[1])
-
-
-async def _approved(request: Request, principal: Principal, name: str,
-                    model: ModelConfig) -> bool:
-    """Whether the caller may send batch lines to `name`: a model that requires approval
-    only once it is approved (its lines are otherwise answered like an unknown model's)."""
-    if not model.requires_approval:
-        return True
-    try:
-        await request.app.state.ingress.access.require(
-            principal.tenant, principal.api_key_id, f"model:{name}")
-    except AccessNotApproved:
-        return False
-    return True

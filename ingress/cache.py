@@ -155,7 +155,9 @@ class ResponseCache:
         created = datetime.now(UTC)
         directives = cache_directives(request.headers.get("cache-control"))
         tenant = principal.tenant
-        policies = principal.guardrails or ()
+        # The model's policies and the key's: an answer screened by other policies (a
+        # policy added or removed since) is not this request's answer.
+        policies = (*model.guardrails, *(principal.guardrails or ()))
         key = exact_key(tenant, body, policies=policies)
         parts = (semantic_parts(tenant, body, policies=policies)
                  if settings.semantic is not None else None)

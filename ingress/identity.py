@@ -104,8 +104,11 @@ class JwksCache:
                     raise ValueError("JWKS too large")
                 keys = _parse_jwks(response.json())
             except (httpx.HTTPError, ValueError) as exc:
-                # Keep serving the keys we had: a flaky issuer must not log everyone out.
+                # Keep serving the keys we had: a flaky issuer must not log everyone out,
+                # and try it again only after the refetch interval, not on every request.
                 if url in self._keys:
+                    self._fetched_at[url] = (self._clock() - self._ttl_s
+                                             + self._min_refetch_s)
                     return
                 raise AuthenticationFailed(
                     "The token's issuer keys could not be fetched; retry later.") from exc
@@ -120,6 +123,9 @@ def _parse_jwks(document: Any) -> dict[str, jwt.PyJWK]:
     for entry in document["keys"][:MAX_KEYS_PER_ISSUER]:
         if not isinstance(entry, dict) or entry.get("use", "sig") != "sig":
             continue
+        if entry.get("kty") not in ("RSA", "EC"):
+            continue  # a shared-secret key would verify HMAC tokens anyone could forge
+
         try:
             key = jwt.PyJWK.from_dict(entry)
         except jwt.PyJWTError:
@@ -181,7 +187,9 @@ def _principal_of(issuer: IssuerConfig, claims: dict[str, Any]) -> TokenPrincipa
     if not isinstance(tenant, str) or not tenant:
         raise AuthenticationFailed(f"The token has no '{issuer.tenant_claim}' claim.")
     subject = str(claims.get("sub", ""))
-    return TokenPrincipal(tenant=tenant, api_key_id=f"jwt:{subject}"[:200],
+    # Per issuer: two issuers' identical `sub` are two callers (limits, approvals).
+    issuer_tag = hashlib.sha256(issuer.issuer.encode()).hexdigest()[:8]
+    return TokenPrincipal(tenant=tenant, api_key_id=f"jwt:{issuer_tag}:{subject}"[:200],
                           role=_role_of(issuer, claims.get(issuer.role_claim)),
                           issuer=issuer.issuer, subject=subject)
 

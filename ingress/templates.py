@@ -83,7 +83,7 @@ def _require_admin(request: Request, ingress: Ingress) -> None:
 def _version(raw: object, param: str = "version") -> int | None:
     if raw is None:
         return None
-    if isinstance(raw, str) and raw.isdigit():
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 9:
         raw = int(raw)
     if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
         raise InvalidRequest("version must be a positive integer.", param=param)

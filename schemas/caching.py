@@ -20,7 +20,8 @@ class CacheTicket(BaseModel):
 
     key: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     """The exact cache key: sha256 hex of the request's canonical form, tenant included."""
-    ttl_s: Annotated[float, Field(gt=0)]
+    # A year at most, and a real number: a producer's 1e12 or inf must not reach timedelta.
+    ttl_s: Annotated[float, Field(gt=0, le=366 * 24 * 3600, allow_inf_nan=False)]
     """How long the answer stays servable, from the result's `finished_at`."""
     rest_hash: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")] | None = None
     """Semantic cache only: the hash of everything but the last user turn."""

@@ -41,14 +41,25 @@ class Access:
         """Whether a caller at `address` passes these lists (no lists: everyone)."""
         if not self.allow_lists and not self.deny:
             return True
-        try:
-            ip = ipaddress.ip_address(address)
-        except ValueError:
+        ip = peer_ip(address)
+        if ip is None:
             return False  # no usable peer address (a Unix socket): lists refuse it
         if any(ip in network for network in networks(self.deny)):
             return False
         return all(any(ip in network for network in networks(allow))
                    for allow in self.allow_lists)
+
+
+def peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """`address` as an IP; an IPv4 client on a dual-stack socket (`::ffff:1.2.3.4`) is its
+    IPv4 address, so IPv4 rules match it (an IPv6 address is never in an IPv4 network)."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
 
 
 @lru_cache(maxsize=1024)

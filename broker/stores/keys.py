@@ -54,6 +54,9 @@ class KeyLimits:
     monthly_budget_tokens: int | None = None
     # Guardrail policies the key's requests pass after their model's own (None: none).
     guardrails: tuple[str, ...] | None = None
+    # admin, tenant_admin, member or analyst (ingress/auth.py); read where a request
+    # arrives without ingress (Kafka-native).
+    role: str = "member"
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,6 +110,7 @@ def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in S
             expires_at=row.expires_at,
             monthly_budget_tokens=row.monthly_budget_tokens,
             guardrails=tuple(row.guardrails) if row.guardrails else None,
+            role=row.role or "member",
         ),
         last_used_at=row.last_used_at,
     )
@@ -127,6 +131,7 @@ _COLUMNS = (
     api_keys.c.last_used_at,
     api_keys.c.monthly_budget_tokens,
     api_keys.c.guardrails,
+    api_keys.c.role,
 )
 
 

@@ -90,6 +90,15 @@ async def vectors_since(engine: AsyncEngine, scope: Scope, since: datetime | Non
 
 
 def _answer_row(result: InferenceResult) -> dict[str, Any] | None:
+    try:
+        return _answer_values(result)
+    except (ValueError, OverflowError) as exc:  # a ticket that cannot be kept is skipped
+        log.warning("response cache: not keeping the answer of %s: %s", result.request_id,
+                    exc)
+        return None
+
+
+def _answer_values(result: InferenceResult) -> dict[str, Any] | None:
     ticket = result.cache
     if ticket is None or result.status is not RequestStatus.SUCCEEDED:
         return None

@@ -26,6 +26,7 @@ from broker.batches import store
 from broker.batches.files import FileRecord, FileStore
 from broker.batches.lines import CHAT_ENDPOINT, LineSplitter
 from broker.errors import InvalidRequest, NotFound
+from ingress.access import batch_models
 from ingress.anthropic.batch_objects import (
     REQUEST_COUNT,
     NewMessageBatch,
@@ -97,8 +98,7 @@ class MessageBatches:
 
         record = await self.files.upload(principal.tenant, "message_batch.jsonl",
                                          lambda: "batch", chunks())
-        models = sorted(name for name, model in self.services.config.models.items()
-                        if principal.may_use(name) and model.kind == "chat")
+        models = await batch_models(request, principal, self.services.config, "chat")
         created = await store.create_batch(
             self.engine, tenant=principal.tenant, api_key_id=principal.api_key_id,
             models=models, endpoint=CHAT_ENDPOINT, input_file_id=record.id, window="24h",

@@ -24,7 +24,7 @@ from broker.settings import IngressSettings, KafkaSettings
 from broker.signing import key_headers, key_signing_secret
 from broker.stores.access import AccessStore
 from broker.stores.keys import create_api_key
-from tests.integration.stack import SIM_BASE, Stack, running_stack
+from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
 from tests.integration.test_provenance import _read
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
@@ -209,3 +209,31 @@ async def test_batch_lines_reach_a_gated_model_only_once_approved(stack: Stack) 
         "resource": f"model:{MODEL}", "reason": "nightly batch"})
     await stack.client.post(f"/v1/admin/access/{asked.json()['id']}/approve", headers=ADMIN)
     assert await allowed_models() == [MODEL, "open-model"]
+
+
+async def test_a_denied_caller_gets_no_cached_answer_either(
+    kafka_settings: KafkaSettings, database_url: str
+) -> None:
+    data = _config().model_dump(mode="json", exclude_none=True)
+    data["models"][MODEL]["cache"] = {"ttl_s": 600}
+    ingress = IngressSettings(sync_timeout_s=20, admin_key=ADMIN_KEY)
+    async with running_stack(kafka_settings, database_url, config=parse_config(data),
+                             ingress=ingress) as stack:
+        asked = await stack.client.post("/v1/access/requests", headers=stack.auth, json={
+            "resource": f"model:{MODEL}", "reason": "cached answers"})
+        grant = asked.json()["id"]
+        await stack.client.post(f"/v1/admin/access/{grant}/approve", headers=ADMIN)
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "cache me"}]}
+
+        async def hit() -> bool:
+            response = await stack.client.post("/v1/chat/completions", headers=stack.auth,
+                                               json=body)
+            return response.headers.get("x-sluice-cache") == "hit"
+
+        assert not await hit()  # answered by the provider, kept by the ledger
+        await eventually(hit)  # then answered from the cache
+        await stack.client.post(f"/v1/admin/access/{grant}/deny", headers=ADMIN)
+        refused = await stack.client.post("/v1/chat/completions", headers=stack.auth,
+                                          json=body)
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "access_denied"

@@ -7,6 +7,7 @@ the prompt): restoring and output rules need an answer that repeats the prompt.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -15,12 +16,14 @@ import openai
 import pytest
 from sqlalchemy import text
 
+from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
 from broker.settings import IngressSettings, KafkaSettings
 from broker.stores.keys import KeyLimits, create_api_key
 from broker.stores.tenants import set_tenant
 from tests.integration import stack as stack_module
 from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
+from workers.batches import BatchTracker
 
 # A gateway feature above the Kafka port: on the production engine only (the port's own
 # behaviour is proven on both engines by tests/kafka_contract.py and the pipeline tests),
@@ -193,3 +196,41 @@ async def test_the_admin_api_takes_a_keys_guardrails(stack: Stack) -> None:
     typo = await stack.client.post("/v1/admin/keys", headers=headers, json={
         "tenant": "acme", "guardrails": ["no-crads"]})
     assert typo.status_code == 400 and typo.json()["error"]["param"] == "guardrails"
+
+
+async def test_batch_lines_pass_the_batch_keys_policies(
+    stack: Stack, echo: EchoProvider, kafka_settings: KafkaSettings
+) -> None:
+    # The lines of a batch are sent by the tracker, not by the key: they still pass the
+    # key's policies (a key must not escape them through the Batch API).
+    blocking = await _key(stack, "no-cards")
+    lines = "\n".join(json.dumps({
+        "custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions",
+        "body": {"model": OPEN_MODEL, "messages": [{"role": "user", "content": text}]}})
+        for custom_id, text in (("card", "Charge 4111 1111 1111 1111 please."),
+                                ("plain", "What time is it?")))
+    stop = asyncio.Event()
+    tracker = asyncio.create_task(BatchTracker(
+        kafka_settings, BatchSettings(batch_poll_interval_s=0.05), stack.engine,
+        _config()).run(stop))
+    try:
+        async with stack.openai(blocking) as sdk:
+            file = await sdk.files.create(file=("lines.jsonl", lines.encode()),
+                                          purpose="batch")
+            batch = await sdk.batches.create(input_file_id=file.id,
+                                             endpoint="/v1/chat/completions",
+                                             completion_window="24h")
+
+            async def ended() -> Any:
+                current = await sdk.batches.retrieve(batch.id)
+                return current if current.status == "completed" else None
+
+            done = await eventually(ended, 60)
+            errors = [json.loads(line) for line in
+                      (await sdk.files.content(done.error_file_id)).text.splitlines()]
+    finally:
+        stop.set()
+        await asyncio.wait_for(tracker, 20)
+    assert [e["custom_id"] for e in errors] == ["card"]
+    assert errors[0]["response"]["body"]["error"]["code"] == "guardrail_blocked"
+    assert not any("4111" in prompt for prompt in echo.prompts())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -147,3 +148,29 @@ def test_a_released_retry_is_signed_by_the_services() -> None:
     assert headers["x-sluice-key-id"] == SERVICE_SIGNER.encode()
     assert is_valid(KAFKA, SERVICE_SIGNER, encode(retried),
                     headers["x-sluice-signature"].decode())
+
+
+async def test_a_producer_cannot_drop_its_keys_guardrails_or_bring_a_cache_ticket() -> None:
+    guarded = replace(KEY, limits=replace(KEY.limits, guardrails=("pii",)))
+
+    class Keys:
+        async def get(self, key_id: str) -> ApiKeyRecord | None:
+            return guarded if key_id == KEY.id else None
+
+    request = _request(guardrails=["extra"],
+                       cache={"key": "a" * 64, "ttl_s": 60})
+    served = await RequestProvenance(KAFKA, Keys()).verify(_signed_by_key(request), request)
+    assert served.guardrails == ["pii", "extra"]
+    assert served.cache is None  # tickets are ingress's to issue
+
+
+async def test_an_analyst_key_may_not_call_models_through_kafka() -> None:
+    analyst = replace(KEY, limits=replace(KEY.limits, role="analyst"))
+
+    class Keys:
+        async def get(self, key_id: str) -> ApiKeyRecord | None:
+            return analyst if key_id == KEY.id else None
+
+    request = _request()
+    with pytest.raises(UnprovenRequest, match="analyst"):
+        await RequestProvenance(KAFKA, Keys()).verify(_signed_by_key(request), request)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +53,7 @@ from broker.kafka import (
 from broker.settings import KafkaSettings
 from broker.signing import service_headers
 from broker.stores.database import database_errors
+from broker.stores.keys import find_key_limits
 from broker.stores.prices import PriceBook, list_prices
 from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
@@ -79,9 +81,10 @@ class NativeScreening:
     """The model's guardrail policies, applied to lines sent to a provider's batch API.
 
     Lines on the native lane never reach a worker, which screens every other request: they
-    are screened here before they leave. Masked PII stays masked (restoring needs the
-    worker's in-memory mapping, which a batch API does not have); a block answers the line
-    in the error file. Decisions are not recorded in `guardrail_events` for these lines.
+    are screened here before they leave, by their model's policies and their key's. Masked
+    PII stays masked (restoring needs the worker's in-memory mapping, which a batch API
+    does not have); a block answers the line in the error file. Decisions are not
+    recorded in `guardrail_events` for these lines.
     """
 
     def __init__(self, config: SluiceConfig | None) -> None:
@@ -89,9 +92,12 @@ class NativeScreening:
         self._policies = ({name: model.guardrails for name, model in config.models.items()}
                           if config else {})
 
-    def screen(self, model: str, body: ChatCompletionRequest | EmbeddingRequest) -> Screening:
-        """`body` screened by `model`'s policies (unchanged when it has none)."""
-        return self._guardrails.screen(body, self._policies.get(model) or ())
+    def screen(self, model: str, body: ChatCompletionRequest | EmbeddingRequest,
+               key_policies: Sequence[str] = ()) -> Screening:
+        """`body` screened by `model`'s policies, then the batch key's (unchanged when
+        there are none)."""
+        return self._guardrails.screen(body, [*(self._policies.get(model) or ()),
+                                              *key_policies])
 
 
 class Launcher:
@@ -159,17 +165,18 @@ class Launcher:
     async def _publish(self, batch: Row[Any], record: FileRecord) -> int:
         """The second pass, from where an earlier attempt stopped; the batch's line count."""
         done = int(batch.total)
+        policies = await self._key_policies(batch)
         parser = LineParser(batch.endpoint, frozenset(batch.models),
                             self._files.settings.batch_max_line_bytes, skip=done)
         pending: list[InputLine] = []
         async for data in self._files.read(record):
             pending += await asyncio.to_thread(parser.feed, data)
             while len(pending) >= CHUNK_LINES:
-                done = await self._send(batch, pending[:CHUNK_LINES], done)
+                done = await self._send(batch, pending[:CHUNK_LINES], done, policies)
                 del pending[:CHUNK_LINES]
         pending += await asyncio.to_thread(parser.end)
         if pending:
-            done = await self._send(batch, pending, done)
+            done = await self._send(batch, pending, done, policies)
         if self._native is not None:  # every line is recorded: chunk the native ones
             await self._native.assign(batch.id)
         # A cancel that arrived meanwhile wins: the batch stays `cancelling`.
@@ -179,10 +186,21 @@ class Launcher:
                       in_progress_at=case((launched, func.now()), else_=None))
         return done
 
-    async def _send(self, batch: Row[Any], lines: list[InputLine], done: int) -> int:
+    async def _key_policies(self, batch: Row[Any]) -> tuple[str, ...]:
+        """The guardrail policies of the key that made the batch (its lines pass them as
+        its direct calls would, after their model's own)."""
+        if batch.api_key_id is None:
+            return ()
+        with database_errors(self._engine):
+            limits = await find_key_limits(self._engine, batch.api_key_id)
+        return limits.guardrails or () if limits is not None else ()
+
+    async def _send(self, batch: Row[Any], lines: list[InputLine], done: int,
+                    policies: tuple[str, ...] = ()) -> int:
         """Record and publish `lines`, which follow the first `done`; the lines done now."""
         now = datetime.now(UTC)
-        lines, outgoing, native = await asyncio.to_thread(self._messages, batch, lines, now)
+        lines, outgoing, native = await asyncio.to_thread(self._messages, batch, lines, now,
+                                                          policies)
         rows = [_row(batch.id, line, now) for line in lines]
         with database_errors(self._engine):
             async with self._engine.begin() as connection:
@@ -215,8 +233,8 @@ class Launcher:
         assert isinstance(error, BaseException)
         raise error
 
-    def _messages(self, batch: Row[Any], lines: list[InputLine],
-                  now: datetime) -> tuple[list[InputLine], Outgoing, Native]:
+    def _messages(self, batch: Row[Any], lines: list[InputLine], now: datetime,
+                  policies: tuple[str, ...] = ()) -> tuple[list[InputLine], Outgoing, Native]:
         """The signed messages of `lines` (encoding and signing a large line is CPU work: run
         in a thread), the native lines' rows, and the lines, those Kafka (or the native
         lane's provider) could never take now answered in the error file."""
@@ -230,11 +248,12 @@ class Launcher:
                 id=request_id(batch.id, line.line), model=line.body.model, body=line.body,
                 tenant=batch.tenant, api_key_id=batch.api_key_id, lane=Lane.BATCH,
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
-                metadata={"batch_id": batch.id, "custom_id": line.custom_id})
+                metadata={"batch_id": batch.id, "custom_id": line.custom_id},
+                guardrails=list(policies) or None)
             upstream = self._native.upstream_for(message.model) if self._native else None
             if upstream is not None:
                 # No worker sees these lines: the model's guardrails screen them here.
-                screened = self._screening.screen(message.model, line.body)
+                screened = self._screening.screen(message.model, line.body, policies)
                 if screened.blocked is not None:
                     lines[index] = replace(line, body=None, problem=screened.blocked.message,
                                            code="guardrail_blocked")

@@ -175,8 +175,16 @@ class RequestProvenance:
                                          and len(reply_to) > len(allowed)):
             raise UnprovenRequest(f"key '{key_id}' may not name reply_to '{reply_to}'; "
                                   f"its reply topics start with '{allowed}'")
+        if key.limits.role == "analyst":  # read-only: never a caller of models
+            raise UnprovenRequest(f"key '{key_id}' has the role 'analyst', which may not "
+                                  "call models")
         # reply_to into the body: a retry of it is signed by us, and we sign bodies only.
-        return request.model_copy(update={"api_key_id": key.id, "reply_to": reply_to})
+        # A cache ticket is ingress's alone to issue (a producer's could file its answer
+        # under another request's key); the key's own guardrail policies always apply.
+        guardrails = list(dict.fromkeys([*(key.limits.guardrails or ()),
+                                         *(request.guardrails or ())])) or None
+        return request.model_copy(update={"api_key_id": key.id, "reply_to": reply_to,
+                                          "cache": None, "guardrails": guardrails})
 
     async def key(self, key_id: str) -> ApiKeyRecord | None:
         """The active key `key_id` (cached), waiting a while for PostgreSQL if it is away.

@@ -150,7 +150,10 @@ def _template(request: InferenceRequest) -> dict[str, Any]:
     version that is not a whole number (a Kafka-native producer's) is left out."""
     version = request.metadata.get("template_version", "")
     return {"template": request.metadata.get("template"),
-            "template_version": int(version) if version.isdigit() else None}
+            # ASCII digits only ("²".isdigit() is true, int("²") fails), and a size that
+            # fits the column: a producer's odd metadata must never stall the ledger.
+            "template_version": (int(version) if version.isascii() and version.isdigit()
+                                 and len(version) <= 9 else None)}
 
 
 def _routing(message: InferenceRequest | InferenceResult) -> dict[str, str | None]:
