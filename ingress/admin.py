@@ -163,7 +163,8 @@ def is_admin(request: Request, services: IngressServices) -> bool:
 
 async def _require_admin(request: Request, services: IngressServices) -> str | None:
     """None for the admin; a tenant admin's own tenant (README "Identity and roles")."""
-    return await admin_scope(request, services.api_keys, admin_key=is_admin(request, services))
+    return await admin_scope(request, services.api_keys, admin_key=is_admin(request, services),
+                             permission="manage_keys")
 
 
 def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:

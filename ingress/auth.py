@@ -212,7 +212,8 @@ async def _throttled(request: Request, keys: ApiKeyFinder, secret: str,
     return principal
 
 
-async def admin_scope(request: Request, keys: ApiKeyFinder, *, admin_key: bool) -> str | None:
+async def admin_scope(request: Request, keys: ApiKeyFinder, *, admin_key: bool,
+                      permission: Permission | None = None) -> str | None:
     """The tenants an admin route may touch for this caller: None for every tenant (the
     admin key, or an `admin`-role caller), else the caller's own tenant (a `tenant_admin`
     on the key routes). Anyone else gets 401 or 403 `insufficient_role` from `authenticate`.
@@ -220,8 +221,9 @@ async def admin_scope(request: Request, keys: ApiKeyFinder, *, admin_key: bool) 
     if admin_key:
         return None
     principal = await authenticate(request, keys)
-    # Here too, not only through the route table: a route's path can change (a mount
-    # under a prefix), the scope must not.
-    authorize(principal, "manage_keys")
+    if permission is not None:
+        # Here too, not only through the route table: a route's path can change (a mount
+        # under a prefix), what the route needs must not.
+        authorize(principal, permission)
     return None if role_of(principal) == "admin" else principal.tenant
 
