@@ -50,9 +50,11 @@ async def call(stack: Stack, body: dict[str, Any], **headers: str) -> Any:
 async def recorded(stack: Stack, request_id: str, status: str) -> Any:
     async def row() -> Any:
         async with stack.engine.connect() as connection:
+            # `lane` comes with the request record, as the template does: the ledger may
+            # have recorded the result first.
             return (await connection.execute(text(
                 "SELECT template, template_version FROM requests "
-                "WHERE id = :id AND status = :status"),
+                "WHERE id = :id AND status = :status AND lane IS NOT NULL"),
                 {"id": request_id, "status": status})).one_or_none()
 
     return tuple(await eventually(row))
