@@ -47,6 +47,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.worker")
 
 CLOCK_SKEW_S = 5.0
+LEDGER_CATCH_UP_S = 3.0
+"""How long after taking a partition over a redelivered request waits for the ledger to
+record an answer a dead worker already published (seconds; the ledger writes every few
+hundred milliseconds, more under load)."""
 # Marks a request a worker moved to the batch topic because its tenant was over its share.
 OVERFLOW_HEADER = "x-sluice-overflow"
 
@@ -201,6 +205,12 @@ class ModelConsumer:
         for tp, record, _ in moved:
             self.tracker.finished(tp, record.offset)
 
+    async def _final_or_moved(self, request_ids: list[str]) -> set[str]:
+        done = await self.pool.final_results.already_final(request_ids)
+        if self.lane is Lane.INTERACTIVE:  # moved to the batch topic by a worker before
+            done |= await self.pool.final_results.moved(request_ids)
+        return done
+
     async def _already_final(
         self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
     ) -> set[str]:
@@ -214,9 +224,24 @@ class ModelConsumer:
         if not suspects:
             return set()
         try:
-            done = await self.pool.final_results.already_final(suspects)
-            if self.lane is Lane.INTERACTIVE:  # moved to the batch topic by a worker before
-                done |= await self.pool.final_results.moved(suspects)
+            done = await self._final_or_moved(suspects)
+            # Just after taking a partition over (a worker crashed), a request the dead
+            # worker answered may not be recorded by the ledger yet: give it until
+            # LEDGER_CATCH_UP_S after the assignment, then look once more, so an answer
+            # already published is not called (and billed) a second time.
+            # Only messages older than the assignment (a dead worker's backlog), never
+            # new ones within the clock-skew margin: a fresh worker's first requests must
+            # not wait.
+            older = {request.id: self.assigned_at[tp] for tp, record, request in decoded
+                     if self.assigned_at.get(tp) is not None
+                     and record.timestamp / 1000 < self.assigned_at[tp]}
+            pending = [request_id for request_id in suspects
+                       if request_id in older and request_id not in done]
+            wait_s = max((older[request_id] for request_id in pending), default=0.0) \
+                + LEDGER_CATCH_UP_S - time.time()
+            if pending and wait_s > 0:
+                await asyncio.sleep(wait_s)
+                done |= await self._final_or_moved(pending)
             return done
         except Exception:
             log.warning("results of record unavailable; redelivered requests may be "
