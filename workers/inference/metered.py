@@ -9,7 +9,7 @@ processor stay free of metrics. A call the adapter refuses before sending anythi
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
 from broker.config import SluiceConfig
@@ -57,16 +57,8 @@ class MeteredProvider:
     async def complete(self, body: ChatCompletionRequest, *, timeout_s: float,
                        ) -> ProviderResponse:
         """See `Provider.complete`."""
-        started = time.perf_counter()
-        try:
-            response = await self.inner.complete(body, timeout_s=timeout_s)
-        except UnsupportedParameter:
-            raise
-        except Exception as exc:
-            self._ended("chat", started, exc)
-            raise
-        self._ended("chat", started, None, response)
-        return response
+        return await self._timed("chat", time.perf_counter(),
+                                 self.inner.complete(body, timeout_s=timeout_s))
 
     async def stream(self, body: ChatCompletionRequest, *, timeout_s: float,
                      on_chunk: ChunkSink) -> ProviderResponse:
@@ -82,27 +74,26 @@ class MeteredProvider:
                     time.perf_counter() - started)
             await on_chunk(chunk)
 
-        try:
-            response = await self.inner.stream(body, timeout_s=timeout_s, on_chunk=timed)
-        except UnsupportedParameter:
-            raise
-        except Exception as exc:
-            self._ended("chat", started, exc)
-            raise
-        self._ended("chat", started, None, response)
-        return response
+        return await self._timed("chat", started, self.inner.stream(
+            body, timeout_s=timeout_s, on_chunk=timed))
 
     async def embed(self, body: EmbeddingRequest, *, timeout_s: float) -> ProviderResponse:
         """See `Provider.embed`."""
-        started = time.perf_counter()
+        return await self._timed("embeddings", time.perf_counter(),
+                                 self.inner.embed(body, timeout_s=timeout_s))
+
+    async def _timed(self, operation: str, started: float,
+                     call: Awaitable[ProviderResponse]) -> ProviderResponse:
+        """`call`'s answer, its duration (and tokens) recorded; a request refused before
+        any call (`UnsupportedParameter`) is no provider operation and records nothing."""
         try:
-            response = await self.inner.embed(body, timeout_s=timeout_s)
+            response = await call
         except UnsupportedParameter:
             raise
         except Exception as exc:
-            self._ended("embeddings", started, exc)
+            self._ended(operation, started, exc)
             raise
-        self._ended("embeddings", started, None, response)
+        self._ended(operation, started, None, response)
         return response
 
     def _ended(self, operation: str, started: float, exc: BaseException | None,
