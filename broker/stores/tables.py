@@ -414,6 +414,7 @@ prompt_templates = Table(
     Column("variables", JSONB, nullable=False),
     Column("description", Text, nullable=True),
     timestamp_column("created_at", now=True),
+    Column("requires_approval", Boolean, nullable=False, server_default="false"),
     CheckConstraint("version >= 1", name="version"),
 )
 

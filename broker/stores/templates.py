@@ -24,7 +24,7 @@ def _template(row: Any) -> PromptTemplate:  # a Row of prompt_templates
     return PromptTemplate(
         name=row.name, version=row.version, description=row.description,
         messages=row.messages, parameters=row.parameters, variables=row.variables,
-        created_at=row.created_at,
+        created_at=row.created_at, requires_approval=row.requires_approval,
     )
 
 
@@ -41,7 +41,7 @@ async def create_template(engine: AsyncEngine, spec: TemplateSpec) -> PromptTemp
     statement = insert(table).values(
         name=spec.name, version=following, description=spec.description,
         messages=data["messages"], parameters=data["parameters"],
-        variables=data["variables"],
+        variables=data["variables"], requires_approval=spec.requires_approval,
     ).returning(*table.c)
     # Two writers of one name at once compute the same next version; the primary key
     # refuses the second, which then simply tries again with the version after.

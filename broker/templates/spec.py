@@ -60,6 +60,9 @@ class TemplateSpec(BaseModel):
     parameters: dict[str, Any] = Field(default_factory=dict)
     variables: Annotated[list[TemplateVariable], Field(max_length=100)] = Field(
         default_factory=list)
+    # README "Access approval": callers need an approved grant for `template:<name>`.
+    # The latest version's flag decides for every version (see `approval_resource`).
+    requires_approval: bool = False
 
     @model_validator(mode="after")
     def _consistent(self) -> TemplateSpec:
