@@ -35,4 +35,4 @@ check: setup
 	$(BIN)/lint-imports
 
 test: check kafka
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=30

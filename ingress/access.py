@@ -1,12 +1,15 @@
 """Access approval over HTTP (README "Access approval"): admins decide, tenant keys ask.
 
-    POST /v1/admin/access                 {resource, tenant, key_id?, reason}  (admin key)
-    POST /v1/admin/access/{id}/approve    {reason?}                            (admin key)
-    POST /v1/admin/access/{id}/deny       {reason?}                            (admin key)
-    GET  /v1/admin/access?pending=true&tenant=T                                (admin key)
+    POST /v1/admin/access                 {resource, tenant, key_id?, reason}  (admin)
+    POST /v1/admin/access/{id}/approve    {reason?}                            (admin)
+    POST /v1/admin/access/{id}/deny       {reason?}                            (admin)
+    GET  /v1/admin/access?pending=true&tenant=T                                (admin)
     POST /v1/access/requests              {resource, reason, scope?}           (tenant key)
     GET  /v1/access/requests              the caller's tenant's requests       (tenant key)
 
+"Admin" is the admin key (`SLUICE_ADMIN_KEY`) or any caller whose role is `admin` (an API
+key or an OIDC token, README "Identity and roles"); other roles get 403
+`insufficient_role`. A resource must exist: a configured model, or a stored template.
 A tenant key asks for itself (`scope` "key", the default) or for its whole tenant
 (`scope` "tenant"); only an admin decides. Every change clears this ingress's cache of
 approvals for that tenant, so the caller sees a decision made here on its next call.
@@ -24,14 +27,14 @@ from broker.access import ADMIN_ACTOR, AccessGate, Action, parse_resource
 from broker.config import SluiceConfig
 from broker.errors import (
     AccessNotApproved,
-    AuthenticationFailed,
     InvalidRequest,
     NotFound,
     UnknownModel,
 )
 from broker.stores.access import AccessGrant, AccessStore
+from broker.stores.templates import get_template
 from ingress.admin import is_admin
-from ingress.auth import authenticate
+from ingress.auth import authenticate, authorize, role_of
 from ingress.body import read_json_object
 from ingress.envelope import json_response
 from ingress.services import IngressServices, Principal
@@ -42,6 +45,28 @@ def access_gate(services: IngressServices) -> AccessGate:
     gets through a resource that requires approval."""
     ledger = services.ledger
     return AccessGate(AccessStore(ledger.engine) if ledger is not None else None)
+
+
+async def require_administrator(request: Request, services: IngressServices) -> str:
+    """Return who is administering (the actor the audit records) when the caller is the
+    admin key or has the `admin` role; every admin route that is not one tenant's asks.
+
+    The admin key is recorded as `ADMIN_ACTOR`; an admin-role caller by its own key id
+    (or `jwt:<issuer>:<subject>`), so the audit names the person, not just "an admin".
+
+    Raises:
+        AuthenticationFailed: no or invalid credentials (401).
+        AccessNotApproved: a caller of another role (403 `insufficient_role`).
+    """
+    if is_admin(request, services):
+        return ADMIN_ACTOR
+    principal = await authenticate(request, services.api_keys)
+    # Here too, not only through the route table: a mount under a prefix must not open it.
+    authorize(principal, "administer")
+    if role_of(principal) != "admin":  # `administer` is the admin role's alone today
+        raise AccessNotApproved("This needs the admin key or the 'admin' role.",
+                                code="insufficient_role")
+    return principal.api_key_id
 
 
 def _text(data: dict[str, Any], name: str, *, required: bool = True) -> str:
@@ -64,33 +89,31 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
     store = AccessStore(services.ledger.engine)
     limit = services.settings.max_body_bytes
 
-    def require_admin(request: Request) -> None:
-        if not is_admin(request, services):
-            raise AuthenticationFailed(
-                "This endpoint needs the admin key (SLUICE_ADMIN_KEY) as 'Authorization: "
-                "Bearer'.")
+    engine = services.ledger.engine
 
-    def known(resource: str) -> str:
+    async def known(resource: str) -> str:
         kind, name = parse_resource(resource)
         if kind == "model" and name not in services.config.models:
             raise UnknownModel(name)
+        if kind == "template" and await get_template(engine, name) is None:
+            raise NotFound(f"No template '{name}'.")
         return resource
 
     @app.post("/v1/admin/access")
     async def admin_request(request: Request) -> Response:
-        require_admin(request)
+        actor = await require_administrator(request, services)
         data = await read_json_object(request, limit)
         grant = await store.request(
-            _text(data, "tenant"), known(_text(data, "resource")),
+            _text(data, "tenant"), await known(_text(data, "resource")),
             key_id=_text(data, "key_id", required=False), reason=_text(data, "reason"),
-            actor=ADMIN_ACTOR)
+            actor=actor)
         gate.forget(grant.tenant)
         return json_response(grant.as_json())
 
     async def decide(request: Request, grant_id: str, action: Action) -> Response:
-        require_admin(request)
+        actor = await require_administrator(request, services)
         data = await read_json_object(request, limit) if await request.body() else {}
-        grant = await store.decide(grant_id, action, actor=ADMIN_ACTOR,
+        grant = await store.decide(grant_id, action, actor=actor,
                                    reason=_text(data, "reason", required=False))
         gate.forget(grant.tenant)
         return json_response(grant.as_json())
@@ -105,14 +128,14 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
 
     @app.get("/v1/admin/access")
     async def admin_list(request: Request) -> Response:
-        require_admin(request)
+        await require_administrator(request, services)
         pending = request.query_params.get("pending", "").lower() in ("1", "true", "yes")
         return _listing(await store.grants(tenant=request.query_params.get("tenant"),
                                          pending=pending))
 
     @app.get("/v1/admin/access/{grant_id}")
     async def admin_get(request: Request, grant_id: str) -> Response:
-        require_admin(request)
+        await require_administrator(request, services)
         grant = await store.get(grant_id)
         if grant is None:
             raise NotFound(f"No access request {grant_id!r}.")
@@ -125,7 +148,7 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
         scope = data.get("scope", "key")
         if scope not in ("key", "tenant"):
             raise InvalidRequest("'scope' must be 'key' or 'tenant'.", param="scope")
-        resource = known(_text(data, "resource"))
+        resource = await known(_text(data, "resource"))
         _, model = parse_resource(resource)
         if resource.startswith("model:") and not principal.may_use(model):
             raise UnknownModel(model)  # a key limited to other models learns nothing more

@@ -1,11 +1,13 @@
 """Admin API (keys) and usage queries: the ledger's read and manage side over HTTP.
 
-- `GET /v1/admin/keys[?tenant=]`, `POST /v1/admin/keys`, `POST /v1/admin/keys/{id}/revoke`:
-  the admin key (`SLUICE_ADMIN_KEY`, compared in constant time) or an `admin`-role caller;
-  a `tenant_admin` manages its own tenant's keys (README "Identity and roles"). Without
-  either, 401; a caller of another role, 403 `insufficient_role`.
+- `GET /v1/admin/keys[?tenant=]`, `POST /v1/admin/keys`, `PATCH /v1/admin/keys/{id}` (role,
+  IP lists, budget alerts), `POST /v1/admin/keys/{id}/revoke`: the admin key
+  (`SLUICE_ADMIN_KEY`, compared in constant time) or an `admin`-role caller; a
+  `tenant_admin` manages its own tenant's keys, never the role `admin` (README "Identity
+  and roles"). Without either, 401; a caller of another role, 403 `insufficient_role`.
+  Bodies: `ingress.key_admin`.
 - `GET /v1/admin/tenants`, `PUT /v1/admin/tenants/{name}`: tenant budgets and the
-  content-storage opt-in, with this month's spend (admin key only).
+  content-storage opt-in, with this month's spend (admin key or `admin` role).
 - `GET /v1/usage?from=&to=&group_by=&format=json|csv[&tenant=]`: a normal key sees its own
   tenant's usage only (`tenant` is ignored for it); the admin key sees every tenant's.
 
@@ -17,22 +19,22 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import FastAPI
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.requests import Request
 from starlette.responses import Response
 
 from broker.errors import AccessNotApproved, InvalidRequest, NotFound
 from broker.feedback.store import FEEDBACK_DIMENSIONS, feedback_report, merge_feedback
-from broker.identity.config import Role
 from broker.stores.access_lists import (
-    access_body,
     apply_tenant_ip_fields,
+    ip_lists_body,
+    key_access_changes,
     key_access_of,
-    store_key_access,
+    tenant_ip_lists,
+    update_key_access,
 )
 from broker.stores.admission import month_of
 from broker.stores.budget_alerts import (
@@ -40,11 +42,13 @@ from broker.stores.budget_alerts import (
     alert_rules,
     alerts_section,
     apply_alert_fields,
+    key_scope,
+    last_alerts,
 )
 from broker.stores.keys import (
     ApiKeyRecord,
-    KeyLimits,
     create_api_key,
+    find_key,
     list_api_keys,
     revoke_api_key,
 )
@@ -59,64 +63,11 @@ from broker.stores.usage import csv_text, json_rows, parse_group_by, parse_time,
 from ingress.auth import admin_scope
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
+from ingress.key_admin import KeyChange, NewKey, Usd, key_body, key_body_with_alerts
 from ingress.services import IngressServices
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
     from sqlalchemy.ext.asyncio import AsyncEngine
-
-Usd = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
-
-
-class NewKey(BaseModel):
-    """Body of `POST /v1/admin/keys`."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    tenant: Annotated[str, Field(min_length=1, max_length=200)]
-    name: str | None = None
-    models: list[str] | None = None
-    rpm: Annotated[int, Field(ge=1)] | None = None
-    tpm: Annotated[int, Field(ge=1)] | None = None
-    monthly_budget_usd: Usd | None = None
-    monthly_budget_tokens: Annotated[int, Field(ge=0)] | None = None
-    expires_at: AwareDatetime | None = None
-    # Guardrail policy names (the config's `guardrails`), applied after the model's own.
-    guardrails: list[Annotated[str, Field(min_length=1, max_length=200)]] | None = None
-    # README "Identity and roles": what the key may do, and from which addresses.
-    role: Role = "member"
-    ip_allow: list[str] | None = None
-    ip_deny: list[str] | None = None
-
-    def limits(self) -> KeyLimits:
-        """The key's limits."""
-        return KeyLimits(
-            models=frozenset(self.models) if self.models is not None else None,
-            rpm=self.rpm, tpm=self.tpm, monthly_budget_usd=self.monthly_budget_usd,
-            monthly_budget_tokens=self.monthly_budget_tokens, expires_at=self.expires_at,
-            guardrails=tuple(dict.fromkeys(self.guardrails)) if self.guardrails else None,
-        )
-
-
-def key_body(record: ApiKeyRecord) -> dict[str, Any]:
-    """A key as the admin API shows it: never the secret or its hash."""
-    limits = record.limits
-
-    def when(moment: datetime | None) -> int | None:
-        return int(moment.timestamp()) if moment is not None else None
-
-    return {
-        "id": record.id, "object": "api_key", "tenant": record.tenant, "name": record.name,
-        "prefix": record.prefix, "created_at": when(record.created_at),
-        "revoked_at": when(record.revoked_at), "last_used_at": when(record.last_used_at),
-        "models": sorted(limits.models) if limits.models is not None else None,
-        "rpm": limits.rpm, "tpm": limits.tpm,
-        "monthly_budget_usd": str(limits.monthly_budget_usd)
-        if limits.monthly_budget_usd is not None else None,
-        "monthly_budget_tokens": limits.monthly_budget_tokens,
-        "expires_at": when(limits.expires_at),
-        "guardrails": list(limits.guardrails) if limits.guardrails else None,
-    }
-
 
 class TenantChange(BaseModel):
     """Body of `PUT /v1/admin/tenants/{name}`: fields present change, null clears a budget."""
@@ -177,8 +128,12 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
     @app.get("/v1/admin/keys")
     async def keys_list(request: Request) -> Response:
         scope = await _require_admin(request, services)
-        keys = await list_api_keys(engine, scope or request.query_params.get("tenant"))
-        return json_response({"object": "list", "data": [key_body(key) for key in keys]})
+        tenant = scope or request.query_params.get("tenant")
+        keys = await list_api_keys(engine, tenant)
+        rules, fired = await alert_rules(engine, tenant), await last_alerts(engine, tenant)
+        return json_response({"object": "list", "data": [
+            key_body_with_alerts(key, rules.get(key_scope(key.id)), fired.get(key_scope(key.id)))
+            for key in keys]})
 
     @app.post("/v1/admin/keys")
     async def keys_create(request: Request) -> Response:
@@ -192,9 +147,24 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         if unknown:  # workers would refuse every request of the key: say so now
             raise InvalidRequest(f"Unknown guardrail policy '{unknown[0]}' (the config's "
                                  "`guardrails` declares the policies).", param="guardrails")
-        secret, record = await create_api_key(engine, spec.tenant, spec.name, spec.limits())
-        await store_key_access(engine, record.id, access)
-        return json_response(key_body(record) | access_body(access) | {"secret": secret}, 201)
+        secret, record = await create_api_key(engine, spec.tenant, spec.name,
+                                              spec.limits(access))
+        return json_response(key_body(record) | {"secret": secret}, 201)
+
+    @app.patch("/v1/admin/keys/{key_id}")
+    async def keys_change(request: Request, key_id: str) -> Response:
+        scope = await _require_admin(request, services)
+        data = await read_json_object(request, services.settings.max_body_bytes)
+        fields = validate_body(KeyChange, data).fields()
+        record = await _active_key(engine, key_id, scope)
+        # Everything is checked before anything is stored: a refused change changes nothing.
+        access = key_access_changes(fields, current_role=record.limits.role, scope=scope)
+        await apply_alert_fields(engine, record.tenant, fields, scope=key_scope(key_id))
+        await update_key_access(engine, key_id, access)
+        changed = await _active_key(engine, key_id, scope)
+        rule = (await alert_rules(engine, record.tenant)).get(key_scope(key_id))
+        fired = (await last_alerts(engine, record.tenant)).get(key_scope(key_id))
+        return json_response(key_body_with_alerts(changed, rule, fired))
 
     @app.post("/v1/admin/keys/{key_id}/revoke")
     async def keys_revoke(request: Request, key_id: str) -> Response:
@@ -209,9 +179,10 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
     async def tenants_list(request: Request) -> Response:
         await _require_every_tenant(request, services)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
-        rules = await alert_rules(engine)
+        rules, ip_lists = await alert_rules(engine), await tenant_ip_lists(engine)
         data = [tenant_body(tenant, accounts.get(f"tenant:{tenant.name}"))
                 | alert_fields(rules.get(f"tenant:{tenant.name}"))
+                | ip_lists_body(ip_lists.get(tenant.name))
                 for tenant in await list_tenants(engine)]
         return json_response({"object": "list", "data": data})
 
@@ -262,6 +233,16 @@ async def _usage(request: Request, services: IngressServices, engine: AsyncEngin
     if tenant is not None:  # README "Budget alerts"
         body["alerts"] = await alerts_section(engine, tenant)
     return json_response(body)
+
+
+async def _active_key(engine: AsyncEngine, key_id: str, scope: str | None) -> ApiKeyRecord:
+    """Key `key_id` if it is unrevoked and within `scope` (None: any tenant's), else 404
+    (another tenant's key is not told apart from a missing one)."""
+    record = await find_key(engine, key_id)
+    if record is None or record.revoked_at is not None or (
+            scope is not None and record.tenant != scope):
+        raise NotFound(f"No active key with id '{key_id}'.")
+    return record
 
 
 async def _require_every_tenant(request: Request, services: IngressServices) -> None:

@@ -1,12 +1,17 @@
 """Prompt templates over HTTP (README "Prompt templates").
 
-- `POST /v1/admin/templates` (admin key): create a template, or its next version.
-- `GET /v1/admin/templates`, `GET /v1/admin/templates/{name}[?version=N]` (admin key).
+- `POST /v1/admin/templates` (admin): create a template, or its next version.
+- `GET /v1/admin/templates`, `GET /v1/admin/templates/{name}[?version=N]` (admin).
 - `POST /v1/templates/{name}/completions` (any key): `{"variables": {...}, "version": N,
   ...overrides}` renders the template in the sandbox and runs the result through the
   ordinary chat pipeline (admission, Kafka, workers), waiting, streaming or
   `Prefer: respond-async` exactly like `/v1/chat/completions`. The request carries the
   template and version in its metadata; the ledger stores them in `requests`.
+
+"Admin" is the admin key or an `admin`-role caller (`ingress.access.require_administrator`).
+A template whose latest version has `requires_approval` answers 403 (`access_required`,
+`access_pending`, `access_denied`) until an admin approved `template:<name>` for the
+caller's key or tenant (README "Access approval").
 """
 
 from __future__ import annotations
@@ -18,11 +23,11 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.errors import AuthenticationFailed, InvalidRequest, NotFound
+from broker.errors import InvalidRequest, NotFound
 from broker.stores.templates import create_template, get_template, list_templates
 from broker.templates import PromptTemplate, TemplateSpec, render_body
 from broker.templates.rendering import check_template
-from ingress.admin import is_admin
+from ingress.access import require_administrator
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
@@ -74,12 +79,6 @@ class TemplateCache:
         self._latest.pop(name, None)
 
 
-def _require_admin(request: Request, ingress: Ingress) -> None:
-    if not is_admin(request, ingress.services):
-        raise AuthenticationFailed(
-            "This endpoint needs the admin key (SLUICE_ADMIN_KEY) as 'Authorization: Bearer'.")
-
-
 def _version(raw: object, param: str = "version") -> int | None:
     if raw is None:
         return None
@@ -112,7 +111,7 @@ def register_template_routes(app: FastAPI, ingress: Ingress) -> None:
 
     @app.post("/v1/admin/templates")
     async def templates_create(request: Request) -> Response:
-        _require_admin(request, ingress)
+        await require_administrator(request, ingress.services)
         spec = new_template(await read_json_object(request, limit))
         template = await create_template(engine, spec)
         cache.forget(template.name)  # other ingress instances see it within LATEST_TTL_S
@@ -120,13 +119,13 @@ def register_template_routes(app: FastAPI, ingress: Ingress) -> None:
 
     @app.get("/v1/admin/templates")
     async def templates_list(request: Request) -> Response:
-        _require_admin(request, ingress)
+        await require_administrator(request, ingress.services)
         data = [template.body() for template in await list_templates(engine)]
         return json_response({"object": "list", "data": data})
 
     @app.get("/v1/admin/templates/{name}")
     async def templates_show(request: Request, name: str) -> Response:
-        _require_admin(request, ingress)
+        await require_administrator(request, ingress.services)
         version = _version(request.query_params.get("version"))
         template = await get_template(engine, name, version)
         if template is None:
@@ -142,11 +141,18 @@ async def _completions(request: Request, name: str, ingress: Ingress,
                        cache: TemplateCache) -> Response:
     wait = "respond-async" not in request.headers.get("prefer", "").lower()
     principal = await authenticate(request, ingress.services.api_keys)
+    # The latest version's flag decides for every version: pinning an older version must
+    # not get around a requirement added later. Checked before anything is rendered.
+    latest = await cache.get(name, None)
+    if latest.requires_approval:
+        await ingress.access.require(principal.tenant, principal.api_key_id,
+                                     f"template:{latest.name}")
     data = await read_json_object(request, ingress.services.settings.max_body_bytes)
     variables = data.pop("variables", None) or {}
     if not isinstance(variables, dict):
         raise InvalidRequest("variables must be an object.", param="variables")
-    template = await cache.get(name, _version(data.pop("version", None)))
+    version = _version(data.pop("version", None))
+    template = latest if version is None else await cache.get(name, version)
     body = validate_body(ChatCompletionRequest, render_body(template, variables, data))
     inference = await ingress.admit(request, principal, body, wait=wait)
     # Metadata travels with the request through Kafka to the ledger's `requests` row.

@@ -9,6 +9,7 @@ on the instance that served it.
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -45,15 +46,28 @@ def _print_grant(grant: Any) -> None:
 
 
 def run_access_request(args: argparse.Namespace) -> int:
-    """`sluice access request RESOURCE --tenant T [--key K] --reason R`."""
-    from broker.access import ADMIN_ACTOR
+    """`sluice access request RESOURCE --tenant T [--key K] --reason R`.
+
+    Unlike the HTTP routes, the operator may ask for a template that does not exist yet
+    (approve first, publish later); it is said on stderr in case the name is a typo."""
+    from broker.access import ADMIN_ACTOR, parse_resource
     from broker.stores.access import AccessStore
+    from broker.stores.templates import get_template
     from sluice.keys_cli import with_engine
 
-    grant = with_engine(lambda engine: AccessStore(engine).request(
-        args.tenant, args.resource, key_id=args.key or "", reason=args.reason,
-        actor=ADMIN_ACTOR))
+    kind, name = parse_resource(args.resource)
+
+    async def ask(engine: Any) -> tuple[Any, bool]:
+        exists = kind != "template" or await get_template(engine, name) is not None
+        grant = await AccessStore(engine).request(
+            args.tenant, args.resource, key_id=args.key or "", reason=args.reason,
+            actor=ADMIN_ACTOR)
+        return grant, exists
+
+    grant, exists = with_engine(ask)
     _print_grant(grant)
+    if not exists:
+        print(f"note: no template '{name}' exists yet", file=sys.stderr)
     return 0
 
 

@@ -7,13 +7,13 @@ reads them on its next batch, so a change needs no restart.
 from __future__ import annotations
 
 import argparse
-from decimal import Decimal
 from typing import Any
 
 from broker.errors import ConfigError
 from broker.stores.budget_alerts import (
     AlertRule,
     FiredAlert,
+    describe_alert,
     describe_rule,
     parse_thresholds,
     set_alert_rule,
@@ -68,7 +68,4 @@ def rule_text(rule: AlertRule | None) -> str:
 
 def last_fired_text(alert: FiredAlert | None) -> str:
     """`80% at $4.01 (12-05 14:03)`, or "-"."""
-    if alert is None:
-        return "-"
-    spend = Decimal(alert.spend_usd).quantize(Decimal("0.0001")).normalize()
-    return f"{alert.threshold} at ${spend:f} ({alert.fired_at:%m-%d %H:%M})"
+    return describe_alert(alert)

@@ -18,7 +18,16 @@ from rich.table import Table
 from broker.errors import ConfigError, InvalidRequest
 from broker.settings import DatabaseSettings, KafkaSettings
 from broker.signing import KEY_ID_HEADER, SIGNATURE_HEADER, key_signing_secret
-from broker.stores.access_lists import key_access_of, store_key_access
+from broker.stores.access_lists import checked_cidrs, describe_ip_lists
+from broker.stores.budget_alerts import (
+    AlertRule,
+    FiredAlert,
+    alert_rules,
+    describe_alert,
+    describe_rule,
+    key_scope,
+    last_alerts,
+)
 from broker.stores.database import create_engine
 from broker.stores.keys import (
     ApiKeyRecord,
@@ -87,6 +96,20 @@ def _names(raw: str | None) -> tuple[str, ...] | None:
     return names or None
 
 
+def cidrs_option(raw: str | None, option: str) -> tuple[str, ...] | None:
+    """`--ip-allow 10.0.0.0/8,192.0.2.1` → ("10.0.0.0/8", "192.0.2.1/32"); None for
+    nothing given.
+
+    Raises:
+        ConfigError: naming the option and the entry that is not an address or CIDR.
+    """
+    try:
+        cidrs = checked_cidrs(_names(raw), option.removeprefix("--").replace("-", "_"))
+    except InvalidRequest as exc:
+        raise ConfigError(f"{option}: {exc}") from exc
+    return tuple(cidrs) if cidrs else None
+
+
 def run_keys_create(args: argparse.Namespace) -> int:
     """`sluice keys create --tenant T […]`: print a new key once."""
     limits = KeyLimits(
@@ -97,38 +120,46 @@ def run_keys_create(args: argparse.Namespace) -> int:
         monthly_budget_tokens=args.monthly_budget_tokens,
         expires_at=_expiry(args.expires),
         guardrails=_names(args.guardrails),
+        role=args.role,
+        ip_allow=cidrs_option(args.ip_allow, "--ip-allow"),
+        ip_deny=cidrs_option(args.ip_deny, "--ip-deny"),
     )
-    access = key_access_of(args.role, _names(args.ip_allow), _names(args.ip_deny), scope=None)
-
-    async def create(engine: AsyncEngine) -> tuple[str, ApiKeyRecord]:
-        secret, record = await create_api_key(engine, args.tenant, args.name, limits)
-        await store_key_access(engine, record.id, access)
-        return secret, record
-
-    secret, record = with_engine(create)
+    secret, record = with_engine(
+        lambda engine: create_api_key(engine, args.tenant, args.name, limits))
     print(secret)
-    print(f"(key id {record.id}, tenant {record.tenant}, role {access.role}; shown once, "
-          "store it now)")
+    print(f"(key id {record.id}, tenant {record.tenant}, role {record.limits.role}; shown "
+          "once, store it now)")
     return 0
 
 
 def run_keys_list(args: argparse.Namespace) -> int:
-    """`sluice keys list [--tenant T]`: keys by prefix, never their secrets."""
-    keys = with_engine(lambda e: list_api_keys(e, args.tenant))
-    table = Table("id", "tenant", "name", "prefix", "models", "rpm", "tpm", "budget/mo",
-                  "expires", "guardrails", "status")
+    """`sluice keys list [--tenant T]`: keys by prefix (never their secrets), with their
+    role, IP lists, budget alerts and latest alert."""
+
+    async def load(engine: AsyncEngine) -> tuple[list[ApiKeyRecord], dict[str, AlertRule],
+                                                  dict[str, FiredAlert]]:
+        return (await list_api_keys(engine, args.tenant),
+                await alert_rules(engine, args.tenant), await last_alerts(engine, args.tenant))
+
+    keys, rules, fired = with_engine(load)
+    table = Table("id", "tenant", "name", "prefix", "role", "models", "rpm", "tpm",
+                  "budget/mo", "expires", "guardrails", "ip lists", "alerts", "last alert",
+                  "status")
     for key in keys:
         limits = key.limits
         status = "revoked" if key.revoked_at else "active"
         if limits.expires_at and limits.expires_at <= datetime.now(UTC):
             status = "expired"
         table.add_row(
-            key.id, key.tenant, key.name or "", key.prefix + "…",
+            key.id, key.tenant, key.name or "", key.prefix + "…", limits.role,
             ",".join(sorted(limits.models)) if limits.models is not None else "*",
             _text(limits.rpm), _text(limits.tpm),
             budget_text(limits.monthly_budget_usd, limits.monthly_budget_tokens),
             limits.expires_at.isoformat() if limits.expires_at else "",
-            ",".join(limits.guardrails or ()), status,
+            ",".join(limits.guardrails or ()),
+            describe_ip_lists(limits.ip_allow, limits.ip_deny),
+            describe_rule(rules.get(key_scope(key.id))),
+            describe_alert(fired.get(key_scope(key.id))), status,
         )
     console().print(table)
     return 0

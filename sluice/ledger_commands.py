@@ -46,7 +46,8 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     create.add_argument("--ip-deny", default=None,
                         help="comma-separated CIDRs the key may not be used from")
     create.set_defaults(handler=handler("sluice.keys_cli", "run_keys_create"))
-    listing = key_commands.add_parser("list", help="list API keys (prefix, never the secret)")
+    listing = key_commands.add_parser(
+        "list", help="list API keys (prefix, never the secret), roles, IP lists and alerts")
     listing.add_argument("--tenant", default=None)
     listing.set_defaults(handler=handler("sluice.keys_cli", "run_keys_list"))
     revoke = key_commands.add_parser("revoke", help="revoke an API key by id")
@@ -78,8 +79,15 @@ def add_ledger_commands(commands: Any, ledger: argparse.ArgumentParser,
     tenant_set.add_argument("--store-content", choices=("yes", "no"), default=None,
                             help="keep prompt and completion text (default no)")
     _add_alert_options(tenant_set, "tenant's")
+    tenant_set.add_argument("--ip-allow", default=None,
+                            help="comma-separated CIDRs the tenant's callers may come from "
+                                 "('none' removes the list)")
+    tenant_set.add_argument("--ip-deny", default=None,
+                            help="comma-separated CIDRs the tenant's callers may not come "
+                                 "from ('none' removes the list)")
     tenant_set.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_set"))
-    tenant_list = tenant_commands.add_parser("list", help="tenants and this month's spend")
+    tenant_list = tenant_commands.add_parser(
+        "list", help="tenants: this month's spend, budget alerts and IP lists")
     tenant_list.set_defaults(handler=handler("sluice.tenants_cli", "run_tenants_list"))
 
     prices = commands.add_parser("prices", help="the price catalog (USD per million tokens)")

@@ -61,14 +61,16 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    """`sluice templates list`: name, latest version, model, variables."""
+    """`sluice templates list`: name, latest version, model, variables (`*`: required),
+    and whether callers need approval (the latest version's flag decides for all)."""
     from broker.stores.templates import list_templates
     from sluice.keys_cli import with_engine
 
     for template in with_engine(list_templates):
         variables = ", ".join(v.name + ("*" if v.required else "") for v in template.variables)
+        approval = "requires approval" if template.requires_approval else "open"
         print(f"{template.name}\tv{template.version}\t{template.parameters.get('model')}"
-              f"\t{variables}")
+              f"\t{variables}\t{approval}")
     return 0
 
 

@@ -6,6 +6,11 @@ other than the batch's endpoint, a duplicate `custom_id`, too many lines) fails 
 batch during validation, as OpenAI does. A body that is not a valid chat request, or names
 a model the key may not call, becomes that line's entry in the error file (status 400), as
 does a line over `batch_max_line_bytes` (`request_too_large`): it is never assembled.
+
+In a chat batch a line may also call a prompt template (`"url":
+"/v1/templates/<name>/completions"`, the body of that HTTP route). Parsing only reads the
+call (`TemplateCall`); the template lives in PostgreSQL, so the launcher loads it and
+renders the line later (`broker.batches.template_calls`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
+from broker.templates.spec import valid_name
 from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceResult, RequestStatus
 from schemas.validation import dotted_param, most_specific_error
 
@@ -25,6 +31,9 @@ CHAT_ENDPOINT = "/v1/chat/completions"
 EMBEDDINGS_ENDPOINT = "/v1/embeddings"
 ENDPOINT_KINDS = {CHAT_ENDPOINT: "chat", EMBEDDINGS_ENDPOINT: "embedding"}
 """The Batch API endpoints served, and the kind of model each one calls."""
+TEMPLATE_URL = re.compile(r"/v1/templates/([^/]+)/completions")
+"""The url of a template call, allowed in a batch of `CHAT_ENDPOINT`."""
+_MAX_VERSION = 2**31 - 1  # the version column is a PostgreSQL integer
 
 # OpenAI's codes for final failures other than a provider's own HTTP status.
 _STATUS_FOR_ERROR = {"invalid_request_error": 400, "upstream_error": 502,
@@ -47,8 +56,21 @@ class LineError:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateCall:
+    """What a template line asks for: `version` None means the latest (until rendered:
+    then it is the version the line was rendered from)."""
+
+    name: str
+    version: int | None
+    variables: dict[str, Any]
+    overrides: dict[str, Any]
+    """The rest of the body: parameters over the template's own (as over HTTP)."""
+
+
+@dataclass(frozen=True, slots=True)
 class InputLine:
-    """A structurally valid input line; `body` is None when `problem` says why it is not."""
+    """A structurally valid input line; `body` is None when `problem` says why it is not,
+    or, for a template call (`call`) not rendered yet, when both are None."""
 
     line: int
     custom_id: str
@@ -56,6 +78,19 @@ class InputLine:
     problem: str | None = None
     code: str | None = None
     """OpenAI's error code for `problem`, where one fits (`request_too_large`)."""
+    call: TemplateCall | None = None
+
+    @property
+    def unrendered(self) -> bool:
+        """A template call still waiting for its template."""
+        return self.call is not None and self.body is None and self.problem is None
+
+    def metadata(self) -> dict[str, str]:
+        """The template and version a rendered line came from, as ingress puts them in a
+        request's metadata (strings) for the ledger's `requests` row; else nothing."""
+        if self.call is None or self.call.version is None or self.body is None:
+            return {}
+        return {"template": self.call.name, "template_version": str(self.call.version)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,7 +207,10 @@ def parse_line(number: int, raw: bytes, endpoint: str,
                          "Missing required parameter: 'custom_id'.", "custom_id")
     if data.get("method") != "POST":
         return LineError("invalid_method", number, "Only POST is supported.", "method")
-    if data.get("url") != endpoint:
+    url = data.get("url")
+    called = (TEMPLATE_URL.fullmatch(url) if endpoint == CHAT_ENDPOINT
+              and isinstance(url, str) else None)
+    if url != endpoint and called is None:
         return LineError("mismatched_endpoint", number,
                          f"The url of this line does not match the batch endpoint {endpoint}.",
                          "url")
@@ -180,6 +218,36 @@ def parse_line(number: int, raw: bytes, endpoint: str,
     if not isinstance(body, dict):
         return LineError("missing_required_parameter", number,
                          "Missing required parameter: 'body'.", "body")
+    if called is not None:
+        return template_line(number, custom_id, called.group(1), body)
+    return check_body(number, custom_id, body, endpoint, models)
+
+
+def template_line(number: int, custom_id: str, name: str, body: dict[str, Any]) -> InputLine:
+    """The call a template line makes, read as `POST /v1/templates/{name}/completions`
+    reads its body; or the line's problem."""
+    overrides = dict(body)
+    variables = overrides.pop("variables", None) or {}
+    version = overrides.pop("version", None)
+    if isinstance(version, str) and version.isascii() and version.isdigit() \
+            and len(version) <= 9:
+        version = int(version)
+    if not valid_name(name):
+        return InputLine(number, custom_id, None, f"No template '{name}'.", code="not_found")
+    if not isinstance(variables, dict):
+        return InputLine(number, custom_id, None,
+                         "Invalid value for 'variables': it must be an object.")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
+                                or not 1 <= version <= _MAX_VERSION):
+        return InputLine(number, custom_id, None,
+                         "Invalid value for 'version': it must be a positive integer.")
+    return InputLine(number, custom_id, None,
+                     call=TemplateCall(name, version, variables, overrides))
+
+
+def check_body(number: int, custom_id: str, body: dict[str, Any], endpoint: str,
+               models: frozenset[str]) -> InputLine:
+    """A line's request body checked as a request of `endpoint` to one of `models`."""
     try:
         request: ChatCompletionRequest | EmbeddingRequest
         if endpoint == EMBEDDINGS_ENDPOINT:

@@ -12,16 +12,15 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import cast
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.errors import AccessNotApproved, DatabaseUnavailable, InvalidRequest
 from broker.identity.config import ROLES, Role
 from broker.stores.database import database_errors
-from broker.stores.keys import revoke_api_key
 from broker.stores.tables import api_keys, tenants
 
 
@@ -48,6 +47,14 @@ class Access:
             return False
         return all(any(ip in network for network in networks(allow))
                    for allow in self.allow_lists)
+
+
+@dataclass(frozen=True, slots=True)
+class IpLists:
+    """A tenant's or a key's own lists, as stored (None: no list)."""
+
+    allow: tuple[str, ...] | None = None
+    deny: tuple[str, ...] | None = None
 
 
 def peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
@@ -90,25 +97,67 @@ def checked_role(role: str) -> Role:
     raise InvalidRequest(f"Unknown role '{role}' (one of {', '.join(ROLES)}).", param="role")
 
 
-async def set_key_access(engine: AsyncEngine, key_id: str, *, role: Role,
-                         ip_allow: Sequence[str] | None = None,
-                         ip_deny: Sequence[str] | None = None) -> bool:
-    """Store a key's role and IP lists; False if there is no such key."""
-    statement = (update(api_keys).where(api_keys.c.id == key_id)
-                 .values(role=role, ip_allow=checked_cidrs(ip_allow, "ip_allow"),
-                         ip_deny=checked_cidrs(ip_deny, "ip_deny"))
+async def update_key_access(engine: AsyncEngine, key_id: str,
+                            changes: dict[str, object]) -> bool:
+    """Store the `role`, `ip_allow` and `ip_deny` present in `changes` (already checked with
+    `key_access_changes`); False if there is no such key."""
+    if not changes:
+        return True
+    statement = (update(api_keys).where(api_keys.c.id == key_id).values(**changes)
                  .returning(api_keys.c.id))
     with database_errors(engine):
         async with engine.begin() as connection:
             return (await connection.execute(statement)).one_or_none() is not None
 
 
+def key_access_changes(fields: dict[str, object], *, current_role: str,
+                       scope: str | None) -> dict[str, object]:
+    """Take `role`, `ip_allow` and `ip_deny` out of a key change (`PATCH
+    /v1/admin/keys/{id}`) and check them: lists normalised (null or [] clears one), the
+    role one of ours. A tenant admin (`scope` set) may neither grant `admin` nor touch a
+    key that has it: it could not have made that key either.
+
+    Raises:
+        InvalidRequest: an unknown or null role, or an entry that is not a CIDR.
+        AccessNotApproved: `insufficient_role`, for the tenant admin's cases above.
+    """
+    if scope is not None and current_role == "admin":
+        raise AccessNotApproved("Only the admin may change keys with the role 'admin'.",
+                                code="insufficient_role")
+    changes: dict[str, object] = {}
+    if "role" in fields:
+        role = fields.pop("role")
+        if not isinstance(role, str):
+            raise InvalidRequest("role cannot be null (one of "
+                                 f"{', '.join(ROLES)}).", param="role")
+        changes["role"] = granted_role(role, scope=scope)
+    for name in ("ip_allow", "ip_deny"):
+        if name in fields:
+            cidrs = checked_cidrs(cast("list[str] | None", fields.pop(name)), name)
+            changes[name] = cidrs or None
+    return changes
+
+
 async def apply_tenant_ip_fields(engine: AsyncEngine, tenant: str,
                                  fields: dict[str, object]) -> dict[str, object]:
     """Take `ip_allow`/`ip_deny` out of a tenant change (`PUT /v1/admin/tenants/{name}`)
-    and store those present (null clears a list); returns the tenant's lists as stored."""
-    values = {name: checked_cidrs(cast("list[str] | None", fields.pop(name)), name)
-              for name in ("ip_allow", "ip_deny") if name in fields}
+    and store those present (null clears a list); returns the tenant's lists as the admin
+    API shows them."""
+    changes: dict[str, list[str] | None] = {
+        name: cast("list[str] | None", fields.pop(name))
+        for name in ("ip_allow", "ip_deny") if name in fields}
+    return ip_lists_body(await set_tenant_ip_lists(engine, tenant, changes))
+
+
+async def set_tenant_ip_lists(engine: AsyncEngine, tenant: str,
+                              changes: dict[str, list[str] | None]) -> IpLists:
+    """Store the `ip_allow`/`ip_deny` lists in `changes` (None or [] clears one) for
+    `tenant`, creating its row if needed; returns its lists.
+
+    Raises:
+        InvalidRequest: an entry is not an address or CIDR (nothing is stored).
+    """
+    values = {name: checked_cidrs(cidrs, name) or None for name, cidrs in changes.items()}
     statement = insert(tenants).values(name=tenant, **values)
     statement = (statement.on_conflict_do_update(index_elements=[tenants.c.name], set_=values)
                  if values else statement.on_conflict_do_nothing())
@@ -117,7 +166,35 @@ async def apply_tenant_ip_fields(engine: AsyncEngine, tenant: str,
             await connection.execute(statement)
             row = (await connection.execute(select(tenants.c.ip_allow, tenants.c.ip_deny)
                                             .where(tenants.c.name == tenant))).one()
-    return {"ip_allow": row.ip_allow, "ip_deny": row.ip_deny}
+    return _ip_lists(row)
+
+
+async def tenant_ip_lists(engine: AsyncEngine) -> dict[str, IpLists]:
+    """The IP lists of every tenant that has one, by tenant name."""
+    statement = select(tenants.c.name, tenants.c.ip_allow, tenants.c.ip_deny).where(
+        or_(tenants.c.ip_allow.is_not(None), tenants.c.ip_deny.is_not(None)))
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+    return {row.name: _ip_lists(row) for row in rows}
+
+
+def _ip_lists(row: Any) -> IpLists:  # a Row with ip_allow and ip_deny
+    return IpLists(tuple(row.ip_allow) if row.ip_allow else None,
+                   tuple(row.ip_deny) if row.ip_deny else None)
+
+
+def ip_lists_body(lists: IpLists | None) -> dict[str, object]:
+    """`ip_allow` and `ip_deny` as the admin API shows them (null: no list)."""
+    return {"ip_allow": list(lists.allow) if lists and lists.allow else None,
+            "ip_deny": list(lists.deny) if lists and lists.deny else None}
+
+
+def describe_ip_lists(allow: Sequence[str] | None, deny: Sequence[str] | None) -> str:
+    """`allow 10.0.0.0/8 · deny 10.9.0.0/16` for people, or "-" without lists."""
+    parts = ([f"allow {','.join(allow)}"] if allow else []) + (
+        [f"deny {','.join(deny)}"] if deny else [])
+    return " · ".join(parts) or "-"
 
 
 async def access_of(engine: AsyncEngine, tenant: str, key_id: str | None) -> Access:
@@ -175,34 +252,21 @@ class AccessCache:
         return access
 
 
+def granted_role(role: str, *, scope: str | None) -> Role:
+    """`role` checked, as a caller of `scope` may hand it out: a tenant admin (`scope` set)
+    any role but `admin`."""
+    checked = checked_role(role)
+    if scope is not None and checked == "admin":
+        raise AccessNotApproved("Only the admin may give keys the role 'admin'.",
+                                code="insufficient_role")
+    return checked
+
+
 def key_access_of(role: str, ip_allow: Sequence[str] | None, ip_deny: Sequence[str] | None, *,
                   scope: str | None) -> Access:
     """A new key's role and IP lists, checked before the key exists: a tenant admin
     (`scope` set) may hand out any role but `admin`."""
-    checked = checked_role(role)
-    if scope is not None and checked == "admin":
-        raise AccessNotApproved("Only the admin may create keys with the role 'admin'.",
-                                code="insufficient_role")
     allow = checked_cidrs(ip_allow, "ip_allow")
     deny = checked_cidrs(ip_deny, "ip_deny")
-    return Access(role=checked, allow_lists=(tuple(allow),) if allow else (),
-                  deny=tuple(deny or ()))
-
-
-async def store_key_access(engine: AsyncEngine, key_id: str, access: Access) -> None:
-    """Store a just-created key's access; if that fails the key is revoked, so no key
-    lives with more rights (or fewer address limits) than it was created with."""
-    try:
-        await set_key_access(engine, key_id, role=access.role,
-                             ip_allow=access.allow_lists[0] if access.allow_lists else None,
-                             ip_deny=access.deny or None)
-    except BaseException:
-        await revoke_api_key(engine, key_id)
-        raise
-
-
-def access_body(access: Access) -> dict[str, object]:
-    """A key's access as the admin API shows it."""
-    return {"role": access.role,
-            "ip_allow": list(access.allow_lists[0]) if access.allow_lists else None,
-            "ip_deny": list(access.deny) or None}
+    return Access(role=granted_role(role, scope=scope),
+                  allow_lists=(tuple(allow),) if allow else (), deny=tuple(deny or ()))

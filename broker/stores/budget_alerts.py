@@ -163,6 +163,14 @@ def describe_rule(rule: AlertRule | None) -> str:
     return " · ".join(parts) or "-"
 
 
+def describe_alert(alert: FiredAlert | None) -> str:
+    """`80% at $4.01 (12-05 14:03)`, or "-" when nothing fired."""
+    if alert is None:
+        return "-"
+    spend = Decimal(alert.spend_usd).quantize(Decimal("0.0001")).normalize()
+    return f"{alert.threshold} at ${spend:f} ({alert.fired_at:%m-%d %H:%M})"
+
+
 def _money(amount: Decimal) -> str:
     # Fixed point: Decimal("10.00").normalize() alone prints "1E+1".
     return f"{amount.normalize():f}"
@@ -200,24 +208,33 @@ async def alerts_section(engine: AsyncEngine, tenant: str) -> dict[str, Any]:
 ALERT_FIELDS = ("alert_thresholds_pct", "daily_spend_alert_usd")
 
 
-async def apply_alert_fields(engine: AsyncEngine, tenant: str, fields: dict[str, Any]) -> None:
-    """Take the alert fields of an admin API tenant change out of `fields` and apply them."""
+async def apply_alert_fields(engine: AsyncEngine, tenant: str, fields: dict[str, Any], *,
+                             scope: str | None = None) -> None:
+    """Take the alert fields of an admin API change out of `fields` and apply them to the
+    rule of `scope` (default: the tenant's own; a key's scope for `PATCH
+    /v1/admin/keys/{id}`). Null clears a field."""
     changes: dict[str, Any] = {}
     if "alert_thresholds_pct" in fields:
         changes["thresholds_pct"] = sorted(set(fields.pop("alert_thresholds_pct") or ()))
     if "daily_spend_alert_usd" in fields:
         changes["daily_usd"] = fields.pop("daily_spend_alert_usd")
     if changes:
-        await set_alert_rule(engine, tenant_scope(tenant), tenant, **changes)
+        await set_alert_rule(engine, scope or tenant_scope(tenant), tenant, **changes)
 
 
 def alert_fields(rule: AlertRule | None) -> dict[str, Any]:
-    """A tenant's alert settings as admin API tenant fields."""
+    """A tenant's or key's alert settings as admin API fields."""
     return {
         "alert_thresholds_pct": list(rule.thresholds_pct) if rule else [],
         "daily_spend_alert_usd": (None if rule is None or rule.daily_usd is None
                                   else _money(rule.daily_usd)),
     }
+
+
+def key_alert_fields(rule: AlertRule | None, last: FiredAlert | None) -> dict[str, Any]:
+    """A key's alert settings and its latest alert (None if it never alerted), as the admin
+    API's key bodies show them."""
+    return alert_fields(rule) | {"last_alert": None if last is None else alert_json(last)}
 
 
 async def set_key_alert_rule(engine: AsyncEngine, key_id: str,
@@ -232,11 +249,14 @@ async def set_key_alert_rule(engine: AsyncEngine, key_id: str,
     return await set_alert_rule(engine, key_scope(key_id), tenant, **changes)
 
 
-async def last_alerts(engine: AsyncEngine) -> dict[str, FiredAlert]:
-    """The newest alert of every scope that ever alerted, by scope (one index scan each)."""
+async def last_alerts(engine: AsyncEngine, tenant: str | None = None) -> dict[str, FiredAlert]:
+    """The newest alert of every scope (of `tenant`, or all) that ever alerted, by scope
+    (one index scan each)."""
     fired = budget_alerts_fired.c
     statement = (select(budget_alerts_fired).ext(distinct_on(fired.scope))
                  .order_by(fired.scope, fired.fired_at.desc(), fired.id.desc()))
+    if tenant is not None:
+        statement = statement.where(fired.tenant == tenant)
     with database_errors(engine):
         async with engine.connect() as connection:
             rows = (await connection.execute(statement)).all()

@@ -21,6 +21,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.errors import DatabaseUnavailable
+from broker.stores.access_lists import checked_cidrs, checked_role
 from broker.stores.database import database_errors
 from broker.stores.tables import api_keys
 
@@ -57,6 +58,11 @@ class KeyLimits:
     # admin, tenant_admin, member or analyst (ingress/auth.py); read where a request
     # arrives without ingress (Kafka-native).
     role: str = "member"
+    # CIDRs the key may (not) be used from, normalised (`10.0.0.0/8`); None: no list. The
+    # edge enforces them through `broker.stores.access_lists.AccessCache`, with the
+    # tenant's lists; here they are what the key was given, for creation and display.
+    ip_allow: tuple[str, ...] | None = None
+    ip_deny: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,8 @@ def _record(row: Any) -> ApiKeyRecord:  # a Row of _COLUMNS (typing differs in S
             monthly_budget_tokens=row.monthly_budget_tokens,
             guardrails=tuple(row.guardrails) if row.guardrails else None,
             role=row.role or "member",
+            ip_allow=tuple(row.ip_allow) if row.ip_allow else None,
+            ip_deny=tuple(row.ip_deny) if row.ip_deny else None,
         ),
         last_used_at=row.last_used_at,
     )
@@ -132,22 +140,30 @@ _COLUMNS = (
     api_keys.c.monthly_budget_tokens,
     api_keys.c.guardrails,
     api_keys.c.role,
+    api_keys.c.ip_allow,
+    api_keys.c.ip_deny,
 )
 
 
 async def create_api_key(
     engine: AsyncEngine, tenant: str, name: str | None = None, limits: KeyLimits | None = None
 ) -> tuple[str, ApiKeyRecord]:
-    """Create and store a key for `tenant`, with optional `limits`.
+    """Create and store a key for `tenant`, with optional `limits` (its role and IP lists
+    included, in the same statement: no key exists even briefly with more rights or fewer
+    address limits than it was created with).
 
     Returns:
         The plaintext secret (the only time it is available) and the stored record.
 
     Raises:
+        InvalidRequest: an unknown role, or an IP list entry that is not a CIDR.
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
     new = generate_api_key()
     limits = limits or KeyLimits()
+    role = checked_role(limits.role)
+    ip_allow = checked_cidrs(limits.ip_allow, "ip_allow")
+    ip_deny = checked_cidrs(limits.ip_deny, "ip_deny")
     statement = (
         api_keys.insert()
         .values(
@@ -156,6 +172,7 @@ async def create_api_key(
             rpm=limits.rpm, tpm=limits.tpm, monthly_budget_usd=limits.monthly_budget_usd,
             monthly_budget_tokens=limits.monthly_budget_tokens, expires_at=limits.expires_at,
             guardrails=list(limits.guardrails) if limits.guardrails else None,
+            role=role, ip_allow=ip_allow or None, ip_deny=ip_deny or None,
         )
         .returning(*_COLUMNS)
     )
@@ -192,13 +209,23 @@ async def find_api_key(engine: AsyncEngine, secret: str) -> ApiKeyRecord | None:
     return None if row is None else _record(row)
 
 
-async def find_key_limits(engine: AsyncEngine, key_id: str) -> KeyLimits | None:
-    """The limits of key `key_id` (revoked or not), or None if there is no such key."""
+async def find_key(engine: AsyncEngine, key_id: str) -> ApiKeyRecord | None:
+    """The key with id `key_id`, revoked or expired ones included; None if there is none.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
     statement = select(*_COLUMNS).where(api_keys.c.id == key_id)
     with database_errors(engine):
         async with engine.connect() as connection:
             row = (await connection.execute(statement)).one_or_none()
-    return None if row is None else _record(row).limits
+    return None if row is None else _record(row)
+
+
+async def find_key_limits(engine: AsyncEngine, key_id: str) -> KeyLimits | None:
+    """The limits of key `key_id` (revoked or not), or None if there is no such key."""
+    record = await find_key(engine, key_id)
+    return None if record is None else record.limits
 
 
 async def find_active_key(engine: AsyncEngine, key_id: str) -> ApiKeyRecord | None:

@@ -6,9 +6,10 @@ the exact prompt that request was rendered from.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, or_, select, tuple_
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -82,4 +83,29 @@ async def list_templates(engine: AsyncEngine) -> list[PromptTemplate]:
     with database_errors(engine):
         async with engine.connect() as connection:
             rows = (await connection.execute(query)).all()
+    return [_template(row) for row in rows]
+
+
+async def get_templates(engine: AsyncEngine, names: Collection[str],
+                        pinned: Collection[tuple[str, int]]) -> list[PromptTemplate]:
+    """The latest version of each of `names` and each (name, version) of `pinned`, in one
+    query (a batch launch meets many template lines per chunk); absent ones are left out.
+
+    Raises:
+        DatabaseUnavailable: PostgreSQL cannot be reached.
+    """
+    table = prompt_templates.c
+    wanted: list[Any] = []
+    if names:
+        latest = (select(table.name, func.max(table.version))
+                  .where(table.name.in_(sorted(names))).group_by(table.name))
+        wanted.append(tuple_(table.name, table.version).in_(latest))
+    if pinned:
+        wanted.append(tuple_(table.name, table.version).in_(sorted(pinned)))
+    if not wanted:
+        return []
+    with database_errors(engine):
+        async with engine.connect() as connection:
+            rows = (await connection.execute(select(prompt_templates)
+                                             .where(or_(*wanted)))).all()
     return [_template(row) for row in rows]

@@ -65,6 +65,12 @@ def render_messages(spec: TemplateSpec, variables: dict[str, Any]) -> list[dict[
         except TemplateError as exc:  # SecurityError among them
             raise InvalidRequest(f"Template '{spec.name}' could not render: {exc}",
                                  param="variables", code="template_error") from exc
+        except Exception as exc:
+            # The template's own code failed on these values (`{{ n + 1 }}` given a
+            # string: TypeError): the caller's 400, not our 500.
+            raise InvalidRequest(f"Template '{spec.name}' could not render with these "
+                                 f"variables: {type(exc).__name__}: {exc}", param="variables",
+                                 code="template_error") from exc
         rendered.append({"role": message.role, "content": content})
     return rendered
 

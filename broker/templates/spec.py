@@ -61,7 +61,8 @@ class TemplateSpec(BaseModel):
     variables: Annotated[list[TemplateVariable], Field(max_length=100)] = Field(
         default_factory=list)
     # README "Access approval": callers need an approved grant for `template:<name>`.
-    # The latest version's flag decides for every version (see `approval_resource`).
+    # The latest version's flag decides for every version, so pinning an older one cannot
+    # get around a requirement added later (`ingress.templates`, the batch launcher).
     requires_approval: bool = False
 
     @model_validator(mode="after")

@@ -1,14 +1,16 @@
 """The console's JSON endpoints under `/console/api/`.
 
-Who sees what (the key in `Authorization: Bearer`):
-- the admin key (`SLUICE_ADMIN_KEY`) sees every tenant, and the operator's views that
-  are not any one tenant's: queue depth, deployment budgets, workers and their breakers,
-  dead letters (they hold other tenants' requests), and it alone may replay them;
-- a tenant's API key sees its own tenant only: its throughput, failures, batches and
-  keys (listed read-only: a leaked key must not be able to mint or revoke keys; creating
-  and revoking stay with the admin key at `/v1/admin/keys`). Usage is `/v1/usage`,
-  which already scopes a tenant key to its tenant.
-An admin-only endpoint answers a tenant key 401, as `/v1/admin/*` does.
+Who sees what (the key or token in `Authorization: Bearer`):
+- an admin (the admin key `SLUICE_ADMIN_KEY`, or an API key or OIDC token with the
+  `admin` role) sees every tenant, and the operator's views that are not any one
+  tenant's: queue depth, deployment budgets, workers and their breakers, dead letters
+  (they hold other tenants' requests), and it alone may replay them;
+- any other caller allowed to read usage (`member`, `tenant_admin`, `analyst`) sees its
+  own tenant only: its throughput, failures, batches and keys (listed read-only: a leaked
+  key must not be able to mint or revoke keys; that stays at `/v1/admin/keys`). Usage is
+  `/v1/usage`, which already scopes a tenant caller to its tenant.
+An operator view answers such a caller 403 `insufficient_role`, as `/v1/admin/*` does;
+no credentials, 401.
 """
 
 from __future__ import annotations
@@ -27,16 +29,18 @@ from broker.budgets import DIMENSIONS, BucketState, PostgresBudgetStore
 from broker.budgets.shapes import shape_of
 from broker.budgets.store import describe
 from broker.console.store import recent_batches, recent_failures, throughput
-from broker.errors import AuthenticationFailed, BrokerUnavailable, InvalidRequest
+from broker.errors import BrokerUnavailable, InvalidRequest
 from broker.heartbeats.store import list_heartbeats
 from broker.kafka import KafkaError, topics_for
 from broker.kafka.dead_letters import find_dead_letters, read_dead_letters, replay
 from broker.kafka.lag import consumer_lag
 from broker.stores.keys import list_api_keys
-from ingress.admin import is_admin, key_body
-from ingress.auth import authenticate
+from ingress.access import require_administrator
+from ingress.admin import is_admin
+from ingress.auth import authenticate, role_of
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
+from ingress.key_admin import key_body
 from ingress.services import IngressServices
 from schemas import Lane
 
@@ -73,18 +77,19 @@ class Replay(BaseModel):
 
 
 async def viewer_of(request: Request, services: IngressServices) -> Viewer:
-    """The admin, or the tenant of a valid API key; `AuthenticationFailed` otherwise."""
+    """The admin (the admin key or an `admin`-role caller), or the tenant of any other
+    valid caller; `AuthenticationFailed` or `AccessNotApproved` from `authenticate`."""
     if is_admin(request, services):
         return Viewer(admin=True, tenant=None)
-    return Viewer(admin=False, tenant=(await authenticate(request, services.api_keys)).tenant)
+    principal = await authenticate(request, services.api_keys)
+    if role_of(principal) == "admin":
+        return Viewer(admin=True, tenant=None)
+    return Viewer(admin=False, tenant=principal.tenant)
 
 
 async def admin_of(request: Request, services: IngressServices) -> Viewer:
-    """The admin; anyone else gets `AuthenticationFailed` saying the view is the admin's."""
-    if not is_admin(request, services):
-        raise AuthenticationFailed(
-            "This console view needs the admin key (SLUICE_ADMIN_KEY) as 'Authorization: "
-            "Bearer'; a tenant key sees its own throughput, failures, usage, batches and keys.")
+    """The admin; 401 without credentials, 403 `insufficient_role` for other roles."""
+    await require_administrator(request, services)
     return Viewer(admin=True, tenant=None)
 
 

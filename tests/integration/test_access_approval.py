@@ -91,7 +91,8 @@ async def test_request_approve_deny_and_audit(stack: Stack) -> None:
         # A tenant key cannot decide; the admin lists it as pending and approves.
         forbidden = await stack.client.post(f"/v1/admin/access/{grant['id']}/approve",
                                             headers=stack.auth)
-        assert forbidden.status_code == 401
+        assert forbidden.status_code == 403
+        assert forbidden.json()["error"]["code"] == "insufficient_role"
         pending = await stack.client.get("/v1/admin/access?pending=true", headers=ADMIN)
         assert [item["id"] for item in pending.json()["data"]] == [grant["id"]]
         approved = await stack.client.post(f"/v1/admin/access/{grant['id']}/approve",

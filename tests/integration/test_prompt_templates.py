@@ -67,7 +67,8 @@ async def test_templates_run_sync_streamed_and_async_and_reach_the_ledger(
     async with running_stack(kafka_settings, database_url, ingress=settings) as stack:
         # Only the admin key manages templates.
         refused = await stack.client.post("/v1/admin/templates", json=GREET, headers=stack.auth)
-        assert refused.status_code in (401, 403)  # 403 once roles (issue 24.3) decide
+        assert refused.status_code == 403
+        assert refused.json()["error"]["code"] == "insufficient_role"
         first = await create(stack, GREET)
         assert (first["name"], first["version"]) == ("greet", 1)
 

@@ -76,8 +76,8 @@ async def test_operator_views_refuse_a_tenant_key(client: httpx.AsyncClient, met
                                                   path: str) -> None:
     response = await client.request(method, path, headers=_bearer("sk-acme"),
                                     json={"ids": ["0:0"]})
-    assert response.status_code == 401
-    assert "admin key" in response.json()["error"]["message"]
+    assert response.status_code == 403
+    assert response.json()["error"]["code"] == "insufficient_role"
 
 
 async def test_me_names_the_viewer(client: httpx.AsyncClient) -> None:

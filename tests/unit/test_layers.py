@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -13,4 +14,13 @@ ROOT = Path(__file__).parents[2]
 
 def test_import_contracts_are_kept(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(ROOT)
-    assert lint_imports(config_filename=os.fspath(ROOT / "pyproject.toml"), no_cache=True) == 0
+    # import-linter configures its logging with `dictConfig`, which disables every logger
+    # that exists already (ours included): later tests reading our logs would see nothing.
+    loggers = [logger for logger in logging.root.manager.loggerDict.values()
+               if isinstance(logger, logging.Logger) and not logger.disabled]
+    try:
+        assert lint_imports(config_filename=os.fspath(ROOT / "pyproject.toml"),
+                            no_cache=True) == 0
+    finally:
+        for logger in loggers:
+            logger.disabled = False

@@ -84,6 +84,15 @@ def test_the_sandbox_refuses_attribute_access_to_internals(content: str) -> None
     assert "unsafe" in str(caught.value) or "undefined" in str(caught.value)
 
 
+@pytest.mark.parametrize(("content", "raised"), [
+    ("{{ count + 'x' }}", "TypeError"), ("{{ 1 / count }}", "ZeroDivisionError")])
+def test_a_template_failing_on_the_values_is_the_callers_error(content: str,
+                                                               raised: str) -> None:
+    error = refusal(spec(content), {"name": "Ada", "count": 0})
+    assert (error.code, error.param) == ("template_error", "variables")
+    assert raised in str(error)
+
+
 def test_a_caller_may_not_send_messages() -> None:
     with pytest.raises(InvalidRequest) as caught:
         render_body(spec(), {"name": "Ada"}, {"messages": []})

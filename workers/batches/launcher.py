@@ -30,12 +30,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from sqlalchemy import Row, case, func, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from broker.access import AccessGate
 from broker.batches.files import FileRecord, FileStore
 from broker.batches.lines import InputLine, LineError, error_envelope
 from broker.batches.tables import batch_requests, batches
@@ -52,14 +54,17 @@ from broker.kafka import (
 )
 from broker.settings import KafkaSettings
 from broker.signing import service_headers
+from broker.stores.access import AccessStore
 from broker.stores.database import database_errors
 from broker.stores.keys import find_key_limits
 from broker.stores.prices import PriceBook, list_prices
+from broker.stores.templates import get_templates
 from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceRequest, Lane
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 from workers.batches.native import NativeLane
 from workers.batches.native.store import record_lines
+from workers.batches.templated import BatchTemplates
 from workers.batches.validation import MAX_ERRORS, LineParser, Validation
 
 log = logging.getLogger("sluice.batches")
@@ -114,6 +119,9 @@ class Launcher:
         self._producer = producer
         self._kafka = kafka
         self._topics = topics_for(kafka)
+        # For templates requiring approval. No cache across launches (each launch asks once
+        # per name): an approval must open the next batch at once, not seconds later.
+        self._access = AccessGate(AccessStore(engine), ttl_s=0)
 
     async def launch(self, batch: Row[Any]) -> None:
         """Take a claimed batch to `in_progress` or `failed`, releasing the claim."""
@@ -122,15 +130,19 @@ class Launcher:
             await self._fail(batch, [LineError("file_not_found", 0,
                                                "The input file was deleted.", "input_file_id")])
             return
+        # One for both passes: they read the same templates, so agree on every line.
+        templates = BatchTemplates(partial(get_templates, self._engine), self._access,
+                                   batch.tenant, batch.api_key_id)
         if batch.total == 0:  # else an earlier attempt validated and admitted it
-            errors = await self._validate(batch, record)
+            errors = await self._validate(batch, record, templates)
             if errors is not None:
                 await self._fail(batch, errors)
                 return
-        total = await self._publish(batch, record)
+        total = await self._publish(batch, record, templates)
         log.info("batch %s launched: %d lines", batch.id, total)
 
-    async def _validate(self, batch: Row[Any], record: FileRecord) -> list[LineError] | None:
+    async def _validate(self, batch: Row[Any], record: FileRecord,
+                        templates: BatchTemplates) -> list[LineError] | None:
         """The first pass and the budget hold: what fails the batch, or None."""
         settings = self._files.settings
         validation = Validation(batch.endpoint, frozenset(batch.models),
@@ -138,11 +150,13 @@ class Launcher:
                                 BatchEstimate(await self._prices(), self._estimator))
         complete = True
         async for chunk in self._files.read(record):
-            if not await asyncio.to_thread(validation.feed, chunk):
-                complete = False
+            complete = await asyncio.to_thread(validation.feed, chunk)
+            if not complete:
                 break
+            await templates.settle(validation)
         if complete:
             await asyncio.to_thread(validation.end)
+            await templates.settle(validation)
         errors = validation.errors()
         if errors is not None:
             return errors
@@ -162,19 +176,21 @@ class Launcher:
         await release(self._engine, batch.id, status="failed", failed_at=func.now(),
                       errors=[e.body() for e in errors[:MAX_ERRORS]])
 
-    async def _publish(self, batch: Row[Any], record: FileRecord) -> int:
+    async def _publish(self, batch: Row[Any], record: FileRecord,
+                       templates: BatchTemplates) -> int:
         """The second pass, from where an earlier attempt stopped; the batch's line count."""
         done = int(batch.total)
         policies = await self._key_policies(batch)
-        parser = LineParser(batch.endpoint, frozenset(batch.models),
-                            self._files.settings.batch_max_line_bytes, skip=done)
+        models = frozenset(batch.models)
+        parser = LineParser(batch.endpoint, models, self._files.settings.batch_max_line_bytes,
+                            skip=done)
         pending: list[InputLine] = []
         async for data in self._files.read(record):
-            pending += await asyncio.to_thread(parser.feed, data)
+            pending += await templates.render(await asyncio.to_thread(parser.feed, data), models)
             while len(pending) >= CHUNK_LINES:
                 done = await self._send(batch, pending[:CHUNK_LINES], done, policies)
                 del pending[:CHUNK_LINES]
-        pending += await asyncio.to_thread(parser.end)
+        pending += await templates.render(await asyncio.to_thread(parser.end), models)
         if pending:
             done = await self._send(batch, pending, done, policies)
         if self._native is not None:  # every line is recorded: chunk the native ones
@@ -248,7 +264,9 @@ class Launcher:
                 id=request_id(batch.id, line.line), model=line.body.model, body=line.body,
                 tenant=batch.tenant, api_key_id=batch.api_key_id, lane=Lane.BATCH,
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
-                metadata={"batch_id": batch.id, "custom_id": line.custom_id},
+                # The template and version too, for the ledger's `requests` row.
+                metadata={"batch_id": batch.id, "custom_id": line.custom_id,
+                          **line.metadata()},
                 guardrails=list(policies) or None)
             upstream = self._native.upstream_for(message.model) if self._native else None
             if upstream is not None:

@@ -5,11 +5,16 @@ The launcher runs each call in a worker thread (`asyncio.to_thread`). The tracke
 `sluice ledger`'s event loop, and parsing plus token counting take about 2 s per 4 MB of
 lines: on the loop, one large file would stall the ledger's consumer (and so billing) for
 everyone that long.
+
+Template lines need their templates, read from PostgreSQL between two thread calls: the
+first pass `feed`s a chunk (structure), the launcher loads what its template lines call,
+then `settle` renders and counts the chunk's lines, in order.
 """
 
 from __future__ import annotations
 
 from broker.batches.lines import InputLine, LineError, LineSplitter, RawLine, check_line
+from broker.batches.template_calls import TemplateBook
 from workers.batches.budget import BatchEstimate
 
 MAX_ERRORS = 100
@@ -36,15 +41,32 @@ class Validation:
         self.invalid: list[LineError] = []
         self.fatal_seen = False
         self.total = self.valid = 0
+        self.pending: list[InputLine] = []
+        """Structurally valid lines fed but not `settle`d yet."""
 
     def feed(self, chunk: bytes) -> bool:
-        """Check the lines `chunk` completes; False once the file is refused whole (stop)."""
+        """Check the structure of the lines `chunk` completes (each then waits in `pending`
+        for `settle`); False once the file is refused whole (stop)."""
         return all(self._check(number, raw) for number, raw in self._splitter.feed(chunk))
 
     def end(self) -> None:
-        """Check the last line, if the file does not end with a newline."""
+        """Check the last line, if the file does not end with a newline (`settle` next)."""
         for number, raw in self._splitter.end():
             self._check(number, raw)
+
+    def settle(self, templates: TemplateBook) -> None:
+        """Render the pending template lines (their templates loaded into `templates`),
+        then count and estimate every pending line."""
+        for parsed in self.pending:
+            parsed = templates.render(parsed, self._models)
+            if parsed.body is not None:
+                self.valid += 1
+                self.estimate.add(parsed.body)
+            elif len(self.invalid) < MAX_ERRORS:
+                # Reported in `errors` only if no line at all is valid (else: error file).
+                self.invalid.append(LineError("invalid_request", parsed.line,
+                                              parsed.problem or "", "body"))
+        self.pending.clear()
 
     def errors(self) -> list[LineError] | None:
         """What fails the batch, or None when it may launch."""
@@ -71,19 +93,14 @@ class Validation:
             return True
         if parsed.custom_id:  # a line too long to read may not show its custom_id
             self._seen.add(parsed.custom_id)
-        if parsed.body is not None:
-            self.valid += 1
-            self.estimate.add(parsed.body)
-        elif len(self.invalid) < MAX_ERRORS:
-            # Reported in `errors` only if no line at all is valid (else: error file).
-            self.invalid.append(LineError("invalid_request", number, parsed.problem or "",
-                                          "body"))
+        self.pending.append(parsed)
         return True
 
 
 class LineParser:
     """The second pass: the input lines of a validated file, after the first `skip` (those an
-    earlier attempt launched are only counted, not parsed again)."""
+    earlier attempt launched are only counted, not parsed again). Template lines come back
+    unrendered: the launcher renders them once their templates are loaded."""
 
     def __init__(self, endpoint: str, models: frozenset[str], max_line_bytes: int, skip: int):
         self._endpoint = endpoint

@@ -38,6 +38,7 @@ from broker.kafka import (
 from broker.kafka.fetch_pacing import pacing_for
 from broker.kafka.offsets import OffsetTracker
 from schemas import InferenceRequest, Lane
+from workers.inference.ledger_catch_up import LedgerCatchUp, catch_up_for
 from workers.inference.outcomes import too_large_to_publish
 from workers.inference.tracing import traced_handling
 
@@ -47,10 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("sluice.worker")
 
 CLOCK_SKEW_S = 5.0
-LEDGER_CATCH_UP_S = 3.0
-"""How long after taking a partition over a redelivered request waits for the ledger to
-record an answer a dead worker already published (seconds; the ledger writes every few
-hundred milliseconds, more under load)."""
 # Marks a request a worker moved to the batch topic because its tenant was over its share.
 OVERFLOW_HEADER = "x-sluice-overflow"
 
@@ -88,8 +85,11 @@ class ModelConsumer:
     """Consumes one model's request topic of one lane in its own consumer group."""
 
     def __init__(self, pool: InferencePool, model: str, consumer: Consumer,
-                 lane: Lane = Lane.INTERACTIVE):
+                 lane: Lane = Lane.INTERACTIVE, catch_up: LedgerCatchUp | None = None):
         self.pool = pool
+        # After a takeover: wait for the ledger to record the dead worker's answers.
+        self.catch_up = catch_up or catch_up_for(pool.kafka, pool.final_results)
+        self._stop: asyncio.Event | None = None
         self.model = model
         self.lane = lane
         self.consumer = consumer
@@ -99,6 +99,7 @@ class ModelConsumer:
         self.joined = False  # the group gave us our share (possibly none) at least once
 
     async def run(self, stop: asyncio.Event) -> None:
+        self._stop = stop
         committer = asyncio.create_task(self._commit_periodically(stop))
         pacing = None if self.lane is Lane.BATCH else pacing_for(self.consumer, self.pool.kafka)
         try:
@@ -226,9 +227,9 @@ class ModelConsumer:
         try:
             done = await self._final_or_moved(suspects)
             # Just after taking a partition over (a worker crashed), a request the dead
-            # worker answered may not be recorded by the ledger yet: give it until
-            # LEDGER_CATCH_UP_S after the assignment, then look once more, so an answer
-            # already published is not called (and billed) a second time.
+            # worker answered may not be recorded by the ledger yet: wait until the ledger
+            # has read every result published so far (`workers.inference.ledger_catch_up`),
+            # then look once more, so an answer already published is not billed twice.
             # Only messages older than the assignment (a dead worker's backlog), never
             # new ones within the clock-skew margin: a fresh worker's first requests must
             # not wait.
@@ -237,10 +238,8 @@ class ModelConsumer:
                      and record.timestamp / 1000 < self.assigned_at[tp]}
             pending = [request_id for request_id in suspects
                        if request_id in older and request_id not in done]
-            wait_s = max((older[request_id] for request_id in pending), default=0.0) \
-                + LEDGER_CATCH_UP_S - time.time()
-            if pending and wait_s > 0:
-                await asyncio.sleep(wait_s)
+            if pending and await self.catch_up.after_takeover(
+                    max(older[request_id] for request_id in pending), self._stop):
                 done |= await self._final_or_moved(pending)
             return done
         except Exception:

@@ -29,6 +29,7 @@ from broker.kafka import (
     send_to_dead_letter,
     topics_for,
 )
+from broker.kafka.ledger_offsets import ledger_group
 from broker.settings import KafkaSettings, LedgerSettings
 from broker.stores.response_cache import keep_answers
 from workers.inference.provenance import RequestProvenance
@@ -83,7 +84,7 @@ class Ledger:
     @property
     def group_id(self) -> str:
         """The consumer group, one per topic prefix."""
-        return f"{self._kafka.topic_prefix}ledger"
+        return ledger_group(self._kafka.topic_prefix)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set; an unfinished batch is left for the next run.

@@ -1,0 +1,211 @@
+"""The takeover catch-up: wait for the ledger's committed offsets, capped, shared, or not at all.
+
+Driven with the fake offsets reader (`MemoryLedgerOffsets`) and a fake clock whose sleep
+moves time (and, where a test says so, the ledger) forward: no test waits for real.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Callable, Collection
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from broker.kafka import ConsumerRecord, TopicPartition, new_consumer, topics_for
+from broker.kafka.ledger_offsets import KafkaLedgerOffsets, MemoryLedgerOffsets, ledger_group
+from broker.kafka.memory import memory_broker
+from broker.settings import KafkaSettings
+from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest
+from workers.inference.consumer import ModelConsumer
+from workers.inference.ledger_catch_up import LedgerCatchUp, catch_up_for
+from workers.inference.results import NoResultsOfRecord
+
+
+class FakeClock:
+    """Monotonic time that moves only when slept; `on_sleep` lets the ledger progress."""
+
+    def __init__(self, on_sleep: Callable[[], None] = lambda: None):
+        self.now = 1000.0
+        self.sleeps = 0
+        self._on_sleep = on_sleep
+
+    def __call__(self) -> float:
+        return self.now
+
+    async def sleep(self, seconds: float) -> None:
+        self.sleeps += 1
+        self.now += seconds
+        self._on_sleep()
+
+
+def catch_up(offsets: MemoryLedgerOffsets, clock: FakeClock) -> LedgerCatchUp:
+    return LedgerCatchUp(offsets, max_wait_s=30.0, poll_s=0.2, sleep=clock.sleep, clock=clock)
+
+
+async def test_waits_until_the_ledger_committed_every_captured_end() -> None:
+    offsets = MemoryLedgerOffsets({0: 5, 1: 3, 2: 0}, committed={0: 2, 1: 3})
+    seen_at_each_sleep: list[int] = []
+
+    def ledger_reads_one() -> None:
+        seen_at_each_sleep.append(offsets.committed_offsets[0])
+        offsets.committed_offsets[0] += 1
+        offsets.ends[0] += 1  # results published after the capture are not waited for
+
+    clock = FakeClock(ledger_reads_one)
+    assert await catch_up(offsets, clock).after_takeover(time.time()) is True
+    # Partition 0 went 2 → 5 one record per poll; the wait ended exactly when it reached 5.
+    assert seen_at_each_sleep == [2, 3, 4]
+    assert offsets.committed_offsets[0] == 5
+    assert offsets.end_reads == 1
+    assert offsets.closed == 1
+
+
+async def test_gives_up_at_the_cap_and_names_the_lag(caplog: pytest.LogCaptureFixture) -> None:
+    offsets = MemoryLedgerOffsets({0: 10, 1: 4}, committed={0: 3, 1: 4}, members=False)
+    clock = FakeClock()
+    with caplog.at_level(logging.WARNING, logger="sluice.worker"):
+        assert await catch_up(offsets, clock).after_takeover(time.time()) is True
+    assert clock.now - 1000.0 == pytest.approx(30.0)
+    assert clock.sleeps == 150  # 30 s / 0.2 s: it kept polling, then stopped
+    assert "the ledger is 7 results behind (partitions [0])" in caplog.text
+    assert offsets.closed == 1
+
+
+async def test_a_stopping_worker_stops_waiting() -> None:
+    offsets = MemoryLedgerOffsets({0: 10}, committed={0: 3})
+    stop = asyncio.Event()
+    clock = FakeClock(stop.set)
+    assert await catch_up(offsets, clock).after_takeover(time.time(), stop) is True
+    assert clock.sleeps == 1
+
+
+async def test_no_wait_when_no_ledger_ever_committed_and_none_runs() -> None:
+    offsets = MemoryLedgerOffsets({0: 10, 1: 4}, committed={}, members=False)
+    clock = FakeClock()
+    assert await catch_up(offsets, clock).after_takeover(time.time()) is False
+    assert clock.sleeps == 0
+
+
+async def test_a_ledger_that_joined_but_never_committed_is_waited_for() -> None:
+    offsets = MemoryLedgerOffsets({0: 2}, committed={}, members=True)
+    clock = FakeClock(lambda: offsets.committed_offsets.update({0: 2}))
+    assert await catch_up(offsets, clock).after_takeover(time.time()) is True
+    assert clock.sleeps == 1
+
+
+async def test_one_catch_up_serves_every_partition_taken_over_before_it() -> None:
+    offsets = MemoryLedgerOffsets({0: 5}, committed={0: 4})
+    clock = FakeClock(lambda: offsets.committed_offsets.update({0: 5}))
+    lane = catch_up(offsets, clock)
+    taken_over_at = time.time()
+    first, second = await asyncio.gather(lane.after_takeover(taken_over_at),
+                                         lane.after_takeover(taken_over_at))
+    assert (first, second) == (True, True)
+    # A later batch of the same takeover: already covered, nothing to look up again.
+    assert await lane.after_takeover(taken_over_at) is False
+    assert lane.started == 1
+    assert offsets.end_reads == 1
+    assert clock.sleeps == 1
+    # A partition assigned after that catch-up started is a takeover of its own.
+    assert await lane.after_takeover(time.time() + 1) is True
+    assert lane.started == 2
+
+
+async def test_without_results_of_record_nothing_is_awaited() -> None:
+    settings = KafkaSettings(kafka_bootstrap=f"memory://{uuid.uuid4().hex}")
+    assert await catch_up_for(settings, NoResultsOfRecord()).after_takeover(time.time()) is False
+
+
+# The real reader, on the in-memory broker
+
+
+async def test_kafka_reader_reads_ends_committed_offsets_and_members() -> None:
+    settings = KafkaSettings(kafka_bootstrap=f"memory://{uuid.uuid4().hex}", topic_prefix="c.")
+    results = topics_for(settings).results
+    broker = memory_broker(settings.kafka_bootstrap)
+    broker.create_topic(results, 2)
+    broker.create_topic("c.usage", 1)
+    for partition, count in ((0, 3), (1, 1)):
+        for _ in range(count):
+            broker.append(results, partition, b"k", b"{}", [])
+    reader = KafkaLedgerOffsets(settings)
+    assert await reader.result_ends() == {0: 3, 1: 1}
+    assert await reader.committed([0, 1]) == {}
+    assert await reader.ledger_has_members() is False
+    ledger = new_consumer(settings, client_id="ledger", group_id=ledger_group("c."))
+    ledger.subscribe(pattern=r"^c\.(results|usage)$")
+    await ledger.start()
+    try:
+        await ledger.commit({TopicPartition(results, 0): 2})
+        assert await reader.committed([0, 1]) == {0: 2}
+        assert await reader.ledger_has_members() is True
+    finally:
+        await ledger.stop()
+        await reader.close()
+
+
+# The consumer: who waits
+
+
+class RecordedFinalResults:
+    """Final results the ledger records between the first look-up and the second."""
+
+    def __init__(self, final_after_catch_up: set[str]):
+        self.lookups: list[list[str]] = []
+        self._final = final_after_catch_up
+
+    async def already_final(self, request_ids: Collection[str]) -> set[str]:
+        self.lookups.append(sorted(request_ids))
+        return set() if len(self.lookups) == 1 else self._final.intersection(request_ids)
+
+    async def moved(self, request_ids: Collection[str]) -> set[str]:
+        return set()
+
+
+def _decoded(tp: TopicPartition, request_id: str, at: float,
+             ) -> tuple[TopicPartition, Any, InferenceRequest]:
+    record: ConsumerRecord[bytes, bytes] = ConsumerRecord(
+        tp.topic, tp.partition, 0, int(at * 1000), 0, b"k", b"{}", None, 1, 2, ())
+    request = InferenceRequest(
+        id=request_id, model="m", created_at=datetime.now(UTC),
+        body=ChatCompletionRequest(model="m", messages=[ChatMessage(role="user", content="x")]))
+    return tp, record, request
+
+
+def _lane(final: RecordedFinalResults, offsets: MemoryLedgerOffsets,
+          clock: FakeClock) -> ModelConsumer:
+    pool: Any = SimpleNamespace(final_results=final, kafka=None)
+    return ModelConsumer(pool, "m", consumer=None, catch_up=catch_up(offsets, clock))  # type: ignore[arg-type]
+
+
+async def test_a_redelivered_request_is_skipped_once_the_ledger_caught_up() -> None:
+    offsets = MemoryLedgerOffsets({0: 7}, committed={0: 1})
+    clock = FakeClock(lambda: offsets.committed_offsets.update({0: 7}))
+    final = RecordedFinalResults({"answered"})
+    lane = _lane(final, offsets, clock)
+    tp = TopicPartition("t", 0)
+    lane.assigned_at[tp] = time.time()
+    done = await lane._already_final([_decoded(tp, "answered", lane.assigned_at[tp] - 60)])
+    assert done == {"answered"}
+    assert final.lookups == [["answered"], ["answered"]]
+    assert clock.sleeps == 1
+
+
+async def test_requests_produced_after_the_assignment_never_wait() -> None:
+    offsets = MemoryLedgerOffsets({0: 7}, committed={0: 1})
+    clock = FakeClock()
+    final = RecordedFinalResults(set())
+    lane = _lane(final, offsets, clock)
+    tp = TopicPartition("t", 0)
+    lane.assigned_at[tp] = time.time()
+    # Within the clock-skew margin: checked against the results of record, never waited on.
+    await lane._already_final([_decoded(tp, "new", lane.assigned_at[tp] + 1)])
+    assert final.lookups == [["new"]]
+    assert lane.catch_up.started == 0
+    assert offsets.end_reads == 0

@@ -1,0 +1,133 @@
+"""After a takeover, wait until the ledger has recorded what the dead worker published.
+
+A worker that crashed after publishing a result, but before committing its request's
+offset, leaves that request to be redelivered to the partition's next owner. The results of
+record (`workers.inference.results`) know it is answered only once the ledger has read the
+result; until then the new owner would call the provider, and bill, a second time.
+
+So at a takeover (the first batch of a newly assigned partition that holds requests older
+than the assignment and not yet known to be final) the worker notes the end offsets of the
+results topic (every result published before now is below them) and waits until the
+ledger's consumer group has committed at least those offsets. The ledger commits only after
+its PostgreSQL transaction, so the results of record then hold every such answer. Requests
+produced after the assignment never wait; neither does a worker whose cluster runs no
+ledger (its group never committed and has no member). One catch-up serves every partition
+of the lane taken over at or before it started.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from broker.errors import BrokerUnavailable
+from broker.kafka import KafkaError
+from broker.kafka.ledger_offsets import KafkaLedgerOffsets, LedgerOffsets
+from broker.settings import KafkaSettings
+from workers.inference.results import FinalResults, NoResultsOfRecord
+
+log = logging.getLogger("sluice.worker")
+
+LEDGER_CATCH_UP_MAX_S = 30.0
+"""The longest a takeover waits for the ledger (seconds). A healthy ledger commits every
+few hundred milliseconds, a loaded one within seconds; 30 s also covers a ledger restarting
+(joining its group: a session timeout and a rebalance). Past that the ledger is stopped or
+stuck, and holding the dead worker's requests longer would fail their callers' deadlines:
+they are called, at the risk of a second bill, and the warning names the lag."""
+POLL_S = 0.2
+"""Between two reads of the ledger's committed offsets: one cheap OffsetFetch each."""
+
+
+class Outcome(enum.Enum):
+    """How a catch-up ended."""
+
+    CAUGHT_UP = "caught_up"  # the ledger committed past every result published before it
+    NO_LEDGER = "no_ledger"  # no ledger ever committed and none runs: nothing to wait for
+    GAVE_UP = "gave_up"  # LEDGER_CATCH_UP_MAX_S passed first (or the worker is stopping)
+    UNAVAILABLE = "unavailable"  # Kafka could not tell
+
+
+class LedgerCatchUp:
+    """One lane's catch-ups: at most one running, shared by the partitions it covers.
+
+    Args:
+        offsets: where the ledger's progress is read; None: never wait (no results of
+            record to look in again, e.g. a worker run without a database).
+        max_wait_s, poll_s: see `LEDGER_CATCH_UP_MAX_S` and `POLL_S`.
+        sleep: waits between polls (tests pass a fake clock's).
+        clock: monotonic seconds, for the cap.
+    """
+
+    def __init__(self, offsets: LedgerOffsets | None, *,
+                 max_wait_s: float = LEDGER_CATCH_UP_MAX_S, poll_s: float = POLL_S,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+                 clock: Callable[[], float] = time.monotonic):
+        self._offsets = offsets
+        self._max_wait_s = max_wait_s
+        self._poll_s = poll_s
+        self._sleep = sleep
+        self._clock = clock
+        self._latest: asyncio.Task[Outcome] | None = None
+        self._latest_from = float("-inf")  # wall time its end offsets were captured at
+        self.started = 0  # catch-ups run (the tests' witness that one is shared)
+
+    async def after_takeover(self, assigned_at: float, stop: asyncio.Event | None = None,
+                             ) -> bool:
+        """Wait for the catch-up covering a takeover at `assigned_at` (wall seconds).
+
+        Returns:
+            Whether to look in the results of record again: True when this call waited
+            for a catch-up; False when none applies or one had already finished (a lane
+            dispatches one batch at a time, so its look-up came after that catch-up).
+        """
+        if self._offsets is None:
+            return False
+        if self._latest is None or assigned_at > self._latest_from:
+            self._latest_from = time.time()
+            self._latest = asyncio.create_task(self._catch_up(self._offsets, stop))
+            self.started += 1
+        elif self._latest.done():
+            return False
+        outcome = await self._latest
+        return outcome in (Outcome.CAUGHT_UP, Outcome.GAVE_UP)
+
+    async def _catch_up(self, offsets: LedgerOffsets, stop: asyncio.Event | None) -> Outcome:
+        try:
+            return await self._wait(offsets, stop)
+        except (KafkaError, BrokerUnavailable, OSError) as exc:
+            log.warning("cannot read the ledger's progress (%s); requests taken over are "
+                        "called unless already recorded", exc)
+            return Outcome.UNAVAILABLE
+        finally:
+            await offsets.close()
+
+    async def _wait(self, offsets: LedgerOffsets, stop: asyncio.Event | None) -> Outcome:
+        began = self._clock()
+        deadline = began + self._max_wait_s
+        # Empty partitions hold nothing to wait for.
+        ends = {p: end for p, end in (await offsets.result_ends()).items() if end > 0}
+        committed = await offsets.committed(ends)
+        if not committed and ends and not await offsets.ledger_has_members():
+            log.info("no ledger has ever committed and none runs: not waiting for one")
+            return Outcome.NO_LEDGER
+        while behind := {p: end - committed.get(p, 0) for p, end in ends.items()
+                         if committed.get(p, 0) < end}:
+            if self._clock() >= deadline or (stop is not None and stop.is_set()):
+                log.warning("the ledger is %d results behind (partitions %s) after %.0f s; "
+                            "calling requests taken over, an answer it has not recorded "
+                            "yet may be billed twice", sum(behind.values()),
+                            sorted(behind), self._clock() - began)
+                return Outcome.GAVE_UP
+            await self._sleep(self._poll_s)
+            committed.update(await offsets.committed(behind))
+        return Outcome.CAUGHT_UP
+
+
+def catch_up_for(kafka: KafkaSettings, final_results: FinalResults) -> LedgerCatchUp:
+    """A lane's catch-up: none without results of record to look in again."""
+    if isinstance(final_results, NoResultsOfRecord):
+        return LedgerCatchUp(None)
+    return LedgerCatchUp(KafkaLedgerOffsets(kafka))
