@@ -29,6 +29,7 @@ from starlette.responses import Response
 from broker.errors import AccessNotApproved, InvalidRequest, NotFound
 from broker.feedback.store import FEEDBACK_DIMENSIONS, feedback_report, merge_feedback
 from broker.stores.access_lists import (
+    AccessCache,
     apply_tenant_ip_fields,
     ip_lists_body,
     key_access_changes,
@@ -161,6 +162,7 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         access = key_access_changes(fields, current_role=record.limits.role, scope=scope)
         await apply_alert_fields(engine, record.tenant, fields, scope=key_scope(key_id))
         await update_key_access(engine, key_id, access)
+        _forget_access(request, record.tenant, key_id)  # a demotion counts here at once
         changed = await _active_key(engine, key_id, scope)
         rule = (await alert_rules(engine, record.tenant)).get(key_scope(key_id))
         fired = (await last_alerts(engine, record.tenant)).get(key_scope(key_id))
@@ -169,8 +171,11 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
     @app.post("/v1/admin/keys/{key_id}/revoke")
     async def keys_revoke(request: Request, key_id: str) -> Response:
         scope = await _require_admin(request, services)
-        if scope is not None and key_id not in {k.id for k in await list_api_keys(engine, scope)}:
-            raise NotFound(f"No active key with id '{key_id}'.")
+        record = await _active_key(engine, key_id, scope)
+        if scope is not None and record.limits.role == "admin":
+            # A tenant admin could not have made it, and may not take it away either.
+            raise AccessNotApproved("Only the admin may revoke a key with the role 'admin'.",
+                                    code="insufficient_role")
         if not await revoke_api_key(engine, key_id):
             raise NotFound(f"No active key with id '{key_id}'.")
         return json_response({"id": key_id, "object": "api_key", "revoked": True})
@@ -198,6 +203,7 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
             fields["weight"] = 1.0  # null: back to the default share
         await apply_alert_fields(engine, name, fields)
         ip_lists = await apply_tenant_ip_fields(engine, name, fields)
+        _forget_access(request, name)
         tenant = await set_tenant(engine, name, **fields)
         accounts = await spend_accounts_of(engine, month_of(datetime.now(UTC)))
         rule = (await alert_rules(engine, name)).get(f"tenant:{name}")
@@ -233,6 +239,13 @@ async def _usage(request: Request, services: IngressServices, engine: AsyncEngin
     if tenant is not None:  # README "Budget alerts"
         body["alerts"] = await alerts_section(engine, tenant)
     return json_response(body)
+
+
+def _forget_access(request: Request, tenant: str, key_id: str | None = None) -> None:
+    """Clear this ingress's cached roles and IP lists of `tenant` (or one key of it)."""
+    cache: AccessCache | None = getattr(request.app.state, "access_cache", None)
+    if cache is not None:
+        cache.forget(tenant, key_id)
 
 
 async def _active_key(engine: AsyncEngine, key_id: str, scope: str | None) -> ApiKeyRecord:

@@ -251,6 +251,13 @@ class AccessCache:
             self._entries.popitem(last=False)
         return access
 
+    def forget(self, tenant: str, key_id: str | None = None) -> None:
+        """Drop the cached access of `key_id` of `tenant` (None: every entry of the tenant):
+        a change made through this process takes effect here at once, not within `ttl_s`."""
+        for entry_key in [entry_key for entry_key in self._entries if entry_key[0] == tenant
+                          and (key_id is None or entry_key[1] == key_id)]:
+            del self._entries[entry_key]
+
 
 def granted_role(role: str, *, scope: str | None) -> Role:
     """`role` checked, as a caller of `scope` may hand it out: a tenant admin (`scope` set)

@@ -38,11 +38,18 @@ async def create_template(engine: AsyncEngine, spec: TemplateSpec) -> PromptTemp
     table = prompt_templates
     following = (select(func.coalesce(func.max(table.c.version), 0) + 1)
                  .where(table.c.name == spec.name).scalar_subquery())
+    # A new version that does not say keeps the latest one's approval requirement: fixing
+    # a typo must not open a gated template to everyone (lifting it takes an explicit false).
+    requires_approval: Any = spec.requires_approval
+    if "requires_approval" not in spec.model_fields_set:
+        requires_approval = func.coalesce(
+            select(table.c.requires_approval).where(table.c.name == spec.name)
+            .order_by(table.c.version.desc()).limit(1).scalar_subquery(), False)
     data = spec.model_dump(mode="json")
     statement = insert(table).values(
         name=spec.name, version=following, description=spec.description,
         messages=data["messages"], parameters=data["parameters"],
-        variables=data["variables"], requires_approval=spec.requires_approval,
+        variables=data["variables"], requires_approval=requires_approval,
     ).returning(*table.c)
     # Two writers of one name at once compute the same next version; the primary key
     # refuses the second, which then simply tries again with the version after.

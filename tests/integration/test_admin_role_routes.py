@@ -6,13 +6,10 @@ the console's operator views (and replay dead letters) like the admin key; `memb
 from __future__ import annotations
 
 import hashlib
-import json
-import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import jwt
@@ -25,6 +22,7 @@ from broker.settings import IngressSettings, KafkaSettings
 from broker.signing import service_headers
 from schemas import ChatCompletionRequest, InferenceRequest
 from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
+from tests.jwks_server import serving_jwks
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
@@ -53,29 +51,8 @@ ADMIN_ROUTES: list[tuple[str, str, dict[str, Any] | None]] = [
 @pytest.fixture(scope="module")
 def jwks_url() -> Iterator[str]:
     """The issuer's JWKS document, served over real HTTP on loopback."""
-    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(SIGNING_KEY.public_key()))
-    document = json.dumps({"keys": [public | {"kid": "ops", "use": "sig"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving_jwks(SIGNING_KEY, "ops", "/jwks.json") as url:
+        yield url
 
 
 def _token(tenant: str, group: str) -> dict[str, str]:

@@ -243,6 +243,20 @@ async def test_a_tenant_admin_patches_only_its_tenants_non_admin_keys(
     assert keys[foreign["id"]]["alert_thresholds_pct"] == []
     assert (keys[member["id"]]["role"], keys[root["id"]]["ip_allow"]) == ("analyst", None)
 
+    # Nor may it revoke a key with the role admin (it could not have made one).
+    revoke = await client.post(f"/v1/admin/keys/{root['id']}/revoke", headers=boss)
+    assert revoke.status_code == 403, revoke.text
+    assert revoke.json()["error"]["code"] == "insufficient_role"
+
+    # An admin demoted through this ingress loses the role here at once (its role was
+    # cached by the call before).
+    assert (await client.get("/v1/admin/tenants", headers=_bearer(root))).status_code == 200
+    demoted = await client.patch(f"/v1/admin/keys/{root['id']}", headers=ADMIN,
+                                 json={"role": "member"})
+    assert demoted.status_code == 200, demoted.text
+    after = await client.get("/v1/admin/tenants", headers=_bearer(root))
+    assert after.status_code == 403, after.text
+
 
 # Answers of 2,000 tokens at $0.60 per million: about $0.0012 per request.
 KEY_BUDGET = Decimal("0.0045")

@@ -4,11 +4,8 @@ and a key's IP allow list checked against the ASGI client address."""
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, cast
 
 import httpx
@@ -20,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from broker.config import SluiceConfig, parse_config
 from broker.settings import IngressSettings, KafkaSettings
 from tests.integration.stack import SIM_BASE, Stack, eventually, running_stack
+from tests.jwks_server import serving_jwks
 
 pytestmark = pytest.mark.integration
 ON_APACHE = pytest.mark.kafka_engine("apache")  # the stack's tests: one engine is enough
@@ -33,29 +31,8 @@ SIGNING_KEY = rsa.generate_private_key(65537, 2048)
 
 @pytest.fixture(scope="module")
 def jwks_url() -> Iterator[str]:
-    public = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(SIGNING_KEY.public_key()))
-    document = json.dumps({"keys": [public | {"kid": "k1", "use": "sig"}]}).encode()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(document)))
-            self.end_headers()
-            self.wfile.write(document)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/.well-known/jwks.json"
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+    with serving_jwks(SIGNING_KEY, "k1", "/.well-known/jwks.json") as url:
+        yield url
 
 
 def token(tenant: str, role: str) -> str:

@@ -37,3 +37,26 @@ def test_cli_creates_lists_and_shows_versions(
                                     "parameters": {"model": "m"}}))
     assert main(["templates", "create", "greet", "--file", str(path)]) == 2
     assert "'who'" in capsys.readouterr().err
+
+
+def test_a_new_version_keeps_the_approval_requirement_unless_it_lifts_it(
+    database_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+) -> None:
+    monkeypatch.setenv("SLUICE_DATABASE_URL", database_url)
+    path = tmp_path / "gated.yaml"
+    spec = {key: GREET[key] for key in ("messages", "parameters", "variables")}
+
+    def create(**extra: object) -> None:
+        path.write_text(yaml.safe_dump(spec | extra))
+        assert main(["templates", "create", "gated", "--file", str(path)]) == 0
+        capsys.readouterr()
+
+    def required(version: int) -> bool:
+        assert main(["templates", "show", "gated", "--version", str(version)]) == 0
+        return bool(json.loads(capsys.readouterr().out)["requires_approval"])
+
+    create(requires_approval=True)
+    create()  # a typo fixed, the flag not repeated: still gated
+    create(requires_approval=False)  # lifted on purpose
+    assert [required(version) for version in (1, 2, 3)] == [True, True, False]

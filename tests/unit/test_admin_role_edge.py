@@ -10,17 +10,12 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from broker.batches.settings import BatchSettings
 from broker.config import parse_config
 from broker.identity.config import Role
-from broker.settings import IngressSettings, KafkaSettings
-from broker.webhooks.settings import WebhookSettings
-from ingress.app import create_app
 from ingress.identity import RolePrincipal
-from ingress.services import IngressServices, LedgerAccess, Principal, StoredRequest
+from ingress.services import Principal
+from tests.unit.edge_app import bearer, edge_client
 
 ADMIN = "admin-secret-for-the-admin-role-tests-0123456789"
 CONFIG = parse_config({
@@ -50,28 +45,11 @@ class _Keys:
         return RolePrincipal(tenant="acme", api_key_id=f"key_{role}", role=role)
 
 
-class _NoRequests:
-    async def find(self, request_id: str) -> StoredRequest | None:
-        return None
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    # A database nobody listens on: a test that reached a query would fail, not pass.
-    engine = create_async_engine("postgresql+asyncpg://sluice@127.0.0.1:9/none")
-    app = create_app(IngressServices(
-        settings=IngressSettings(admin_key=SecretStr(ADMIN)),
-        kafka=KafkaSettings(kafka_bootstrap="memory://admin-role", topic_prefix="r."),
-        config=CONFIG, api_keys=_Keys(), requests=_NoRequests(), webhooks=WebhookSettings(),
-        batches=BatchSettings(), ledger=LedgerAccess(engine)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://ingress") as client:
+    async with edge_client(CONFIG, _Keys(), admin_key=ADMIN, kafka="admin-role",
+                           prefix="r.") as client:
         yield client
-    await engine.dispose()
-
-
-def _bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.mark.parametrize("role", ["tenant_admin", "member", "analyst"])
@@ -79,7 +57,7 @@ def _bearer(secret: str) -> dict[str, str]:
 async def test_other_roles_get_insufficient_role(client: httpx.AsyncClient, role: str,
                                                  method: str, path: str,
                                                  body: dict[str, Any] | None) -> None:
-    response = await client.request(method, path, headers=_bearer(f"sk-{role}"), json=body)
+    response = await client.request(method, path, headers=bearer(f"sk-{role}"), json=body)
     assert response.status_code == 403, response.text
     assert response.json()["error"]["code"] == "insufficient_role"
 
@@ -87,7 +65,7 @@ async def test_other_roles_get_insufficient_role(client: httpx.AsyncClient, role
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_ONLY)
 async def test_no_credentials_is_401(client: httpx.AsyncClient, method: str, path: str,
                                      body: dict[str, Any] | None) -> None:
-    for headers in ({}, _bearer("sk-wrong")):
+    for headers in ({}, bearer("sk-wrong")):
         response = await client.request(method, path, headers=headers, json=body)
         assert response.status_code == 401, response.text
 
@@ -95,13 +73,13 @@ async def test_no_credentials_is_401(client: httpx.AsyncClient, method: str, pat
 @pytest.mark.parametrize("secret", [ADMIN, "sk-admin"])
 async def test_the_admin_key_and_an_admin_role_see_the_operator_views(
         client: httpx.AsyncClient, secret: str) -> None:
-    me = (await client.get("/console/api/me", headers=_bearer(secret))).json()
+    me = (await client.get("/console/api/me", headers=bearer(secret))).json()
     assert (me["admin"], me["tenant"]) == (True, None)
-    queues = await client.get("/console/api/queues", headers=_bearer(secret))
+    queues = await client.get("/console/api/queues", headers=bearer(secret))
     assert queues.status_code == 200, queues.text
     assert {row["model"] for row in queues.json()["data"]} == {"m"}
     # Past the role check, a replay's ids are checked (before Kafka or the database).
-    replay = await client.post("/console/api/dead-letters/replay", headers=_bearer(secret),
+    replay = await client.post("/console/api/dead-letters/replay", headers=bearer(secret),
                                json={"ids": ["../etc"]})
     assert replay.status_code == 400, replay.text
 
@@ -109,6 +87,6 @@ async def test_the_admin_key_and_an_admin_role_see_the_operator_views(
 @pytest.mark.parametrize("role", ["tenant_admin", "member", "analyst"])
 async def test_other_roles_keep_their_tenants_console(client: httpx.AsyncClient,
                                                       role: str) -> None:
-    me = await client.get("/console/api/me", headers=_bearer(f"sk-{role}"))
+    me = await client.get("/console/api/me", headers=bearer(f"sk-{role}"))
     assert me.status_code == 200, me.text
     assert (me.json()["admin"], me.json()["tenant"]) == (False, "acme")

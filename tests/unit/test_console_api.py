@@ -8,18 +8,13 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from broker.batches.settings import BatchSettings
 from broker.config import parse_config
 from broker.kafka import TopicPartition
 from broker.kafka.memory import _Group, memory_broker
-from broker.settings import IngressSettings, KafkaSettings
-from broker.webhooks.settings import WebhookSettings
-from ingress.app import create_app
-from ingress.services import IngressServices, LedgerAccess, Principal, StoredRequest
+from ingress.services import Principal
 from schemas import Topics
+from tests.unit.edge_app import bearer, edge_client
 
 ADMIN = "admin-secret-for-the-console-tests-0123456789"
 CONFIG = parse_config({
@@ -39,34 +34,17 @@ class _Keys:
         return Principal(tenant="acme", api_key_id="key_acme") if secret == "sk-acme" else None
 
 
-class _NoRequests:
-    async def find(self, request_id: str) -> StoredRequest | None:
-        return None
-
-
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    # A database nobody listens on: a test that reached a query would fail, not pass.
-    engine = create_async_engine("postgresql+asyncpg://sluice@127.0.0.1:9/none")
-    app = create_app(IngressServices(
-        settings=IngressSettings(admin_key=SecretStr(ADMIN)),
-        kafka=KafkaSettings(kafka_bootstrap="memory://console", topic_prefix="c."),
-        config=CONFIG, api_keys=_Keys(), requests=_NoRequests(), webhooks=WebhookSettings(),
-        batches=BatchSettings(), ledger=LedgerAccess(engine)))
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                 base_url="http://ingress") as client:
+    async with edge_client(CONFIG, _Keys(), admin_key=ADMIN, kafka="console",
+                           prefix="c.") as client:
         yield client
-    await engine.dispose()
-
-
-def _bearer(secret: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {secret}"}
 
 
 @pytest.mark.parametrize(("method", "path"), ADMIN_ONLY + ANY_KEY)
 async def test_every_endpoint_needs_a_key(client: httpx.AsyncClient, method: str,
                                           path: str) -> None:
-    for headers in ({}, _bearer("sk-wrong")):
+    for headers in ({}, bearer("sk-wrong")):
         response = await client.request(method, path, headers=headers, json={"ids": ["0:0"]})
         assert response.status_code == 401, (path, response.text)
 
@@ -74,15 +52,15 @@ async def test_every_endpoint_needs_a_key(client: httpx.AsyncClient, method: str
 @pytest.mark.parametrize(("method", "path"), ADMIN_ONLY)
 async def test_operator_views_refuse_a_tenant_key(client: httpx.AsyncClient, method: str,
                                                   path: str) -> None:
-    response = await client.request(method, path, headers=_bearer("sk-acme"),
+    response = await client.request(method, path, headers=bearer("sk-acme"),
                                     json={"ids": ["0:0"]})
     assert response.status_code == 403
     assert response.json()["error"]["code"] == "insufficient_role"
 
 
 async def test_me_names_the_viewer(client: httpx.AsyncClient) -> None:
-    tenant = (await client.get("/console/api/me", headers=_bearer("sk-acme"))).json()
-    admin = (await client.get("/console/api/me", headers=_bearer(ADMIN))).json()
+    tenant = (await client.get("/console/api/me", headers=bearer("sk-acme"))).json()
+    admin = (await client.get("/console/api/me", headers=bearer(ADMIN))).json()
     assert (tenant["admin"], tenant["tenant"]) == (False, "acme")
     assert (admin["admin"], admin["tenant"]) == (True, None)
     assert admin["models"] == ["m"]
@@ -95,7 +73,7 @@ async def test_queue_depth_is_end_minus_committed(client: httpx.AsyncClient) -> 
     for n in range(5):
         broker.append(topic, n % 2, None, b"{}", ())  # 3 on partition 0, 2 on partition 1
     broker.groups["c.workers.m"] = _Group(committed={TopicPartition(topic, 0): 2})
-    response = await client.get("/console/api/queues", headers=_bearer(ADMIN))
+    response = await client.get("/console/api/queues", headers=bearer(ADMIN))
     assert response.status_code == 200
     assert response.headers["cache-control"] == "no-store"
     rows = {(row["model"], row["lane"]): row for row in response.json()["data"]}
@@ -106,7 +84,7 @@ async def test_queue_depth_is_end_minus_committed(client: httpx.AsyncClient) -> 
 
 
 async def test_replay_checks_its_ids_before_reading_kafka(client: httpx.AsyncClient) -> None:
-    response = await client.post("/console/api/dead-letters/replay", headers=_bearer(ADMIN),
+    response = await client.post("/console/api/dead-letters/replay", headers=bearer(ADMIN),
                                   json={"ids": ["../etc"]})
     assert response.status_code == 400
 

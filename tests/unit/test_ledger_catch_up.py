@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from broker.kafka import ConsumerRecord, TopicPartition, new_consumer, topics_for
+from broker.kafka import ConsumerRecord, TopicPartition, encode, new_consumer, topics_for
 from broker.kafka.ledger_offsets import KafkaLedgerOffsets, MemoryLedgerOffsets, ledger_group
 from broker.kafka.memory import memory_broker
 from broker.settings import KafkaSettings
@@ -67,14 +67,41 @@ async def test_waits_until_the_ledger_committed_every_captured_end() -> None:
 
 
 async def test_gives_up_at_the_cap_and_names_the_lag(caplog: pytest.LogCaptureFixture) -> None:
-    offsets = MemoryLedgerOffsets({0: 10, 1: 4}, committed={0: 3, 1: 4}, members=False)
+    offsets = MemoryLedgerOffsets({0: 10, 1: 4}, committed={0: 3, 1: 4}, members=True)
     clock = FakeClock()
     with caplog.at_level(logging.WARNING, logger="sluice.worker"):
         assert await catch_up(offsets, clock).after_takeover(time.time()) is True
     assert clock.now - 1000.0 == pytest.approx(30.0)
     assert clock.sleeps == 150  # 30 s / 0.2 s: it kept polling, then stopped
     assert "the ledger is 7 results behind (partitions [0])" in caplog.text
+    assert "did not catch up" in caplog.text
     assert offsets.closed == 1
+
+
+async def test_a_ledger_that_is_down_is_waited_for_its_grace_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    # It committed before (so it exists) but has no member now: a restart gets the grace,
+    # a ledger that stays down does not hold the takeover for the whole cap.
+    offsets = MemoryLedgerOffsets({0: 10}, committed={0: 3}, members=False)
+    clock = FakeClock()
+    with caplog.at_level(logging.WARNING, logger="sluice.worker"):
+        assert await catch_up(offsets, clock).after_takeover(time.time()) is True
+    assert clock.now - 1000.0 == pytest.approx(10.0)
+    assert "no ledger has run for 10 s" in caplog.text
+
+
+async def test_a_ledger_restarting_within_the_grace_is_waited_for() -> None:
+    offsets = MemoryLedgerOffsets({0: 10}, committed={0: 3}, members=False)
+
+    def ledger_restarts() -> None:
+        if clock.now - 1000.0 >= 6.0:  # joins after 6 s, then reads everything
+            offsets.members = True
+            offsets.committed_offsets[0] = 10
+
+    clock = FakeClock(ledger_restarts)
+    assert await catch_up(offsets, clock).after_takeover(time.time()) is True
+    assert offsets.committed_offsets[0] == 10
+    assert clock.now - 1000.0 == pytest.approx(6.0, abs=0.3)
 
 
 async def test_a_stopping_worker_stops_waiting() -> None:
@@ -107,8 +134,9 @@ async def test_one_catch_up_serves_every_partition_taken_over_before_it() -> Non
     first, second = await asyncio.gather(lane.after_takeover(taken_over_at),
                                          lane.after_takeover(taken_over_at))
     assert (first, second) == (True, True)
-    # A later batch of the same takeover: already covered, nothing to look up again.
-    assert await lane.after_takeover(taken_over_at) is False
+    # A later batch of the same takeover: covered by the catch-up that ended (its first
+    # look may have come before that end, so it looks again; no second catch-up).
+    assert await lane.after_takeover(taken_over_at) is True
     assert lane.started == 1
     assert offsets.end_reads == 1
     assert clock.sleeps == 1
@@ -191,8 +219,10 @@ async def test_a_redelivered_request_is_skipped_once_the_ledger_caught_up() -> N
     lane = _lane(final, offsets, clock)
     tp = TopicPartition("t", 0)
     lane.assigned_at[tp] = time.time()
-    done = await lane._already_final([_decoded(tp, "answered", lane.assigned_at[tp] - 60)])
-    assert done == {"answered"}
+    done, waiting = await lane._already_final(
+        [_decoded(tp, "answered", lane.assigned_at[tp] - 60)])
+    assert (done, list(waiting)) == (set(), ["answered"])
+    assert await lane._final_after_catch_up(waiting) == {"answered"}
     assert final.lookups == [["answered"], ["answered"]]
     assert clock.sleeps == 1
 
@@ -209,3 +239,58 @@ async def test_requests_produced_after_the_assignment_never_wait() -> None:
     assert final.lookups == [["new"]]
     assert lane.catch_up.started == 0
     assert offsets.end_reads == 0
+
+
+class _Pool(SimpleNamespace):
+    """What `_dispatch` uses of a pool: requests it lets run are recorded as tasks."""
+
+    def __init__(self, final: RecordedFinalResults):
+        super().__init__(final_results=final, kafka=None, config=SimpleNamespace(models={"m"}),
+                         tasks=[])
+        self.provenance = SimpleNamespace(verify=self._verify)
+
+    @staticmethod
+    async def _verify(record: Any, request: InferenceRequest) -> InferenceRequest:
+        return request
+
+    def track(self, work: Any, lane: Any = None, tenant: Any = None) -> None:
+        self.tasks.append(asyncio.ensure_future(work))
+
+    def over_fair_share(self, tenant: str) -> bool:
+        return False
+
+
+async def test_requests_taken_over_wait_without_holding_up_the_rest() -> None:
+    ledger_moves = asyncio.Event()
+
+    async def sleep_until_the_ledger_moves(seconds: float) -> None:
+        await ledger_moves.wait()
+        offsets.committed_offsets[0] = 7
+
+    offsets = MemoryLedgerOffsets({0: 7}, committed={0: 1})
+    final = RecordedFinalResults({"answered"})
+    pool = _Pool(final)
+    lane = ModelConsumer(pool, "m", consumer=None,  # type: ignore[arg-type]
+                         catch_up=LedgerCatchUp(offsets, sleep=sleep_until_the_ledger_moves))
+    handled: list[str] = []
+
+    async def handle(tp: TopicPartition, record: Any, request: InferenceRequest) -> None:
+        handled.append(request.id)
+
+    lane._handle = handle  # type: ignore[method-assign]
+    tp = TopicPartition("t", 0)
+    lane.assigned_at[tp] = time.time()
+    records = []
+    for request_id, at in (("answered", lane.assigned_at[tp] - 60),
+                           ("fresh", lane.assigned_at[tp] + 60)):
+        _, _, request = _decoded(tp, request_id, at)
+        records.append(ConsumerRecord(tp.topic, tp.partition, len(records), int(at * 1000), 0,
+                                      b"k", encode(request), None, 1, 2, ()))
+    # Returns while the old request waits (a guard, not a timing: it used to wait inline).
+    await asyncio.wait_for(lane._dispatch({tp: records}), 10)
+    await asyncio.sleep(0.05)
+    assert handled == ["fresh"]
+    assert not all(task.done() for task in pool.tasks)
+    ledger_moves.set()  # the ledger records the dead worker's answer
+    await asyncio.gather(*pool.tasks)
+    assert handled == ["fresh"]  # "answered" was found final: never called

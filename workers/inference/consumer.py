@@ -87,7 +87,8 @@ class ModelConsumer:
     def __init__(self, pool: InferencePool, model: str, consumer: Consumer,
                  lane: Lane = Lane.INTERACTIVE, catch_up: LedgerCatchUp | None = None):
         self.pool = pool
-        # After a takeover: wait for the ledger to record the dead worker's answers.
+        # After a takeover: wait for the ledger to record the dead worker's answers (the
+        # pool's, shared by its lanes; a lane made alone gets its own).
         self.catch_up = catch_up or catch_up_for(pool.kafka, pool.final_results)
         self._stop: asyncio.Event | None = None
         self.model = model
@@ -151,10 +152,17 @@ class ModelConsumer:
                     self.pool.track(self._dead_letter(tp, record, str(exc)), self.lane)
                     continue
                 decoded.append((tp, record, request))
-        done = await self._already_final(decoded)
+        done, waiting = await self._already_final(decoded)
+        # Taken over from a dead worker, maybe answered already: they wait (holding their
+        # slots, their offsets uncommitted) for the ledger to catch up, the rest go on.
+        verdict = asyncio.ensure_future(self._final_after_catch_up(waiting)) \
+            if waiting else None
         overflow: list[tuple[TopicPartition, Record, InferenceRequest]] = []
         for tp, record, request in decoded:
-            if request.id in done:
+            if verdict is not None and request.id in waiting:
+                self.pool.track(self._handle_unless_final(verdict, tp, record, request),
+                                self.lane, request.tenant)
+            elif request.id in done:
                 log.info("request %s already has a final result (or its copy on the batch "
                          "topic will); not calling again", request.id)
                 self.tracker.finished(tp, record.offset)
@@ -214,7 +222,9 @@ class ModelConsumer:
 
     async def _already_final(
         self, decoded: list[tuple[TopicPartition, Record, InferenceRequest]]
-    ) -> set[str]:
+    ) -> tuple[set[str], dict[str, float]]:
+        """The requests already final (or moved), and those a dead worker may have answered
+        that the ledger may not have recorded yet, with their partitions' assignment time."""
         # A moved request may have been moved twice (a publish retried after a lost
         # acknowledgement): its copies are checked like redeliveries.
         suspects = [
@@ -223,29 +233,44 @@ class ModelConsumer:
             or header(record, OVERFLOW_HEADER) is not None
         ]
         if not suspects:
-            return set()
+            return set(), {}
         try:
             done = await self._final_or_moved(suspects)
-            # Just after taking a partition over (a worker crashed), a request the dead
-            # worker answered may not be recorded by the ledger yet: wait until the ledger
-            # has read every result published so far (`workers.inference.ledger_catch_up`),
-            # then look once more, so an answer already published is not billed twice.
-            # Only messages older than the assignment (a dead worker's backlog), never
-            # new ones within the clock-skew margin: a fresh worker's first requests must
-            # not wait.
-            older = {request.id: self.assigned_at[tp] for tp, record, request in decoded
-                     if self.assigned_at.get(tp) is not None
-                     and record.timestamp / 1000 < self.assigned_at[tp]}
-            pending = [request_id for request_id in suspects
-                       if request_id in older and request_id not in done]
-            if pending and await self.catch_up.after_takeover(
-                    max(older[request_id] for request_id in pending), self._stop):
-                done |= await self._final_or_moved(pending)
-            return done
         except Exception:
             log.warning("results of record unavailable; redelivered requests may be "
                         "called again", exc_info=True)
-            return set()
+            return set(), {}
+        # Just after taking a partition over (a worker crashed), a request the dead worker
+        # answered may not be recorded by the ledger yet: it waits until the ledger has read
+        # every result published so far (`workers.inference.ledger_catch_up`), then is
+        # looked up once more, so an answer already published is not billed twice. Only
+        # messages older than the assignment (a dead worker's backlog), never new ones
+        # within the clock-skew margin: a fresh worker's first requests must not wait.
+        older = {request.id: self.assigned_at[tp] for tp, record, request in decoded
+                 if self.assigned_at.get(tp) is not None
+                 and record.timestamp / 1000 < self.assigned_at[tp]}
+        return done, {request_id: older[request_id] for request_id in suspects
+                      if request_id in older and request_id not in done}
+
+    async def _final_after_catch_up(self, waiting: dict[str, float]) -> set[str]:
+        """Which of `waiting` the ledger has recorded as final once it caught up."""
+        try:
+            if await self.catch_up.after_takeover(max(waiting.values()), self._stop):
+                return await self._final_or_moved(list(waiting))
+        except Exception:
+            log.warning("results of record unavailable; redelivered requests may be "
+                        "called again", exc_info=True)
+        return set()
+
+    async def _handle_unless_final(self, verdict: asyncio.Future[set[str]],
+                                   tp: TopicPartition, record: Record,
+                                   request: InferenceRequest) -> None:
+        if request.id in await verdict:
+            log.info("request %s was answered by the worker that held it before; not "
+                     "calling again", request.id)
+            self.tracker.finished(tp, record.offset)
+            return
+        await traced_handling(record, request, self._handle(tp, record, request))
 
     def _check_model(self, request: InferenceRequest) -> None:
         if request.model != self.model or request.model not in self.pool.config.models:

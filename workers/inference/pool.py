@@ -53,6 +53,7 @@ from schemas.streaming import CHUNK_KIND
 from workers.inference.background import Background
 from workers.inference.consumer import CommitOnRevoke, ModelConsumer
 from workers.inference.lanes import BudgetGates
+from workers.inference.ledger_catch_up import catch_up_for
 from workers.inference.metered import metered
 from workers.inference.native_admission import NativeAdmission
 from workers.inference.outcomes import publish_outcome
@@ -118,6 +119,8 @@ class InferencePool:
         self.processor = RequestProcessor(config, metered(providers, config),
                                           budgets=self.budgets, emit=self.emit_chunk)
         self.final_results = final_results
+        # After a takeover, redelivered requests wait for the ledger (shared by lanes).
+        self.catch_up = catch_up_for(kafka, final_results)
         self.slots = _Slots(worker_settings.worker_concurrency)
         self.lane_used = dict.fromkeys(Lane, 0)
         # Fair share: one tenant holds at most this many interactive slots of this worker;
@@ -297,7 +300,7 @@ class InferencePool:
                     # Nobody waits on HTTP for a batch line: poll it at the slow pace.
                     background=kind is Lane.BATCH,
                 )
-                lane = ModelConsumer(self, model, consumer, kind)
+                lane = ModelConsumer(self, model, consumer, kind, self.catch_up)
                 consumer.subscribe([self.topics.requests(model, kind)],
                                    listener=CommitOnRevoke(lane))
                 await consumer.start()
