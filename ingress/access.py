@@ -167,18 +167,32 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
 
 async def batch_models(request: Request, principal: Principal, config: SluiceConfig,
                        kind: str) -> list[str]:
-    """The models a new batch of `principal`'s may send lines to: those of `kind` its key
-    may use, and, of those that require approval, only the approved ones (lines for the
-    rest are answered like an unknown model's). Both batch doors use it."""
+    """The models and aliases a new batch of `principal`'s may send lines to.
+
+    As `Ingress.admit` decides for a direct call: a model of `kind` the key lists, or an
+    alias of one when the key lists the alias or the model; of models that require
+    approval, only the approved ones (with their aliases). Lines naming anything else are
+    answered like an unknown model's. Both batch doors use it; the launcher resolves an
+    alias to its model (workers/batches/routing.py).
+    """
+    names = [(name, name) for name in config.models] + list(config.aliases.items())
+    approved: dict[str, bool] = {}  # asked once per model, not once per alias
     models = []
-    for name, model in config.models.items():
-        if not principal.may_use(name) or model.kind != kind:
+    for name, served in names:
+        model = config.models.get(served)
+        if model is None or model.kind != kind or not (
+                principal.may_use(name) or principal.may_use(served)):
             continue
         if model.requires_approval:
-            try:
-                await request.app.state.ingress.access.require(
-                    principal.tenant, principal.api_key_id, f"model:{name}")
-            except AccessNotApproved:
+            if served not in approved:
+                try:
+                    await request.app.state.ingress.access.require(
+                        principal.tenant, principal.api_key_id, f"model:{served}")
+                except AccessNotApproved:
+                    approved[served] = False
+                else:
+                    approved[served] = True
+            if not approved[served]:
                 continue
         models.append(name)
     return sorted(models)

@@ -15,6 +15,10 @@ and once every line is recorded they are put into chunks for the provider's batc
 (`workers.batches.native`). A line that provider cannot express is answered in the error
 file instead.
 
+A line may name an alias its key may use (`batch.models` lists it): it is published as a
+request of the model serving it, with the caller's A/B or canary variant, as ingress
+publishes a direct call (`workers.batches.routing`).
+
 A launch resumes. While a batch is `validating`, its `total` counts the lines already
 launched: rows written and every message before them acknowledged by Kafka. It grows after
 each chunk of lines, and after a failure to the lines before the first one Kafka did not
@@ -64,6 +68,7 @@ from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 from workers.batches.native import NativeLane
 from workers.batches.native.store import record_lines
+from workers.batches.routing import BatchRouting
 from workers.batches.templated import BatchTemplates
 from workers.batches.validation import MAX_ERRORS, LineParser, Validation
 
@@ -106,15 +111,17 @@ class NativeScreening:
 
 
 class Launcher:
-    """Validates and publishes `validating` batches."""
+    """Validates and publishes `validating` batches; `config` resolves the aliases lines
+    name and assigns their variants (None: lines are published under the name they give)."""
 
     def __init__(self, engine: AsyncEngine, files: FileStore, producer: Producer,
                  kafka: KafkaSettings, estimator: Estimator, native: NativeLane | None = None,
-                 screening: NativeScreening | None = None):
+                 screening: NativeScreening | None = None, config: SluiceConfig | None = None):
         self._engine = engine
         self._native = native
         self._screening = screening or NativeScreening(None)
-        self._estimator = estimator
+        self._routing = BatchRouting(config)
+        self._estimator = self._routing.estimator(estimator)  # an alias counts as its model
         self._files = files
         self._producer = producer
         self._kafka = kafka
@@ -260,14 +267,14 @@ class Launcher:
         for index, line in enumerate(lines):
             if line.body is None:
                 continue
-            message = InferenceRequest(
+            message = self._routing.resolve(InferenceRequest(
                 id=request_id(batch.id, line.line), model=line.body.model, body=line.body,
                 tenant=batch.tenant, api_key_id=batch.api_key_id, lane=Lane.BATCH,
                 created_at=now, deadline=batch.expires_at, correlation_id=batch.id,
                 # The template and version too, for the ledger's `requests` row.
                 metadata={"batch_id": batch.id, "custom_id": line.custom_id,
                           **line.metadata()},
-                guardrails=list(policies) or None)
+                guardrails=list(policies) or None))
             upstream = self._native.upstream_for(message.model) if self._native else None
             if upstream is not None:
                 # No worker sees these lines: the model's guardrails screen them here.
@@ -286,6 +293,7 @@ class Launcher:
                                 "line": line.line, "bytes": len(encoded),
                                 "payload": encoded}, message))
                 continue
+            message = self._routing.with_variant(message)  # like a direct call's (ingress)
             payload = encode(message)
             # Signed like ingress's: workers serve only proven requests.
             signed = [*self._headers(batch.id), *service_headers(self._kafka, payload)]

@@ -50,8 +50,10 @@ class BatchTracker:
         settings: file storage, limits and the maintenance interval.
         engine: the ledger database (migrated).
         config: the models and deployments, so a batch's hold is estimated as admission
-            estimates a request (`broker.estimates`); None falls back to the price
-            catalog and default output allowance.
+            estimates a request (`broker.estimates`), and lines naming an alias are
+            served by its model with their A/B or canary variant (`workers.batches.routing`);
+            None falls back to the price catalog and default output allowance, and lines
+            are published under the name they give.
         upstreams: the batch API client of each `batch: native` deployment
             (`workers.batches.native.native_upstreams`); a native deployment without one
             is served by the queue lane.
@@ -85,7 +87,7 @@ class BatchTracker:
             lane = NativeLane(self._engine, self._routes, self._settings, producer,
                               self._kafka, self._topics)
             launcher = Launcher(self._engine, files, producer, self._kafka, self._estimator,
-                                lane, NativeScreening(self._config))
+                                lane, NativeScreening(self._config), config=self._config)
             finalizer = Finalizer(self._engine, files, producer, self._topics, self._settings)
             # The native lane has a loop of its own: an upload or download of hundreds of
             # megabytes must not hold up launching and finishing other batches.
