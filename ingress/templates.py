@@ -27,6 +27,7 @@ from broker.errors import InvalidRequest, NotFound
 from broker.stores.templates import create_template, get_template, list_templates
 from broker.templates import PromptTemplate, TemplateSpec, render_body
 from broker.templates.rendering import check_template
+from broker.templates.spec import parse_version
 from ingress.access import require_administrator
 from ingress.auth import authenticate
 from ingress.body import read_json_object, validate_body
@@ -79,16 +80,6 @@ class TemplateCache:
         self._latest.pop(name, None)
 
 
-def _version(raw: object, param: str = "version") -> int | None:
-    if raw is None:
-        return None
-    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 9:
-        raw = int(raw)
-    if isinstance(raw, bool) or not isinstance(raw, int) or raw < 1:
-        raise InvalidRequest("version must be a positive integer.", param=param)
-    return raw
-
-
 def new_template(data: dict[str, Any]) -> TemplateSpec:
     """A template spec from a request body or a file, checked to render.
 
@@ -126,7 +117,7 @@ def register_template_routes(app: FastAPI, ingress: Ingress) -> None:
     @app.get("/v1/admin/templates/{name}")
     async def templates_show(request: Request, name: str) -> Response:
         await require_administrator(request, ingress.services)
-        version = _version(request.query_params.get("version"))
+        version = parse_version(request.query_params.get("version"))
         template = await get_template(engine, name, version)
         if template is None:
             raise NotFound(f"No template '{name}'" + (f" version {version}." if version else "."))
@@ -151,7 +142,7 @@ async def _completions(request: Request, name: str, ingress: Ingress,
     variables = data.pop("variables", None) or {}
     if not isinstance(variables, dict):
         raise InvalidRequest("variables must be an object.", param="variables")
-    version = _version(data.pop("version", None))
+    version = parse_version(data.pop("version", None))
     template = latest if version is None else await cache.get(name, version)
     body = validate_body(ChatCompletionRequest, render_body(template, variables, data))
     inference = await ingress.admit(request, principal, body, wait=wait)

@@ -23,7 +23,8 @@ from typing import Any
 import orjson
 from pydantic import ValidationError
 
-from broker.templates.spec import valid_name
+from broker.errors import InvalidRequest
+from broker.templates.spec import parse_version, valid_name
 from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceResult, RequestStatus
 from schemas.validation import dotted_param, most_specific_error
 
@@ -33,7 +34,6 @@ ENDPOINT_KINDS = {CHAT_ENDPOINT: "chat", EMBEDDINGS_ENDPOINT: "embedding"}
 """The Batch API endpoints served, and the kind of model each one calls."""
 TEMPLATE_URL = re.compile(r"/v1/templates/([^/]+)/completions")
 """The url of a template call, allowed in a batch of `CHAT_ENDPOINT`."""
-_MAX_VERSION = 2**31 - 1  # the version column is a PostgreSQL integer
 
 # OpenAI's codes for final failures other than a provider's own HTTP status.
 _STATUS_FOR_ERROR = {"invalid_request_error": 400, "upstream_error": 502,
@@ -228,17 +228,14 @@ def template_line(number: int, custom_id: str, name: str, body: dict[str, Any]) 
     reads its body; or the line's problem."""
     overrides = dict(body)
     variables = overrides.pop("variables", None) or {}
-    version = overrides.pop("version", None)
-    if isinstance(version, str) and version.isascii() and version.isdigit() \
-            and len(version) <= 9:
-        version = int(version)
     if not valid_name(name):
         return InputLine(number, custom_id, None, f"No template '{name}'.", code="not_found")
     if not isinstance(variables, dict):
         return InputLine(number, custom_id, None,
                          "Invalid value for 'variables': it must be an object.")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int)
-                                or not 1 <= version <= _MAX_VERSION):
+    try:
+        version = parse_version(overrides.pop("version", None))
+    except InvalidRequest:
         return InputLine(number, custom_id, None,
                          "Invalid value for 'version': it must be a positive integer.")
     return InputLine(number, custom_id, None,

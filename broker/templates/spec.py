@@ -133,6 +133,23 @@ def bind_variables(template: TemplateSpec, given: dict[str, Any]) -> dict[str, A
     return values
 
 
+def parse_version(raw: object, param: str = "version") -> int | None:
+    """A version a caller gave (a positive integer, or its digits as a query string gives
+    them); None when it gave none (the latest).
+
+    Raises:
+        InvalidRequest: anything else (`param` names where it came from).
+    """
+    if raw is None:
+        return None
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 9:
+        raw = int(raw)
+    # The version column is a PostgreSQL integer; a boolean is no number here.
+    if isinstance(raw, bool) or not isinstance(raw, int) or not 1 <= raw <= 2**31 - 1:
+        raise InvalidRequest(f"{param} must be a positive integer.", param=param)
+    return raw
+
+
 def valid_name(name: str) -> bool:
     """Whether `name` can be a template's name (also a URL path segment)."""
     return re.match(TEMPLATE_NAME, name) is not None

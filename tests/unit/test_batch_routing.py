@@ -24,6 +24,7 @@ from broker.stores.prices import Price, PriceBook
 from ingress.access import batch_models
 from ingress.services import Principal
 from schemas import ChatCompletionRequest, ChatMessage, EmbeddingRequest
+from workers.batches.budget import BatchEstimate
 from workers.batches.launcher import Launcher, NativeScreening
 from workers.batches.routing import BatchRouting
 
@@ -145,10 +146,13 @@ def test_an_alias_line_is_estimated_and_priced_as_its_model() -> None:
     settings = config()
     book = PriceBook([Price(1, "ab", None, Decimal(1), Decimal(2), None, "USD",
                             NOW - timedelta(days=1))])
-    estimator = BatchRouting(settings).estimator(Estimator(settings))
-    through_alias = estimator.for_request(chat("ab-latest"), "ab-latest", book, NOW)
-    direct = estimator.for_request(chat("ab"), "ab", book, NOW)
-    assert through_alias == direct and direct.usd is not None and direct.usd > 0
+    through_alias = BatchEstimate(book, Estimator(settings), NOW,
+                                  served=BatchRouting(settings).served)
+    through_alias.add(chat("ab-latest"))
+    direct = BatchEstimate(book, Estimator(settings), NOW)
+    direct.add(chat("ab"))
+    assert (through_alias.tokens, through_alias.usd) == (direct.tokens, direct.usd)
+    assert direct.usd > 0
 
 
 class FakeGate:

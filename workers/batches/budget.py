@@ -14,6 +14,7 @@ and run only on spare capacity (the batch lane).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING
@@ -39,16 +40,18 @@ if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
 class BatchEstimate:
     """The running total of a batch's estimated tokens and cost (`broker.estimates`)."""
 
-    def __init__(self, book: PriceBook, estimator: Estimator, at: datetime | None = None):
+    def __init__(self, book: PriceBook, estimator: Estimator, at: datetime | None = None,
+                 served: Callable[[str], str] = str):
         self._book = book
         self._estimator = estimator
+        self._served = served  # the model serving a name a line gives (an alias's target)
         self.at = at or datetime.now(UTC)
         self.tokens = 0
         self.usd = Decimal(0)
 
     def add(self, body: RequestBody) -> None:
         """Count one line as admission would count the same request."""
-        line = self._estimator.for_request(body, body.model, self._book, self.at)
+        line = self._estimator.for_request(body, self._served(body.model), self._book, self.at)
         self.tokens += line.tokens
         self.usd += line.usd or Decimal(0)
 

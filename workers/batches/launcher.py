@@ -121,7 +121,7 @@ class Launcher:
         self._native = native
         self._screening = screening or NativeScreening(None)
         self._routing = BatchRouting(config)
-        self._estimator = self._routing.estimator(estimator)  # an alias counts as its model
+        self._estimator = estimator
         self._files = files
         self._producer = producer
         self._kafka = kafka
@@ -154,7 +154,8 @@ class Launcher:
         settings = self._files.settings
         validation = Validation(batch.endpoint, frozenset(batch.models),
                                 settings.batch_max_lines, settings.batch_max_line_bytes,
-                                BatchEstimate(await self._prices(), self._estimator))
+                                BatchEstimate(await self._prices(), self._estimator,
+                                              served=self._routing.served))
         complete = True
         async for chunk in self._files.read(record):
             complete = await asyncio.to_thread(validation.feed, chunk)

@@ -17,12 +17,8 @@ Without a config (a launcher given none) nothing changes: lines keep the name th
 
 from __future__ import annotations
 
-from datetime import datetime
-
 from broker.config import SluiceConfig
-from broker.estimates import Estimate, Estimator, RequestBody
 from broker.routing import resolve_alias, with_variant
-from broker.stores.prices import PriceBook
 from schemas import InferenceRequest
 
 
@@ -49,26 +45,3 @@ class BatchRouting:
         has an A/B split or a canary."""
         model = self._config.models.get(message.model) if self._config is not None else None
         return with_variant(model.routing, message) if model is not None else message
-
-    def estimator(self, estimator: Estimator) -> Estimator:
-        """`estimator` estimating a line that names an alias as one of the model serving
-        it (priced and counted as admission counts a direct call through the alias)."""
-        if self._config is None or not self._config.aliases:
-            return estimator
-        return _ServedModelEstimator(estimator, self)
-
-
-class _ServedModelEstimator(Estimator):
-    """An estimator that asks another about the served model instead of the alias."""
-
-    def __init__(self, inner: Estimator, routing: BatchRouting) -> None:
-        super().__init__(None)
-        self._inner = inner
-        self._routing = routing
-
-    def for_call(self, body: RequestBody, model: str, deployment: str) -> Estimate:
-        return self._inner.for_call(body, self._routing.served(model), deployment)
-
-    def for_request(self, body: RequestBody, model: str, book: PriceBook,
-                    at: datetime) -> Estimate:
-        return self._inner.for_request(body, self._routing.served(model), book, at)
