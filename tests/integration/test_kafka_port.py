@@ -7,7 +7,7 @@ import pytest
 from broker.settings import KafkaSettings
 from tests.kafka_contract import CONTRACT, Check
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 
 @pytest.mark.parametrize("check", CONTRACT, ids=lambda check: check.__name__)

@@ -58,7 +58,7 @@ from workers.ledger import (
 from workers.ledger.rows import Record
 from workers.ledger.store import pair_answered, write_batch
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 T = TypeVar("T")
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)

@@ -38,7 +38,7 @@ from tests.integration.stack import eventually
 from workers.ledger.reconcile import reconcile
 from workers.ledger.rows import usage_row
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 MODEL = "gpt-4o-mini"  # priced in the seeded catalog: the ledger re-prices every row
 DEPLOYMENT = "sim"

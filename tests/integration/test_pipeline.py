@@ -12,7 +12,7 @@ from schemas import ChatMessage
 from simulator import SimulatorSettings
 from tests.integration.stack import Stack, eventually, running_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there!"}]}
 

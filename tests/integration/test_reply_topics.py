@@ -8,7 +8,7 @@ from aiokafka import AIOKafkaConsumer
 from broker.settings import IngressSettings, KafkaSettings
 from tests.integration.stack import eventually, running_stack
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.dev_broker]
 
 HELLO = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "Hello there!"}]}
 
