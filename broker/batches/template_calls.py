@@ -8,12 +8,18 @@ entry in the error file, never the batch's failure.
 
 Whether a template requires approval is its latest version's flag, for every version, so
 pinning an older version cannot get around a requirement added later (migration 0023).
+
+A line that names no version renders with the template's latest version when the batch
+was created (`as_of`), not at launch: a batch launched again after a crash, or one that
+waited in the queue while a new version was published, runs the prompt its submitter saw
+on every line. A template first created after the batch renders with its latest version.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 
 from broker.batches.lines import CHAT_ENDPOINT, InputLine, check_body
 from broker.errors import AccessNotApproved, InvalidRequest
@@ -25,8 +31,13 @@ class TemplateBook:
     """Templates loaded for one launch: both passes over the file read the same ones, so
     they give every line the same answer."""
 
+    as_of: datetime | None = None
+    """When the batch was created: a line naming no version renders with the version that
+    was latest then (None: with the latest now)."""
     latest: dict[str, PromptTemplate | None] = field(default_factory=dict)
-    """Each name's latest version; None: no such template."""
+    """Each name's latest version; None: no such template. Its flag decides approval."""
+    current_then: dict[str, PromptTemplate] = field(default_factory=dict)
+    """Each name's latest version at `as_of`, when it existed then."""
     versions: dict[tuple[str, int], PromptTemplate] = field(default_factory=dict)
     """Every version loaded, by (name, version); a pinned version absent here is unknown."""
     refusals: dict[str, AccessNotApproved | None] = field(default_factory=dict)
@@ -52,9 +63,13 @@ class TemplateBook:
         names = set(names)
         for template in templates:
             self.versions[template.name, template.version] = template
-            known = self.latest.get(template.name)
-            if template.name in names and (known is None or known.version < template.version):
+            if template.name not in names:
+                continue
+            if _newer(template, self.latest.get(template.name)):
                 self.latest[template.name] = template
+            if self._existed_then(template) and _newer(template,
+                                                       self.current_then.get(template.name)):
+                self.current_then[template.name] = template
         for name in names:
             self.latest.setdefault(name, None)
 
@@ -79,8 +94,8 @@ class TemplateBook:
                 f"template:{call.name} requires approval before use.", code="access_required"))
             if refused is not None:
                 return replace(line, problem=str(refused), code=refused.code)
-        template = latest if call.version is None else self.versions.get(
-            (call.name, call.version))
+        template = self.current_then.get(call.name, latest) if call.version is None \
+            else self.versions.get((call.name, call.version))
         if template is None:
             return replace(line, problem=f"No version {call.version} of template "
                            f"'{call.name}'.", code="not_found")
@@ -90,3 +105,11 @@ class TemplateBook:
             return replace(line, problem=str(exc), code=exc.code)
         checked = check_body(line.line, line.custom_id, body, CHAT_ENDPOINT, models)
         return replace(checked, call=replace(call, version=template.version))
+
+    def _existed_then(self, template: PromptTemplate) -> bool:
+        return (self.as_of is not None and template.created_at is not None
+                and template.created_at <= self.as_of)
+
+
+def _newer(template: PromptTemplate, than: PromptTemplate | None) -> bool:
+    return than is None or than.version < template.version

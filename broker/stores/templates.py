@@ -7,6 +7,7 @@ the exact prompt that request was rendered from.
 from __future__ import annotations
 
 from collections.abc import Collection
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, insert, or_, select, tuple_
@@ -94,9 +95,12 @@ async def list_templates(engine: AsyncEngine) -> list[PromptTemplate]:
 
 
 async def get_templates(engine: AsyncEngine, names: Collection[str],
-                        pinned: Collection[tuple[str, int]]) -> list[PromptTemplate]:
+                        pinned: Collection[tuple[str, int]], *,
+                        as_of: datetime | None = None) -> list[PromptTemplate]:
     """The latest version of each of `names` and each (name, version) of `pinned`, in one
     query (a batch launch meets many template lines per chunk); absent ones are left out.
+    With `as_of`, also each name's latest version created at or before it (a batch's lines
+    render with the versions of the batch's creation, `broker.batches.template_calls`).
 
     Raises:
         DatabaseUnavailable: PostgreSQL cannot be reached.
@@ -107,6 +111,11 @@ async def get_templates(engine: AsyncEngine, names: Collection[str],
         latest = (select(table.name, func.max(table.version))
                   .where(table.name.in_(sorted(names))).group_by(table.name))
         wanted.append(tuple_(table.name, table.version).in_(latest))
+        if as_of is not None:
+            then = (select(table.name, func.max(table.version))
+                    .where(table.name.in_(sorted(names)), table.created_at <= as_of)
+                    .group_by(table.name))
+            wanted.append(tuple_(table.name, table.version).in_(then))
     if pinned:
         wanted.append(tuple_(table.name, table.version).in_(sorted(pinned)))
     if not wanted:

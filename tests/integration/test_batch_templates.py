@@ -1,8 +1,9 @@
 """Prompt templates as Batch API lines, driven by the official `openai` SDK through the
 real stack: plain and template lines (latest and pinned versions) in one file, a bad
 variable and an unapproved template answered in the error file, then approval opens the
-next batch; the ledger's `requests` rows name template and version, on the worker lane
-and on the native lane alike."""
+next batch, and a version published after a batch was made is not the one it runs; the
+ledger's `requests` rows name template and version, on the worker lane and on the native
+lane alike."""
 
 from __future__ import annotations
 
@@ -135,6 +136,18 @@ async def test_template_lines_run_in_a_batch_and_reach_the_ledger(
             _expected_text({"model": MODEL, "messages": [
                 {"role": "user", "content": "Tell Ada the secret."}]}, MODEL)
         assert (await _templates_of(stack, [answer["id"]])) == {answer["id"]: ("secret", 1)}
+
+        # A version published after a batch was made (as if during its launch, or before a
+        # relaunch): the batch's lines that name no version keep the one latest then.
+        async with stack.engine.begin() as connection:
+            await connection.execute(text(
+                "UPDATE prompt_templates SET created_at = now() + interval '1 hour' "
+                "WHERE name = 'greet' AND version = 2"))
+        third = await _until(sdk, (await _create(sdk, await _upload(
+            sdk, [_call("then", "greet", {"name": "Ada"})]))).id, FINAL)
+        [then] = await _lines(sdk, third.output_file_id)
+        assert then["response"]["body"]["choices"][0]["message"]["content"] == pinned_text
+        assert (await _templates_of(stack, [then["id"]])) == {then["id"]: ("greet", 1)}
         await sdk.close()
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Collection
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -28,9 +28,10 @@ MODELS = frozenset({"m"})
 
 def _template(name: str = "greet", version: int = 1, *, model: str = "m",
               requires_approval: bool = False, content: str = "Hello {{ who }}!",
-              ) -> PromptTemplate:
+              created_at: datetime | None = None) -> PromptTemplate:
     return PromptTemplate(
         name=name, version=version, messages=[{"role": "user", "content": content}],
+        created_at=created_at,
         parameters={"model": model, "temperature": 0.5}, requires_approval=requires_approval,
         variables=[{"name": "who", "type": "string", "required": True},
                    {"name": "times", "type": "number", "default": 1}])
@@ -177,6 +178,41 @@ async def test_the_latest_versions_approval_flag_decides_for_every_version() -> 
     grants = Grants()
     await _rendered(_parse({"variables": {"who": "Ada"}}), old, grants=grants)
     assert grants.asked == []
+
+
+def test_lines_naming_no_version_render_the_version_latest_when_the_batch_was_created(
+) -> None:
+    # A relaunch (or a launch that waited) after version 3 was published: the batch was
+    # made when version 2 was the latest.
+    made = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    versions = [_template(version=n, content=f"v{n} {{{{ who }}}}",
+                          created_at=made + timedelta(hours=n - 2)) for n in (1, 2, 3)]
+    book = TemplateBook(as_of=made)
+    book.add({"greet", "fresh"}, [*versions, _template("fresh", created_at=made
+                                                        + timedelta(hours=1))])
+    unpinned = book.render(_parse({"variables": {"who": "Ada"}}), MODELS)
+    assert unpinned.body is not None and unpinned.metadata()["template_version"] == "2"
+    assert unpinned.body.model_dump(exclude_none=True)["messages"][0]["content"] == "v2 Ada"
+    pinned = book.render(_parse({"variables": {"who": "Ada"}, "version": 3}), MODELS)
+    assert pinned.metadata()["template_version"] == "3"
+    # A template first made after the batch renders with its latest version.
+    fresh = book.render(_parse({"variables": {"who": "Ada"}}, name="fresh"), MODELS)
+    assert fresh.body is not None and fresh.metadata()["template_version"] == "1"
+    # Without a creation time (a book of the HTTP route), the latest now.
+    now = TemplateBook()
+    now.add({"greet"}, versions)
+    assert now.render(_parse({"variables": {"who": "Ada"}}), MODELS).metadata()[
+        "template_version"] == "3"
+
+
+def test_approval_is_the_latest_versions_even_when_an_older_one_renders() -> None:
+    made = datetime(2026, 12, 1, 12, tzinfo=UTC)
+    book = TemplateBook(as_of=made)
+    book.add({"greet"}, [_template(created_at=made - timedelta(hours=1)),
+                         _template(version=2, requires_approval=True,
+                                   created_at=made + timedelta(hours=1))])
+    refused = book.render(_parse({"variables": {"who": "Ada"}}), MODELS)
+    assert refused.body is None and refused.code == "access_required"
 
 
 def test_a_book_never_asked_about_approval_refuses() -> None:

@@ -138,8 +138,11 @@ class Launcher:
                                                "The input file was deleted.", "input_file_id")])
             return
         # One for both passes: they read the same templates, so agree on every line.
-        templates = BatchTemplates(partial(get_templates, self._engine), self._access,
-                                   batch.tenant, batch.api_key_id)
+        # Lines naming no version render with the versions latest at the batch's creation,
+        # on a relaunch too.
+        templates = BatchTemplates(
+            partial(get_templates, self._engine, as_of=batch.created_at), self._access,
+            batch.tenant, batch.api_key_id, as_of=batch.created_at)
         if batch.total == 0:  # else an earlier attempt validated and admitted it
             errors = await self._validate(batch, record, templates)
             if errors is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable, Collection, Iterable
+from datetime import datetime
 
 from broker.access import AccessGate
 from broker.batches.lines import InputLine
@@ -21,21 +22,23 @@ from workers.batches.validation import Validation
 
 TemplateLoader = Callable[[Collection[str], Collection[tuple[str, int]]],
                           Awaitable[list[PromptTemplate]]]
-"""Reads the latest version of some names and some pinned versions, in one query
-(`broker.stores.templates.get_templates` bound to an engine)."""
+"""Reads the latest version of some names (now, and at the batch's creation) and some
+pinned versions, in one query (`broker.stores.templates.get_templates` bound to an engine
+and the batch's creation time)."""
 
 
 class BatchTemplates:
     """The templates of one launch, and whether the batch's key may call them."""
 
     def __init__(self, loader: TemplateLoader, gate: AccessGate, tenant: str,
-                 api_key_id: str | None):
+                 api_key_id: str | None, *, as_of: datetime | None = None):
         self._loader = loader
         self._gate = gate
         self._tenant = tenant
         # A batch made without a key (none recorded) is judged by its tenant's grants.
         self._key_id = api_key_id or ""
-        self.book = TemplateBook()
+        # Lines naming no version render with the versions latest at `as_of`.
+        self.book = TemplateBook(as_of=as_of)
 
     async def load(self, lines: Iterable[InputLine]) -> None:
         """Make the book ready to render `lines`.
