@@ -17,26 +17,35 @@ from typing import Any
 
 import pytest
 
-from broker.kafka import ConsumerRecord, TopicPartition, encode, new_consumer, topics_for
+from broker import clock
+from broker.config import parse_config
+from broker.kafka import (
+    ConsumerRecord,
+    TopicPartition,
+    encode,
+    ensure_topics,
+    new_consumer,
+    new_producer,
+    topics_for,
+)
 from broker.kafka.ledger_offsets import KafkaLedgerOffsets, MemoryLedgerOffsets, ledger_group
 from broker.kafka.memory import memory_broker
-from broker.settings import KafkaSettings
-from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest
+from broker.settings import KafkaSettings, WorkerSettings
+from schemas import ChatCompletionRequest, ChatMessage, InferenceRequest, Lane
+from workers.inference import InferencePool
 from workers.inference.consumer import ModelConsumer
 from workers.inference.ledger_catch_up import LedgerCatchUp, catch_up_for
 from workers.inference.results import NoResultsOfRecord
+from workers.providers.simulated import SimulatedProvider
 
 
-class FakeClock:
+class FakeClock(clock.FakeClock):
     """Monotonic time that moves only when slept; `on_sleep` lets the ledger progress."""
 
     def __init__(self, on_sleep: Callable[[], None] = lambda: None):
-        self.now = 1000.0
+        super().__init__()
         self.sleeps = 0
         self._on_sleep = on_sleep
-
-    def __call__(self) -> float:
-        return self.now
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps += 1
@@ -195,6 +204,9 @@ class RecordedFinalResults:
     async def moved(self, request_ids: Collection[str]) -> set[str]:
         return set()
 
+    async def record_moved(self, request_ids: Collection[str]) -> None:
+        raise AssertionError("nothing is moved to the batch topic here")
+
 
 def _decoded(tp: TopicPartition, request_id: str, at: float,
              ) -> tuple[TopicPartition, Any, InferenceRequest]:
@@ -294,3 +306,82 @@ async def test_requests_taken_over_wait_without_holding_up_the_rest() -> None:
     ledger_moves.set()  # the ledger records the dead worker's answer
     await asyncio.gather(*pool.tasks)
     assert handled == ["fresh"]  # "answered" was found final: never called
+
+
+class StuckOffsets(MemoryLedgerOffsets):
+    """A coordinator that never answers the committed offsets (a client retrying without
+    end)."""
+
+    async def committed(self, partitions: Collection[int]) -> dict[int, int]:
+        await asyncio.Event().wait()
+        raise AssertionError("never answered")
+
+
+async def test_a_question_kafka_never_answers_ends_at_the_cap(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    offsets = StuckOffsets({0: 7})
+    waiting = LedgerCatchUp(offsets, max_wait_s=0.05, stuck_question_s=0.05)
+    with caplog.at_level(logging.WARNING, "sluice.worker"):
+        assert await asyncio.wait_for(waiting.after_takeover(time.time()), 10) is True
+    assert "did not answer how far the ledger has read" in caplog.text
+    assert offsets.closed == 1
+
+
+async def test_a_stopping_pool_ends_a_catch_up_and_gives_its_requests_back() -> None:
+    offsets = StuckOffsets({0: 7})
+    pool = _Pool(RecordedFinalResults({"answered"}))
+    catch_up_ = LedgerCatchUp(offsets)  # the cap is 30 s: only close() ends it here
+    lane = ModelConsumer(pool, "m", consumer=None, catch_up=catch_up_)  # type: ignore[arg-type]
+    handled: list[str] = []
+
+    async def handle(tp: TopicPartition, record: Any, request: InferenceRequest) -> None:
+        handled.append(request.id)
+
+    lane._handle = handle  # type: ignore[method-assign]
+    tp = TopicPartition("t", 0)
+    lane.assigned_at[tp] = time.time()
+    _, _, request = _decoded(tp, "taken-over", lane.assigned_at[tp] - 60)
+    record = ConsumerRecord(tp.topic, tp.partition, 0, int((lane.assigned_at[tp] - 60) * 1000),
+                            0, b"k", encode(request), None, 1, 2, ())
+    await lane._dispatch({tp: [record]})
+    await asyncio.sleep(0.05)
+    [waiting] = pool.tasks
+    assert not waiting.done()
+    await asyncio.wait_for(catch_up_.close(), 10)
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    assert handled == [] and offsets.closed == 1
+    assert lane.tracker.safe_position(tp) == 0  # never committed past: the next owner reads it
+
+
+async def test_a_pool_stops_at_once_while_a_takeover_waits_for_the_ledger() -> None:
+    kafka = KafkaSettings(kafka_bootstrap=f"memory://{uuid.uuid4().hex}", topic_partitions=1,
+                          kafka_trust_unsigned=True)
+    config = parse_config({
+        "models": {"m": {"deployments": ["sim"]}},
+        "deployments": {"sim": {"provider": "simulated", "model": "gpt-4o-mini"}}})
+    # Left by a worker that died: older than the new owner's assignment.
+    _, _, request = _decoded(TopicPartition("t", 0), "taken-over", time.time() - 60)
+    producer = new_producer(kafka, client_id="dead-worker")
+    await ensure_topics(kafka, [topics_for(kafka).requests("m", Lane.INTERACTIVE)])
+    await producer.start()
+    await producer.send_and_wait(topics_for(kafka).requests("m", Lane.INTERACTIVE),
+                                 encode(request), key=b"taken-over")
+    await producer.stop()
+    offsets = StuckOffsets({0: 7})
+    # A long drain: only ending the catch-up lets this pool stop within the guard below.
+    pool = InferencePool(kafka, WorkerSettings(), config, ["m"],
+                         {"sim": SimulatedProvider("sim", config.deployments["sim"])},
+                         RecordedFinalResults(set()), drain_timeout_s=120)
+    pool.catch_up = LedgerCatchUp(offsets)
+    stop = asyncio.Event()
+    worker = asyncio.create_task(pool.run(stop))
+    for _ in range(200):
+        if pool.catch_up.started:
+            break
+        await asyncio.sleep(0.05)
+    assert pool.catch_up.started == 1 and pool.slots.used == 1
+    stop.set()
+    await asyncio.wait_for(worker, 20)  # a guard: the drain alone would wait 120 s
+    assert offsets.closed == 1 and pool.slots.used == 0

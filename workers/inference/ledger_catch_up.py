@@ -15,12 +15,14 @@ ledger (its group never committed and has no member). One catch-up serves every 
 of the worker (all its lanes) taken over at or before it started, and requests that wait
 for it hold their slots while everything else on the lane goes on. A ledger that has
 committed before but is not running is waited for `NO_LEDGER_GRACE_S` (a restart), not
-the whole cap.
+the whole cap. A worker that stops ends its catch-up (`LedgerCatchUp.close`): the requests
+waiting for it go back to Kafka uncalled, as those waiting for budget do.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
@@ -46,6 +48,10 @@ in its group now (stopped, or restarting): long enough for a restart to join, sh
 enough that a ledger that is down does not hold every takeover for the whole cap."""
 POLL_S = 0.2
 """Between two reads of the ledger's committed offsets."""
+STUCK_QUESTION_S = 5.0
+"""How far past the cap a question to Kafka may still be answered: one stuck on a
+coordinator that does not answer (a client retries some errors without end) must not hold
+the requests taken over past the cap, nor a stopping worker."""
 MEMBERS_EVERY_S = 1.0
 """Between two questions whether a ledger runs, while it is behind."""
 
@@ -68,7 +74,8 @@ class LedgerCatchUp:
     Args:
         offsets: where the ledger's progress is read; None: never wait (no results of
             record to look in again, e.g. a worker run without a database).
-        max_wait_s, no_ledger_grace_s, poll_s: see the module's constants.
+        max_wait_s, no_ledger_grace_s, poll_s, stuck_question_s: see the module's
+            constants.
         sleep: waits between polls (tests pass a fake clock's).
         clock: monotonic seconds, for the cap.
     """
@@ -76,12 +83,14 @@ class LedgerCatchUp:
     def __init__(self, offsets: LedgerOffsets | None, *,
                  max_wait_s: float = LEDGER_CATCH_UP_MAX_S,
                  no_ledger_grace_s: float = NO_LEDGER_GRACE_S, poll_s: float = POLL_S,
+                 stuck_question_s: float = STUCK_QUESTION_S,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
                  clock: Callable[[], float] = time.monotonic):
         self._offsets = offsets
         self._max_wait_s = max_wait_s
         self._no_ledger_grace_s = no_ledger_grace_s
         self._poll_s = poll_s
+        self._stuck_question_s = stuck_question_s
         self._sleep = sleep
         self._clock = clock
         self._latest: asyncio.Task[Outcome] | None = None
@@ -109,9 +118,25 @@ class LedgerCatchUp:
         return outcome in (Outcome.CAUGHT_UP, Outcome.GAVE_UP, Outcome.LEDGER_DOWN,
                            Outcome.STOPPED)
 
+    async def close(self) -> None:
+        """End a catch-up still running (the worker stops): the requests waiting for it end
+        unserved and uncommitted, for the partition's next owner, and its Kafka clients are
+        closed now rather than left pending when the event loop ends."""
+        latest = self._latest
+        if latest is not None and not latest.done():
+            latest.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await latest
+
     async def _catch_up(self, offsets: LedgerOffsets, stop: asyncio.Event | None) -> Outcome:
         try:
-            return await self._wait(offsets, stop)
+            async with asyncio.timeout(self._max_wait_s + self._stuck_question_s):
+                return await self._wait(offsets, stop)
+        except TimeoutError:
+            log.warning("Kafka did not answer how far the ledger has read within %.0f s; "
+                        "calling requests taken over, an answer the ledger has not recorded "
+                        "yet may be billed twice", self._max_wait_s + self._stuck_question_s)
+            return Outcome.GAVE_UP
         except (KafkaError, BrokerUnavailable, OSError) as exc:
             log.warning("cannot read the ledger's progress (%s); requests taken over are "
                         "called unless already recorded", exc)

@@ -318,6 +318,9 @@ class InferencePool:
             # Requests still waiting for budget made no call: give them back to Kafka
             # (uncommitted, so another worker takes them) instead of waiting to drain.
             self.budgets.close()
+            # Requests waiting for the ledger to catch up after a takeover made no call
+            # either: they go back too, and the catch-up's clients close with the pool.
+            await self.catch_up.close()
             await self._drain(lanes)
             await reporter
             await weights
