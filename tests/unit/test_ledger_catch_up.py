@@ -272,6 +272,28 @@ class _Pool(SimpleNamespace):
         return False
 
 
+def _recording_lane(pool: _Pool, catch_up_: LedgerCatchUp) -> tuple[ModelConsumer, list[str]]:
+    """A lane on `pool` whose handling only records which requests it would call."""
+    lane = ModelConsumer(pool, "m", consumer=None, catch_up=catch_up_)  # type: ignore[arg-type]
+    handled: list[str] = []
+
+    async def handle(tp: TopicPartition, record: Any, request: InferenceRequest) -> None:
+        handled.append(request.id)
+
+    lane._handle = handle  # type: ignore[method-assign]
+    return lane, handled
+
+
+def _records(tp: TopicPartition, requests: list[tuple[str, float]]) -> list[Any]:
+    """Records of `tp` holding requests (id, produced at), at offsets 0, 1, ..."""
+    records = []
+    for offset, (request_id, at) in enumerate(requests):
+        _, _, request = _decoded(tp, request_id, at)
+        records.append(ConsumerRecord(tp.topic, tp.partition, offset, int(at * 1000), 0,
+                                      b"k", encode(request), None, 1, 2, ()))
+    return records
+
+
 async def test_requests_taken_over_wait_without_holding_up_the_rest() -> None:
     ledger_moves = asyncio.Event()
 
@@ -282,22 +304,12 @@ async def test_requests_taken_over_wait_without_holding_up_the_rest() -> None:
     offsets = MemoryLedgerOffsets({0: 7}, committed={0: 1})
     final = RecordedFinalResults({"answered"})
     pool = _Pool(final)
-    lane = ModelConsumer(pool, "m", consumer=None,  # type: ignore[arg-type]
-                         catch_up=LedgerCatchUp(offsets, sleep=sleep_until_the_ledger_moves))
-    handled: list[str] = []
-
-    async def handle(tp: TopicPartition, record: Any, request: InferenceRequest) -> None:
-        handled.append(request.id)
-
-    lane._handle = handle  # type: ignore[method-assign]
+    lane, handled = _recording_lane(
+        pool, LedgerCatchUp(offsets, sleep=sleep_until_the_ledger_moves))
     tp = TopicPartition("t", 0)
     lane.assigned_at[tp] = time.time()
-    records = []
-    for request_id, at in (("answered", lane.assigned_at[tp] - 60),
-                           ("fresh", lane.assigned_at[tp] + 60)):
-        _, _, request = _decoded(tp, request_id, at)
-        records.append(ConsumerRecord(tp.topic, tp.partition, len(records), int(at * 1000), 0,
-                                      b"k", encode(request), None, 1, 2, ()))
+    records = _records(tp, [("answered", lane.assigned_at[tp] - 60),
+                            ("fresh", lane.assigned_at[tp] + 60)])
     # Returns while the old request waits (a guard, not a timing: it used to wait inline).
     await asyncio.wait_for(lane._dispatch({tp: records}), 10)
     await asyncio.sleep(0.05)
@@ -332,19 +344,10 @@ async def test_a_stopping_pool_ends_a_catch_up_and_gives_its_requests_back() -> 
     offsets = StuckOffsets({0: 7})
     pool = _Pool(RecordedFinalResults({"answered"}))
     catch_up_ = LedgerCatchUp(offsets)  # the cap is 30 s: only close() ends it here
-    lane = ModelConsumer(pool, "m", consumer=None, catch_up=catch_up_)  # type: ignore[arg-type]
-    handled: list[str] = []
-
-    async def handle(tp: TopicPartition, record: Any, request: InferenceRequest) -> None:
-        handled.append(request.id)
-
-    lane._handle = handle  # type: ignore[method-assign]
+    lane, handled = _recording_lane(pool, catch_up_)
     tp = TopicPartition("t", 0)
     lane.assigned_at[tp] = time.time()
-    _, _, request = _decoded(tp, "taken-over", lane.assigned_at[tp] - 60)
-    record = ConsumerRecord(tp.topic, tp.partition, 0, int((lane.assigned_at[tp] - 60) * 1000),
-                            0, b"k", encode(request), None, 1, 2, ())
-    await lane._dispatch({tp: [record]})
+    await lane._dispatch({tp: _records(tp, [("taken-over", lane.assigned_at[tp] - 60)])})
     await asyncio.sleep(0.05)
     [waiting] = pool.tasks
     assert not waiting.done()
