@@ -15,6 +15,7 @@
     ├── LimitExceeded                a key's rate limit or a monthly budget refused it
     ├── BrokerUnavailable            Kafka did not acknowledge in time (retriable)
     ├── DatabaseUnavailable          PostgreSQL could not be reached (retriable)
+    ├── IssuerUnavailable            a JWT issuer's keys could not be fetched (retriable)
     ├── PoisonMessage                a Kafka message cannot be decoded or validated
     │   └── UnprovenRequest          a Kafka-native request without valid proof of its
     │                                sender, or asking more than the sender's key allows
@@ -180,6 +181,18 @@ class DatabaseUnavailable(SluiceError):
     """PostgreSQL could not be reached."""
 
     retriable = True
+
+
+class IssuerUnavailable(SluiceError):
+    """A token's issuer could not be asked for its signing keys, so the token could be
+    neither accepted nor refused (503). Retriable: the same token may pass once the issuer
+    answers; `retry_after_s` is when we will ask the issuer again."""
+
+    retriable = True
+
+    def __init__(self, message: str, *, retry_after_s: float):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
 
 
 class PoisonMessage(SluiceError):

@@ -18,6 +18,7 @@ from broker.errors import (
     BrokerUnavailable,
     DatabaseUnavailable,
     InvalidRequest,
+    IssuerUnavailable,
     LimitExceeded,
     NotFound,
     PayloadTooLarge,
@@ -70,6 +71,11 @@ def error_response(exc: SluiceError) -> Response:
         error_type = "insufficient_quota" if exc.code == "insufficient_quota" else "requests"
         return json_response(error_body(str(exc), error_type, code=exc.code), 429,
                              headers=headers)
+    if isinstance(exc, IssuerUnavailable):
+        # The message names only the issuer the caller's own token names: nothing to hide.
+        return json_response(
+            error_body(str(exc), "service_unavailable", code="unavailable"), 503,
+            headers={"Retry-After": str(max(1, math.ceil(exc.retry_after_s)))})
     if isinstance(exc, BrokerUnavailable | DatabaseUnavailable):
         # The detail (host names, driver errors) is for operators; callers learn what
         # happened to their request and when to retry.

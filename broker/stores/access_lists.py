@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.errors import AccessNotApproved, DatabaseUnavailable, InvalidRequest
 from broker.identity.config import ROLES, Role
+from broker.identity.networks import IpNetwork, parse_network
 from broker.stores.database import database_errors
 from broker.stores.tables import api_keys, tenants
 
@@ -70,20 +71,21 @@ def peer_ip(address: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | Non
 
 
 @lru_cache(maxsize=1024)
-def networks(cidrs: tuple[str, ...]) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network,
-                                               ...]:
-    """`cidrs` parsed (once per distinct list)."""
-    return tuple(ipaddress.ip_network(cidr, strict=False) for cidr in cidrs)
+def networks(cidrs: tuple[str, ...]) -> tuple[IpNetwork, ...]:
+    """`cidrs` parsed (once per distinct list); IPv4-mapped entries stored before they were
+    normalised (`::ffff:203.0.113.7/128`) still match their IPv4 callers."""
+    return tuple(parse_network(cidr) for cidr in cidrs)
 
 
 def checked_cidrs(cidrs: Sequence[str] | None, param: str) -> list[str] | None:
-    """`cidrs` normalised (`10.0.0.0/8`), or `InvalidRequest` naming the bad one."""
+    """`cidrs` normalised (`10.0.0.0/8`; `::ffff:203.0.113.7` is `203.0.113.7/32`, the form
+    `peer_ip` matches), or `InvalidRequest` naming the bad one."""
     if cidrs is None:
         return None
     normalised = []
     for cidr in cidrs:
         try:
-            normalised.append(str(ipaddress.ip_network(cidr.strip(), strict=False)))
+            normalised.append(str(parse_network(cidr)))
         except ValueError as exc:
             raise InvalidRequest(f"'{cidr}' is not an IP address or CIDR.", param=param) from exc
     return normalised

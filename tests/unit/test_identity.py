@@ -1,10 +1,12 @@
 """JWT bearer tokens: signature, expiry, audience, issuer, JWKS caching and key rotation,
-claims mapped to tenant and role (keys generated here; the JWKS is served by a
-MockTransport that counts fetches)."""
+claims mapped to tenant and role within what the issuer is trusted for, and an issuer that
+cannot be reached (keys generated here; the JWKS is served by a MockTransport that counts
+fetches)."""
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any
 
@@ -12,9 +14,11 @@ import httpx
 import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from pydantic import ValidationError
 
-from broker.errors import AuthenticationFailed
+from broker.errors import AuthenticationFailed, IssuerUnavailable
 from broker.identity.config import IdentityConfig, IssuerConfig
+from ingress.envelope import error_response
 from ingress.identity import JwksCache, JwtVerifier, looks_like_jwt
 
 ISSUER = "https://id.example.test/"
@@ -28,6 +32,7 @@ class Issuer:
     def __init__(self) -> None:
         self.keys: dict[str, Any] = {"rsa-1": rsa.generate_private_key(65537, 2048)}
         self.fetches = 0
+        self.down = False  # answers 503, as an issuer in an outage does
 
     def jwks(self) -> dict[str, Any]:
         documents = []
@@ -42,6 +47,8 @@ class Issuer:
         def handle(request: httpx.Request) -> httpx.Response:
             assert str(request.url) == JWKS_URL
             self.fetches += 1
+            if self.down:
+                return httpx.Response(503, text="upstream unavailable")
             return httpx.Response(200, json=self.jwks())
         return httpx.MockTransport(handle)
 
@@ -61,8 +68,8 @@ def issuer() -> Issuer:
 
 def verifier(issuer: Issuer, **options: Any) -> JwtVerifier:
     config = IdentityConfig(issuers=[IssuerConfig(
-        issuer=ISSUER, jwks_url=JWKS_URL, audience=AUDIENCE,
-        roles_map={"readers": "analyst"}, **options)], jwks_min_refetch_s=0)
+        issuer=ISSUER, jwks_url=JWKS_URL, audience=AUDIENCE, **options)],
+        jwks_min_refetch_s=0)
     return JwtVerifier(config, JwksCache(ttl_s=600, min_refetch_s=0,
                                          transport=issuer.transport()))
 
@@ -76,10 +83,60 @@ async def test_a_valid_token_names_its_tenant_and_role(issuer: Issuer) -> None:
 
 
 async def test_roles_map_translates_the_issuers_names(issuer: Issuer) -> None:
-    principal = await verifier(issuer).principal(issuer.token(role=["staff", "readers"]))
+    readers = {"roles_map": {"readers": "analyst"}}
+    principal = await verifier(issuer, **readers).principal(
+        issuer.token(role=["staff", "readers"]))
     assert principal.role == "analyst"
     with pytest.raises(AuthenticationFailed, match="no role"):
-        await verifier(issuer).principal(issuer.token(role="staff"))
+        await verifier(issuer, **readers).principal(issuer.token(role="staff"))
+
+
+async def test_with_a_roles_map_an_unmapped_value_never_reads_as_our_role(
+        issuer: Issuer) -> None:
+    # The issuer's own "admin" group is not our admin unless the config maps it.
+    groups = {"role_claim": "groups",
+              "roles_map": {"finance": "analyst", "engineers": "member"}}
+    principal = await verifier(issuer, **groups).principal(
+        issuer.token(groups=["admin", "engineers"]))
+    assert principal.role == "member"
+    for unmapped in (["admin"], "tenant_admin"):
+        with pytest.raises(AuthenticationFailed, match="no role"):
+            await verifier(issuer, **groups).principal(issuer.token(groups=unmapped))
+
+
+@pytest.mark.parametrize("groups", [["readers", "leads", "staff"], ["staff", "leads",
+                                                                    "readers"]])
+async def test_the_most_privileged_mapped_role_wins_in_any_order(
+        issuer: Issuer, groups: list[str]) -> None:
+    mapped = {"role_claim": "groups",
+              "roles_map": {"readers": "analyst", "leads": "tenant_admin"}}
+    principal = await verifier(issuer, **mapped).principal(issuer.token(groups=groups))
+    assert principal.role == "tenant_admin"
+    # Without a roles_map our own names count, the most privileged of them too.
+    plain = await verifier(issuer).principal(issuer.token(role=["analyst", "tenant_admin"]))
+    assert plain.role == "tenant_admin"
+
+
+async def test_an_issuer_speaks_only_for_its_tenants(issuer: Issuer) -> None:
+    limited = verifier(issuer, tenants=["acme", "initech"])
+    assert (await limited.principal(issuer.token(tenant="initech"))).tenant == "initech"
+    with pytest.raises(AuthenticationFailed,
+                       match=r"tenant 'globex'.*issuer " + re.escape(ISSUER)):
+        await limited.principal(issuer.token(tenant="globex"))
+    anyone = await verifier(issuer).principal(issuer.token(tenant="globex"))
+    assert anyone.tenant == "globex"  # no list: any tenant
+    with pytest.raises(ValidationError):
+        IssuerConfig(issuer=ISSUER, jwks_url=JWKS_URL, audience=AUDIENCE, tenants=[])
+
+
+async def test_a_role_above_the_issuers_max_role_is_refused(issuer: Issuer) -> None:
+    capped = verifier(issuer, max_role="tenant_admin",
+                      roles_map={"ops": "admin", "leads": "tenant_admin"})
+    with pytest.raises(AuthenticationFailed, match=r"'admin'.*max_role: tenant_admin"):
+        await capped.principal(issuer.token(role=["ops", "leads"]))  # refused, not demoted
+    assert (await capped.principal(issuer.token(role="leads"))).role == "tenant_admin"
+    # By default an issuer may grant admin (README: a token that maps to admin administers).
+    assert (await verifier(issuer).principal(issuer.token(role="admin"))).role == "admin"
 
 
 async def test_es256_tokens_verify(issuer: Issuer) -> None:
@@ -154,3 +211,54 @@ async def test_a_verified_token_is_cached_until_it_expires(issuer: Issuer) -> No
     now[0] += 61  # by our clock the token expired: verified again (PyJWT reads real time)
     again = await checker.principal(token)
     assert again == first and again is not first
+
+
+def _cache_at(issuer: Issuer, now: list[float]) -> tuple[JwtVerifier, JwksCache]:
+    jwks = JwksCache(ttl_s=600, min_refetch_s=30, transport=issuer.transport(),
+                     clock=lambda: now[0])
+    return JwtVerifier(IdentityConfig(issuers=[IssuerConfig(
+        issuer=ISSUER, jwks_url=JWKS_URL, audience=AUDIENCE)]), jwks), jwks
+
+
+async def test_an_unreachable_issuer_is_asked_once_per_interval_and_answers_retry(
+        issuer: Issuer) -> None:
+    now = [1000.0]
+    checker, _ = _cache_at(issuer, now)
+    issuer.down = True
+    for n in range(5):  # five callers during the outage: one fetch, five fast answers
+        with pytest.raises(IssuerUnavailable,
+                           match=re.escape(ISSUER) + r".*Retry in 30s") as caught:
+            await checker.principal(issuer.token(sub=f"user-{n}"))
+        assert caught.value.retriable
+    assert issuer.fetches == 1
+    now[0] += 30  # the interval passed: asked again, and the issuer is back
+    issuer.down = False
+    assert (await checker.principal(issuer.token(sub="user-9"))).subject == "user-9"
+    assert issuer.fetches == 2
+
+
+async def test_during_an_outage_unknown_kids_do_not_refetch_and_known_keys_serve(
+        issuer: Issuer) -> None:
+    now = [1000.0]
+    checker, _ = _cache_at(issuer, now)
+    await checker.principal(issuer.token())
+    issuer.down = True
+    now[0] += 601  # past the TTL: one attempt fails, the keys we had keep serving
+    assert (await checker.principal(issuer.token(sub="user-2"))).subject == "user-2"
+    assert issuer.fetches == 2
+    for n in range(5):  # a rotated (or made-up) kid cannot be checked until the issuer is back
+        with pytest.raises(IssuerUnavailable, match=re.escape(ISSUER)):
+            await checker.principal(issuer.token(kid=f"new-{n}", key=issuer.keys["rsa-1"]))
+    assert issuer.fetches == 2
+    now[0] += 30
+    issuer.down = False
+    with pytest.raises(AuthenticationFailed, match="not one of"):  # asked: truly unknown
+        await checker.principal(issuer.token(kid="new-9", key=issuer.keys["rsa-1"]))
+    assert issuer.fetches == 3
+
+
+def test_an_unreachable_issuer_is_a_503_with_retry_after() -> None:
+    response = error_response(IssuerUnavailable(f"issuer {ISSUER} down; Retry in 30s.",
+                                                retry_after_s=29.5))
+    assert response.status_code == 503 and response.headers["retry-after"] == "30"
+    assert ISSUER in json.loads(bytes(response.body))["error"]["message"]

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import ValidationError
 
-from broker.stores.access_lists import Access
+from broker.stores.access_lists import Access, checked_cidrs
 from schemas import ChatCompletionRequest, InferenceRequest
 from schemas.caching import CacheTicket
 from workers.ledger.rows import request_row
@@ -18,6 +18,17 @@ def test_an_ipv4_client_on_a_dual_stack_socket_meets_the_ipv4_rules() -> None:
     assert not denied.admits("::ffff:1.2.3.4") and not denied.admits("1.2.3.4")
     allowed = Access(allow_lists=(("10.0.0.0/8",),))
     assert allowed.admits("::ffff:10.1.2.3") and not allowed.admits("::ffff:11.1.2.3")
+
+
+def test_an_ipv4_mapped_list_entry_is_stored_and_matched_as_ipv4() -> None:
+    assert checked_cidrs(["::ffff:203.0.113.7", "::ffff:10.0.0.0/104", "2001:db8::/32"],
+                         "ip_deny") == ["203.0.113.7/32", "10.0.0.0/8", "2001:db8::/32"]
+    # Entries stored before they were normalised match too.
+    denied = Access(deny=("::ffff:203.0.113.7/128",))
+    assert not denied.admits("203.0.113.7") and not denied.admits("::ffff:203.0.113.7")
+    assert denied.admits("203.0.113.8")
+    allowed = Access(allow_lists=(("::ffff:10.0.0.0/104",),))
+    assert allowed.admits("10.1.2.3") and not allowed.admits("11.1.2.3")
 
 
 @pytest.mark.parametrize("version", ["²", "٣", "9" * 30, "-1", "v2"])
