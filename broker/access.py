@@ -65,8 +65,22 @@ def parse_resource(resource: str) -> tuple[str, str]:
     return kind, name
 
 
+def deciding(tenant: Status | None, key: Status | None) -> list[Status]:
+    """The statuses that decide for a key whose tenant-wide grant is `tenant` and whose
+    own grant is `key` (None: no such grant), as `refusal` reads them.
+
+    A decision on the key's own grant (approved or denied) decides alone: denying one key
+    revokes it even under a tenant-wide approval, and approving one key opens it under a
+    tenant-wide denial. A key's own pending request is not a decision: it never takes a
+    tenant-wide approval away, it only says the key is waiting.
+    """
+    if key in ("approved", "denied"):
+        return [key]
+    return [status for status in (tenant, key) if status is not None]
+
+
 def refusal(resource: str, statuses: Sequence[Status]) -> AccessNotApproved | None:
-    """Why a caller whose grants (its key's and its tenant's) are `statuses` may not use
+    """Why a caller whose deciding grants (`deciding`) are `statuses` may not use
     `resource`; None when one of them is approved. Pending wins over denied: a caller
     who asked again after a denial is waiting, not refused."""
     if "approved" in statuses:
@@ -88,7 +102,8 @@ class GrantReader(Protocol):
     """The statuses of the grants covering a key (`broker.stores.access.AccessStore`)."""
 
     async def statuses(self, tenant: str, key_id: str, resource: str) -> list[Status]:
-        """Statuses of the tenant-wide grant and the key's own, for `resource`."""
+        """Statuses of the tenant-wide grant and the key's own that decide for `resource`
+        (`deciding`: a decision on the key's own grant overrides the tenant's)."""
         ...
 
 

@@ -5,7 +5,8 @@
   (`SLUICE_ADMIN_KEY`, compared in constant time) or an `admin`-role caller; a
   `tenant_admin` manages its own tenant's keys, never the role `admin` (README "Identity
   and roles"). Without either, 401; a caller of another role, 403 `insufficient_role`.
-  Bodies: `ingress.key_admin`.
+  A tenant admin's keys stay within its own key's limits (403 `exceeds_own_limits`), and
+  it may not change its own key's role or IP lists. Bodies: `ingress.key_admin`.
 - `GET /v1/admin/tenants`, `PUT /v1/admin/tenants/{name}`: tenant budgets and the
   content-storage opt-in, with this month's spend (admin key or `admin` role).
 - `GET /v1/usage?from=&to=&group_by=&format=json|csv[&tenant=]`: a normal key sees its own
@@ -61,10 +62,19 @@ from broker.stores.tenants import (
     spend_accounts_of,
 )
 from broker.stores.usage import csv_text, json_rows, parse_group_by, parse_time, usage_report
-from ingress.auth import admin_scope
+from ingress.auth import admin_scope, authenticate
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
-from ingress.key_admin import KeyChange, NewKey, Usd, key_body, key_body_with_alerts
+from ingress.key_admin import (
+    KeyChange,
+    NewKey,
+    PositiveUsd,
+    Usd,
+    bounded_limits,
+    key_body,
+    key_body_with_alerts,
+    require_within,
+)
 from ingress.services import IngressServices
 
 if TYPE_CHECKING:  # a handle passed to the stores; SQL is theirs alone
@@ -82,7 +92,7 @@ class TenantChange(BaseModel):
     store_content: bool | None = None
     # README "Budget alerts": percentages of monthly_budget_usd, and USD per UTC day.
     alert_thresholds_pct: list[Annotated[int, Field(ge=1, le=1000)]] | None = None
-    daily_spend_alert_usd: Usd | None = None
+    daily_spend_alert_usd: PositiveUsd | None = None
     # README "Identity and roles": CIDRs the tenant's callers may (not) come from.
     ip_allow: list[str] | None = None
     ip_deny: list[str] | None = None
@@ -148,8 +158,11 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         if unknown:  # workers would refuse every request of the key: say so now
             raise InvalidRequest(f"Unknown guardrail policy '{unknown[0]}' (the config's "
                                  "`guardrails` declares the policies).", param="guardrails")
-        secret, record = await create_api_key(engine, spec.tenant, spec.name,
-                                              spec.limits(access))
+        limits = spec.limits(access)
+        caller = await _own_key(request, services, engine, scope)
+        if caller is not None:
+            require_within(caller.limits, bounded_limits(limits))
+        secret, record = await create_api_key(engine, spec.tenant, spec.name, limits)
         return json_response(key_body(record) | {"secret": secret}, 201)
 
     @app.patch("/v1/admin/keys/{key_id}")
@@ -160,6 +173,12 @@ def register_ledger_routes(app: FastAPI, services: IngressServices) -> None:
         record = await _active_key(engine, key_id, scope)
         # Everything is checked before anything is stored: a refused change changes nothing.
         access = key_access_changes(fields, current_role=record.limits.role, scope=scope)
+        caller = await _own_key(request, services, engine, scope)
+        if caller is not None and access:
+            if caller.id == key_id:  # else it could lift the limits an admin set on it
+                raise AccessNotApproved("A tenant admin may not change its own key's role "
+                                        "or IP lists.", code="insufficient_role")
+            require_within(caller.limits, access)
         await apply_alert_fields(engine, record.tenant, fields, scope=key_scope(key_id))
         await update_key_access(engine, key_id, access)
         _forget_access(request, record.tenant, key_id)  # a demotion counts here at once
@@ -256,6 +275,17 @@ async def _active_key(engine: AsyncEngine, key_id: str, scope: str | None) -> Ap
             scope is not None and record.tenant != scope):
         raise NotFound(f"No active key with id '{key_id}'.")
     return record
+
+
+async def _own_key(request: Request, services: IngressServices, engine: AsyncEngine,
+                   scope: str | None) -> ApiKeyRecord | None:
+    """The key a tenant admin (`scope` set) acts through, whose limits bound the keys it
+    creates or changes; None for the admin (not limited) or a caller without a key (an
+    OIDC token: no key limits to escape)."""
+    if scope is None:
+        return None
+    principal = await authenticate(request, services.api_keys)
+    return await find_key(engine, principal.api_key_id)
 
 
 async def _require_every_tenant(request: Request, services: IngressServices) -> None:

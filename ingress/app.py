@@ -147,6 +147,8 @@ class Ingress:
         approval"); `name` may be an alias."""
         served = resolve_alias(self.services.config, name)
         model = self.services.config.models.get(served)
+        if not (principal.may_use(name) or principal.may_use(served)):
+            return  # `admit` answers 404 model_not_found: a 403 would name the model
         if model is not None and model.requires_approval:
             await self.access.require(principal.tenant, principal.api_key_id, f"model:{served}")
 

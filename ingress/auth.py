@@ -47,9 +47,11 @@ ROUTE_PERMISSIONS: tuple[tuple[str, str, Permission], ...] = (
     ("*", "/v1/admin/keys", "manage_keys"),
     ("*", "/v1/admin/", "administer"),
     ("POST", "/console/api/", "administer"),  # dead-letter replay
+    ("GET", "/console/api/keys", "manage_keys"),  # as /v1/admin/keys: a leaked key lists none
     ("GET", "/console/api/", "read_usage"),
     ("GET", "/v1/usage", "read_usage"),
     ("GET", "/v1/ledger", "read_usage"),
+    ("GET", "/v1/feedback", "read_usage"),  # feedback reports are usage reports (A/B, canary)
     ("GET", "/v1/requests/", "read_usage"),
     ("GET", "/v1/models", "read_usage"),
     ("GET", "/asyncapi.json", "read_usage"),
@@ -139,13 +141,17 @@ def permission_for(method: str, path: str) -> Permission:
 
 def client_address(request: Request) -> str:
     """The caller's address: the socket peer, or, when that peer is a trusted proxy
-    (`identity.trusted_proxies`), the nearest untrusted address in X-Forwarded-For."""
+    (`identity.trusted_proxies`), the nearest untrusted address in X-Forwarded-For (all its
+    header lines read as one list)."""
     peer = request.client.host if request.client is not None else ""
     trusted = tuple(_identity(request).trusted_proxies)
     proxies = Access(allow_lists=(trusted,))
     if not trusted or not proxies.admits(peer):
         return peer
-    forwarded = [hop.strip() for hop in request.headers.get("x-forwarded-for", "").split(",")]
+    # Every header line, in order: a proxy may append its own line rather than extend the
+    # client's, and then the line the client forged comes first.
+    lines = ",".join(request.headers.getlist("x-forwarded-for"))
+    forwarded = [hop.strip() for hop in lines.split(",")]
     for hop in reversed([hop for hop in forwarded if hop]):
         if not proxies.admits(hop):
             return hop

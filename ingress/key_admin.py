@@ -1,6 +1,9 @@
 """Bodies of the key routes of the admin API (`/v1/admin/keys…`, routes in `ingress.admin`):
 what a new key or a change may say, and how a key is shown.
 
+A tenant admin acting through a key with limits hands out keys within them
+(`require_within`): it cannot mint a key that escapes the limits an admin set on its own.
+
 A key's role and IP lists (README "Identity and roles") and its budget-alert rule (README
 "Budget alerts") are part of its body, so an operator sees in one listing what a key may
 do, from where, and when it warns.
@@ -8,18 +11,24 @@ do, from where, and when it warns.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
+from ipaddress import IPv4Network, IPv6Network
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from broker.errors import AccessNotApproved
 from broker.identity.config import Role
-from broker.stores.access_lists import Access
+from broker.stores.access_lists import Access, networks
 from broker.stores.budget_alerts import AlertRule, FiredAlert, key_alert_fields
 from broker.stores.keys import ApiKeyRecord, KeyLimits
 
 Usd = Annotated[Decimal, Field(ge=0, max_digits=20, decimal_places=10)]
+# A daily spend alert of 0 would fire on the first cent of every day (the CLI refuses it
+# too: "must be a positive amount"); null clears the alert instead.
+PositiveUsd = Annotated[Decimal, Field(gt=0, max_digits=20, decimal_places=10)]
 Percentages = list[Annotated[int, Field(ge=1, le=1000)]]
 
 
@@ -66,7 +75,7 @@ class KeyChange(BaseModel):
     ip_deny: list[str] | None = None
     # README "Budget alerts": percentages of the key's monthly_budget_usd, USD per UTC day.
     alert_thresholds_pct: Percentages | None = None
-    daily_spend_alert_usd: Usd | None = None
+    daily_spend_alert_usd: PositiveUsd | None = None
 
     def fields(self) -> dict[str, Any]:
         """The fields the body sets, by name (null ones included: they clear)."""
@@ -101,3 +110,66 @@ def key_body_with_alerts(record: ApiKeyRecord, rule: AlertRule | None,
                          last: FiredAlert | None) -> dict[str, Any]:
     """`key_body` with the key's alert rule and latest alert (README "Budget alerts")."""
     return key_body(record) | key_alert_fields(rule, last)
+
+
+BOUNDED = ("models", "rpm", "tpm", "guardrails", "ip_allow", "ip_deny")
+"""The limits of a tenant admin's own key that bound the keys it creates or changes."""
+
+
+def _covered(inner: IPv4Network | IPv6Network, outer: tuple[str, ...]) -> bool:
+    """Whether `inner` lies within one of the CIDRs `outer` (of its own IP version)."""
+    for net in networks(outer):
+        if isinstance(inner, IPv4Network) and isinstance(net, IPv4Network) \
+                and inner.subnet_of(net):
+            return True
+        if isinstance(inner, IPv6Network) and isinstance(net, IPv6Network) \
+                and inner.subnet_of(net):
+            return True
+    return False
+
+
+def _exceeded(name: str, own: Any, given: Any) -> str | None:
+    """Why `given` (the key's `name` limit) is wider than `own` (the caller's), or None."""
+    if own is None or own == ():
+        return None  # the caller is not limited in this
+    if name.startswith("ip_") and given is not None:
+        own, given = tuple(own), tuple(given)  # a change's lists come as lists
+    if given is None:
+        return f"you are limited ({name} {_shown(own)}), so the key must be too"
+    if name == "models" and not set(given) <= set(own):
+        return f"models {_shown(set(given) - set(own))} are not among yours"
+    if name in ("rpm", "tpm") and given > own:
+        return f"{name} {given} is above yours ({own})"
+    if name == "guardrails" and not set(own) <= set(given):
+        return f"guardrails must include yours ({_shown(own)})"
+    if name == "ip_allow" and not all(_covered(net, own) for net in networks(given)):
+        return f"ip_allow must stay within yours ({_shown(own)})"
+    if name == "ip_deny" and not all(_covered(net, given) for net in networks(own)):
+        return f"ip_deny must keep yours ({_shown(own)})"
+    return None
+
+
+def _shown(values: Any) -> str:
+    return ", ".join(sorted(values)) if not isinstance(values, int) else str(values)
+
+
+def require_within(own: KeyLimits, given: Mapping[str, object]) -> None:
+    """Refuse limits `given` to a key (by name; those of `BOUNDED` are checked) that are
+    wider than the caller's own key's `own`: models a subset of the caller's, rpm and tpm
+    not above its, its guardrails included, its allow list kept (the key's within it),
+    its deny list kept.
+
+    Raises:
+        AccessNotApproved: 403 `exceeds_own_limits`, naming the first limit exceeded.
+    """
+    for name in BOUNDED:
+        why = _exceeded(name, getattr(own, name), given[name]) if name in given else None
+        if why is not None:
+            raise AccessNotApproved(
+                f"A tenant admin may only create or change keys within its own key's "
+                f"limits: {why}.", code="exceeds_own_limits")
+
+
+def bounded_limits(limits: KeyLimits) -> dict[str, object]:
+    """A new key's limits that `require_within` checks, by name."""
+    return {name: getattr(limits, name) for name in BOUNDED}

@@ -16,7 +16,7 @@ from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from broker.access import Action, Status, next_status, parse_resource
+from broker.access import Action, Status, deciding, next_status, parse_resource
 from broker.errors import NotFound
 from broker.stores.database import database_errors
 from broker.stores.tables import access_audit, access_grants
@@ -156,15 +156,18 @@ class AccessStore:
         return [_grant(row) for row in rows]
 
     async def statuses(self, tenant: str, key_id: str, resource: str) -> list[Status]:
-        """Statuses of the tenant-wide grant and `key_id`'s own for `resource`."""
+        """Statuses of the tenant-wide grant and `key_id`'s own for `resource` that decide
+        (`broker.access.deciding`: a decision on the key's grant overrides the tenant's)."""
         table = access_grants.c
-        statement = select(table.status).where(
+        statement = select(table.key_id, table.status).where(
             table.tenant == tenant, table.resource == resource,
             or_(table.key_id == "", table.key_id == key_id), table.status != "new")
         with database_errors(self.engine):
             async with self.engine.connect() as connection:
-                rows = (await connection.execute(statement)).scalars().all()
-        return [cast(Status, status) for status in rows]
+                rows = (await connection.execute(statement)).all()
+        found = {row.key_id: cast(Status, row.status) for row in rows}
+        # A batch made without a key (`key_id` '') is judged by its tenant's grant alone.
+        return deciding(found.get(""), found.get(key_id) if key_id else None)
 
     async def audit(self, *, grant_id: str | None = None, tenant: str | None = None
                     ) -> list[AuditEntry]:

@@ -6,9 +6,11 @@ Who sees what (the key or token in `Authorization: Bearer`):
   tenant's: queue depth, deployment budgets, workers and their breakers, dead letters
   (they hold other tenants' requests), and it alone may replay them;
 - any other caller allowed to read usage (`member`, `tenant_admin`, `analyst`) sees its
-  own tenant only: its throughput, failures, batches and keys (listed read-only: a leaked
-  key must not be able to mint or revoke keys; that stays at `/v1/admin/keys`). Usage is
-  `/v1/usage`, which already scopes a tenant caller to its tenant.
+  own tenant only: its throughput, failures and batches. Its keys are listed (read-only:
+  minting and revoking stay at `/v1/admin/keys`) only to a caller who may manage them
+  there (`tenant_admin`): members and analysts get 403 `insufficient_role`, as on
+  `GET /v1/admin/keys`. Usage is `/v1/usage`, which already scopes a tenant caller to its
+  tenant.
 An operator view answers such a caller 403 `insufficient_role`, as `/v1/admin/*` does;
 no credentials, 401.
 """
@@ -29,7 +31,7 @@ from broker.budgets import DIMENSIONS, BucketState, PostgresBudgetStore
 from broker.budgets.shapes import shape_of
 from broker.budgets.store import describe
 from broker.console.store import recent_batches, recent_failures, throughput
-from broker.errors import BrokerUnavailable, InvalidRequest
+from broker.errors import AccessNotApproved, BrokerUnavailable, InvalidRequest
 from broker.heartbeats.store import list_heartbeats
 from broker.kafka import KafkaError, topics_for
 from broker.kafka.dead_letters import find_dead_letters, read_dead_letters, replay
@@ -37,7 +39,7 @@ from broker.kafka.lag import consumer_lag
 from broker.stores.keys import list_api_keys
 from ingress.access import require_administrator
 from ingress.admin import is_admin
-from ingress.auth import authenticate, role_of
+from ingress.auth import admin_scope, authenticate, role_of
 from ingress.body import read_json_object, validate_body
 from ingress.envelope import json_response
 from ingress.key_admin import key_body
@@ -85,6 +87,24 @@ async def viewer_of(request: Request, services: IngressServices) -> Viewer:
     if role_of(principal) == "admin":
         return Viewer(admin=True, tenant=None)
     return Viewer(admin=False, tenant=principal.tenant)
+
+
+async def key_manager_of(request: Request, services: IngressServices) -> Viewer:
+    """Who may list keys, as `GET /v1/admin/keys` decides: the admin (every tenant), or a
+    caller allowed to manage keys (`tenant_admin`) for its own tenant. Key lists name
+    every key's id, prefix, role and IP lists: members and analysts get 403
+    `insufficient_role`, as on the admin route."""
+    scope = await admin_scope(request, services.api_keys,
+                              admin_key=is_admin(request, services), permission="manage_keys")
+    return Viewer(admin=scope is None, tenant=scope)
+
+
+async def _lists_keys(request: Request, services: IngressServices) -> bool:
+    try:
+        await key_manager_of(request, services)
+    except AccessNotApproved:
+        return False
+    return True
 
 
 async def admin_of(request: Request, services: IngressServices) -> Viewer:
@@ -145,6 +165,8 @@ def register_console_api(app: FastAPI, services: IngressServices) -> None:
     async def me(request: Request) -> Response:
         viewer = await viewer_of(request, services)
         return _reply({"admin": viewer.admin, "tenant": viewer.tenant,
+                       # The page shows the key list only to whom `/console/api/keys` answers.
+                       "lists_keys": viewer.admin or await _lists_keys(request, services),
                        "models": sorted(services.config.models),
                        "usage_url": "/v1/usage"})
 
@@ -205,7 +227,7 @@ def register_console_api(app: FastAPI, services: IngressServices) -> None:
 
     @app.get("/console/api/keys", include_in_schema=False)
     async def keys(request: Request) -> Response:
-        viewer = await viewer_of(request, services)
+        viewer = await key_manager_of(request, services)
         tenant = request.query_params.get("tenant") if viewer.admin else viewer.tenant
         found = await list_api_keys(engine, tenant)
         return _reply({"object": "list", "may_manage": viewer.admin,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker.access import AccessGate, Status, next_status, parse_resource, refusal
+from broker.access import AccessGate, Status, deciding, next_status, parse_resource, refusal
 from broker.errors import AccessNotApproved, InvalidRequest
 
 
@@ -41,6 +41,27 @@ def test_refused_transitions(current: Status | None, action: str) -> None:
 ])
 def test_refusal_codes(statuses: tuple[Status, ...], code: str | None) -> None:
     refused = refusal("model:m", statuses)
+    assert (refused.code if refused else None) == code
+
+
+@pytest.mark.parametrize(("tenant", "key", "code"), [
+    # A decision on the key's own grant decides, whatever the tenant's says.
+    ("approved", "denied", "access_denied"),
+    ("denied", "approved", None),
+    ("pending", "denied", "access_denied"),
+    # The key's own pending request is no decision: a tenant-wide approval stands.
+    ("approved", "pending", None),
+    ("denied", "pending", "access_pending"),
+    (None, "pending", "access_pending"),
+    # Without a grant of its own, the tenant's decides.
+    ("approved", None, None),
+    ("denied", None, "access_denied"),
+    (None, None, "access_required"),
+])
+def test_a_decision_on_the_keys_own_grant_overrides_the_tenants(
+    tenant: Status | None, key: Status | None, code: str | None
+) -> None:
+    refused = refusal("model:m", deciding(tenant, key))
     assert (refused.code if refused else None) == code
 
 

@@ -74,7 +74,7 @@ async def test_no_credentials_is_401(client: httpx.AsyncClient, method: str, pat
 async def test_the_admin_key_and_an_admin_role_see_the_operator_views(
         client: httpx.AsyncClient, secret: str) -> None:
     me = (await client.get("/console/api/me", headers=bearer(secret))).json()
-    assert (me["admin"], me["tenant"]) == (True, None)
+    assert (me["admin"], me["tenant"], me["lists_keys"]) == (True, None, True)
     queues = await client.get("/console/api/queues", headers=bearer(secret))
     assert queues.status_code == 200, queues.text
     assert {row["model"] for row in queues.json()["data"]} == {"m"}
@@ -90,3 +90,4 @@ async def test_other_roles_keep_their_tenants_console(client: httpx.AsyncClient,
     me = await client.get("/console/api/me", headers=bearer(f"sk-{role}"))
     assert me.status_code == 200, me.text
     assert (me.json()["admin"], me.json()["tenant"]) == (False, "acme")
+    assert me.json()["lists_keys"] is (role == "tenant_admin")  # as /console/api/keys answers

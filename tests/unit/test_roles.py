@@ -3,6 +3,8 @@ and which addresses pass a key's and its tenant's lists."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from starlette.requests import Request
 
@@ -21,7 +23,10 @@ MEMBER = Principal(tenant="acme", api_key_id="key_1")
     ("POST", "/v1/requests/req_1/cancel", "use_models"),
     ("GET", "/v1/requests/req_1", "read_usage"),
     ("GET", "/v1/usage", "read_usage"),
-    ("GET", "/console/api/keys", "read_usage"),
+    ("GET", "/v1/feedback", "read_usage"),
+    ("POST", "/v1/requests/req_1/feedback", "use_models"),
+    ("GET", "/console/api/keys", "manage_keys"),
+    ("GET", "/console/api/throughput", "read_usage"),
     ("POST", "/console/api/dead-letters/replay", "administer"),
     ("POST", "/v1/batches", "manage_batches"),
     ("GET", "/v1/files/file_1/content", "manage_batches"),
@@ -90,8 +95,9 @@ class _App:
     state = _State()
 
 
-def _request(peer: str, forwarded: str | None) -> Request:
-    headers = [(b"x-forwarded-for", forwarded.encode())] if forwarded else []
+def _request(peer: str, forwarded: str | list[str] | None) -> Request:
+    lines = [forwarded] if isinstance(forwarded, str) else forwarded or []
+    headers = [(b"x-forwarded-for", line.encode()) for line in lines]
     return Request({"type": "http", "method": "GET", "path": "/", "headers": headers,
                     "client": (peer, 5000), "app": _App()})
 
@@ -113,3 +119,29 @@ def test_a_trusted_proxy_forwards_the_nearest_untrusted_address(
     request = _request("10.0.0.2", "1.1.1.1, 203.0.113.9, 10.0.0.7")
     assert client_address(request) == "203.0.113.9"
     assert client_address(_request("198.51.100.1", "10.0.0.1")) == "198.51.100.1"
+
+
+
+def test_every_x_forwarded_for_line_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    from types import SimpleNamespace
+
+    from broker.identity.config import IdentityConfig
+
+    identity = IdentityConfig(trusted_proxies=["10.0.0.0/8"])
+    monkeypatch.setattr(_State, "ingress", SimpleNamespace(
+        services=SimpleNamespace(config=SimpleNamespace(identity=identity))))
+    # The client forged the first line; its proxy added what it saw as a line of its own.
+    request = _request("10.0.0.2", ["192.0.2.10", "198.51.100.5"])
+    assert client_address(request) == "198.51.100.5"
+
+
+@pytest.mark.parametrize("entry", ["10.0.0.0/33", "bogus", "::1/129"])
+def test_a_trusted_proxy_that_is_not_a_cidr_fails_at_start_up(entry: str) -> None:
+    from broker.config import parse_config
+    from broker.errors import ConfigError
+    from broker.identity.config import IdentityConfig
+
+    with pytest.raises(ConfigError, match=re.escape(repr(entry))):
+        parse_config({"models": {}, "identity": {"trusted_proxies": ["10.0.0.0/8", entry]}})
+    assert IdentityConfig(trusted_proxies=["10.0.0.7/8", "::ffff:10.0.0.0/104"]) \
+        .trusted_proxies == ["10.0.0.0/8", "10.0.0.0/8"]

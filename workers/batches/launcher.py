@@ -19,6 +19,11 @@ A line may name an alias its key may use (`batch.models` lists it): it is publis
 request of the model serving it, with the caller's A/B or canary variant, as ingress
 publishes a direct call (`workers.batches.routing`).
 
+Models that require approval are asked about again at launch (the batch's `models` hold
+those approved when it was made): lines of a model whose approval was revoked since are
+answered in the error file with the access error's code, as template lines are, and the
+rest runs.
+
 A launch resumes. While a batch is `validating`, its `total` counts the lines already
 launched: rows written and every message before them acknowledged by Kafka. It grows after
 each chunk of lines, and after a failure to the lines before the first one Kafka did not
@@ -64,6 +69,7 @@ from broker.stores.keys import find_key_limits
 from broker.stores.prices import PriceBook, list_prices
 from broker.stores.templates import get_templates
 from schemas import ChatCompletionRequest, EmbeddingRequest, InferenceRequest, Lane
+from workers.batches.approvals import model_refusals, refused_lines
 from workers.batches.budget import BatchEstimate, admit_batch, batch_limits
 from workers.batches.claims import release
 from workers.batches.native import NativeLane
@@ -120,6 +126,7 @@ class Launcher:
         self._engine = engine
         self._native = native
         self._screening = screening or NativeScreening(None)
+        self._config = config
         self._routing = BatchRouting(config)
         self._estimator = estimator
         self._files = files
@@ -193,17 +200,20 @@ class Launcher:
         done = int(batch.total)
         policies = await self._key_policies(batch)
         models = frozenset(batch.models)
+        refusals = await model_refusals(self._access, self._config, batch.tenant,
+                                        batch.api_key_id, models)
         parser = LineParser(batch.endpoint, models, self._files.settings.batch_max_line_bytes,
                             skip=done)
         pending: list[InputLine] = []
         async for data in self._files.read(record):
             pending += await templates.render(await asyncio.to_thread(parser.feed, data), models)
             while len(pending) >= CHUNK_LINES:
-                done = await self._send(batch, pending[:CHUNK_LINES], done, policies)
+                done = await self._send(batch, refused_lines(pending[:CHUNK_LINES], refusals),
+                                        done, policies)
                 del pending[:CHUNK_LINES]
         pending += await templates.render(await asyncio.to_thread(parser.end), models)
         if pending:
-            done = await self._send(batch, pending, done, policies)
+            done = await self._send(batch, refused_lines(pending, refusals), done, policies)
         if self._native is not None:  # every line is recorded: chunk the native ones
             await self._native.assign(batch.id)
         # A cancel that arrived meanwhile wins: the batch stays `cancelling`.

@@ -117,8 +117,10 @@
   }
 
   async function loadAll() {
+    // Key lists are for whoever may manage keys (admin, tenant_admin); others never ask.
+    $("keys").hidden = !(me && me.lists_keys);
     await Promise.all([loadLive(), guarded("failures", loadFailures), guarded("usage", loadUsage),
-      guarded("batches", loadBatches), guarded("keys", loadKeys)]);
+      guarded("batches", loadBatches), me && me.lists_keys ? guarded("keys", loadKeys) : null]);
   }
 
   async function loadLive() {
