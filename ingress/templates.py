@@ -16,6 +16,7 @@ caller's key or tenant (README "Access approval").
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -144,7 +145,11 @@ async def _completions(request: Request, name: str, ingress: Ingress,
         raise InvalidRequest("variables must be an object.", param="variables")
     version = parse_version(data.pop("version", None))
     template = latest if version is None else await cache.get(name, version)
-    body = validate_body(ChatCompletionRequest, render_body(template, variables, data))
+    # In a thread: a render is bounded in size (a prompt past the largest body accepted is
+    # refused) but not in time, and a slow one must not hold every other request.
+    rendered = await asyncio.to_thread(render_body, template, variables, data,
+                                       max_chars=ingress.services.settings.max_body_bytes)
+    body = validate_body(ChatCompletionRequest, rendered)
     inference = await ingress.admit(request, principal, body, wait=wait)
     # Metadata travels with the request through Kafka to the ledger's `requests` row.
     inference = inference.model_copy(update={"metadata": {

@@ -24,6 +24,7 @@ from datetime import datetime
 from broker.batches.lines import CHAT_ENDPOINT, InputLine, check_body
 from broker.errors import AccessNotApproved, InvalidRequest
 from broker.templates import PromptTemplate, render_body
+from broker.templates.rendering import MAX_RENDERED_CHARS
 
 
 @dataclass(slots=True)
@@ -42,6 +43,9 @@ class TemplateBook:
     """Every version loaded, by (name, version); a pinned version absent here is unknown."""
     refusals: dict[str, AccessNotApproved | None] = field(default_factory=dict)
     """Why the batch's key may not call a template that requires approval (None: it may)."""
+    max_chars: int = MAX_RENDERED_CHARS
+    """The most characters a line's messages may render to: past it the line is answered
+    `template_too_large` instead of holding the launcher's memory."""
 
     def wanted(self, lines: Iterable[InputLine]) -> tuple[set[str], set[tuple[str, int]]]:
         """What `lines` need that is not loaded yet: names (whose latest version is read in
@@ -100,7 +104,8 @@ class TemplateBook:
             return replace(line, problem=f"No version {call.version} of template "
                            f"'{call.name}'.", code="not_found")
         try:
-            body = render_body(template, call.variables, call.overrides)
+            body = render_body(template, call.variables, call.overrides,
+                               max_chars=self.max_chars)
         except InvalidRequest as exc:  # the template's own runtime errors included
             return replace(line, problem=str(exc), code=exc.code)
         checked = check_body(line.line, line.custom_id, body, CHAT_ENDPOINT, models)

@@ -5,7 +5,8 @@ request parameters and declared variables. Callers send only variables; ingress 
 the messages in Jinja2's sandbox and runs the result as an ordinary chat request.
 """
 
-from broker.templates.rendering import render_body
+from broker.templates.rendering import MAX_RENDERED_CHARS, render_body
 from broker.templates.spec import PromptTemplate, TemplateSpec, TemplateVariable
 
-__all__ = ["PromptTemplate", "TemplateSpec", "TemplateVariable", "render_body"]
+__all__ = ["MAX_RENDERED_CHARS", "PromptTemplate", "TemplateSpec", "TemplateVariable",
+           "render_body"]

@@ -1,0 +1,172 @@
+"""A template render is bounded: a caller's values cannot make it allocate past the limit
+(the largest body ingress accepts), neither by looping nor in one `*` or `**`; the HTTP
+route answers 400 `template_too_large` and renders off its event loop."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import SecretStr
+from sqlalchemy.ext.asyncio import create_async_engine
+
+import ingress.templates
+from broker.batches.lines import InputLine, parse_line
+from broker.batches.settings import BatchSettings
+from broker.batches.template_calls import TemplateBook
+from broker.config import parse_config
+from broker.errors import InvalidRequest
+from broker.settings import IngressSettings, KafkaSettings
+from broker.templates import MAX_RENDERED_CHARS, PromptTemplate, TemplateSpec, render_body
+from broker.webhooks.settings import WebhookSettings
+from ingress.app import create_app
+from ingress.services import IngressServices, LedgerAccess, Principal, StoredRequest
+from tests.unit.edge_app import bearer
+
+VARIABLES = [{"name": "ctx", "type": "string"}, {"name": "s", "type": "string"},
+             {"name": "n", "type": "number"}, {"name": "qs", "type": "list"}]
+LOOP = "{% for q in qs %}Context: {{ ctx }} Q: {{ q }}{% endfor %}"
+
+
+def template(*contents: str, version: int | None = None) -> Any:
+    data: dict[str, Any] = {
+        "name": "big", "messages": [{"role": "user", "content": c} for c in contents],
+        "parameters": {"model": "m"}, "variables": VARIABLES}
+    if version is None:
+        return TemplateSpec.model_validate(data)
+    return PromptTemplate.model_validate({**data, "version": version})
+
+
+def too_large(spec: TemplateSpec, variables: dict[str, Any], **limit: int) -> InvalidRequest:
+    with pytest.raises(InvalidRequest) as caught:
+        render_body(spec, variables, {}, **limit)
+    assert (caught.value.code, caught.value.param) == ("template_too_large", "variables")
+    assert "'big'" in str(caught.value)
+    return caught.value
+
+
+def test_a_loop_over_a_callers_long_list_stops_at_the_limit() -> None:
+    # ~2 TB asked for, in a body that fits the 4 MiB limit.
+    error = too_large(template(LOOP), {"ctx": "c" * 2_000_000, "qs": [0] * 1_000_000})
+    assert f"{MAX_RENDERED_CHARS:,} characters" in str(error)
+
+
+@pytest.mark.parametrize("content", ["{{ s * n }}", "{{ n * s }}", "{{ [s] * n }}",
+                                     "{{ (s, s) * n }}"])
+def test_one_multiplication_cannot_build_a_huge_value(content: str) -> None:
+    error = too_large(template(content), {"s": "ab", "n": 10**8})
+    assert "items" in str(error)
+
+
+@pytest.mark.parametrize("content", ["{{ 10 ** n }}", "{{ 2 ** 2000 }}",
+                                     "{{ (10 ** 100) ** 1000 }}", "{{ 2.5 ** n }}",
+                                     "{{ (10 ** 1000) * (10 ** 1000) * (10 ** 1000) "
+                                     "* (10 ** 1000) * (10 ** 1000) }}"])
+def test_powers_and_products_of_huge_numbers_are_refused(content: str) -> None:
+    too_large(template(content), {"n": 10**8})
+
+
+def test_the_limit_counts_all_messages_and_is_the_callers() -> None:
+    spec = template("{{ s }}", "{{ s }}")
+    assert render_body(spec, {"s": "x" * 5}, {}, max_chars=10)["messages"][1] == {
+        "role": "user", "content": "xxxxx"}
+    too_large(spec, {"s": "x" * 6}, max_chars=10)  # 12 characters in all
+    too_large(template("{{ s * n }}"), {"s": "x", "n": 11}, max_chars=10)
+
+
+def test_ordinary_templates_render_as_before() -> None:
+    spec = template("{{ '-' * 3 }} {{ s * n }} {{ 2 ** 10 }} {{ n * 1.5 }} {{ [1] * 2 }} "
+                    "{{ 2 ** 0.5 }}{% for q in qs %} {{ q }}{% endfor %}", "{{ ctx }}")
+    body = render_body(spec, {"s": "ab", "n": 3, "qs": ["a", "b"], "ctx": "c"}, {"seed": 1})
+    assert body == {"model": "m", "seed": 1, "messages": [
+        {"role": "user", "content": "--- ababab 1024 4.5 [1, 1] 1.4142135623730951 a b"},
+        {"role": "user", "content": "c"}]}
+
+
+def test_a_batch_line_is_answered_with_the_problem() -> None:
+    raw = (b'{"custom_id": "t1", "method": "POST", "url": "/v1/templates/big/completions",'
+           b' "body": {"variables": {"s": "ab", "n": 100000000}}}')
+    line = parse_line(1, raw, "/v1/chat/completions", frozenset({"m"}))
+    assert isinstance(line, InputLine)
+    book = TemplateBook()
+    book.add({"big"}, [template("{{ s * n }}", version=1)])
+    answered = book.render(line, frozenset({"m"}))
+    assert answered.body is None and answered.code == "template_too_large"
+    small = TemplateBook(max_chars=10)
+    small.add({"big"}, [template("{{ ctx }}", version=1)])
+    long_line = raw.replace(b'"s": "ab", "n": 100000000', b'"ctx": "' + b"c" * 11 + b'"')
+    line = parse_line(2, long_line, "/v1/chat/completions", frozenset({"m"}))
+    assert isinstance(line, InputLine)
+    assert small.render(line, frozenset({"m"})).code == "template_too_large"
+
+
+# The HTTP route, with a body limit smaller than the default so that the test shows the
+# edge passes its own limit in.
+BODY_LIMIT = 2048
+
+
+class _Keys:
+    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
+        return Principal(tenant="acme", api_key_id="k1") if secret == "sk-user" else None
+
+
+class _NoRequests:
+    async def find(self, request_id: str) -> StoredRequest | None:
+        return None
+
+
+@pytest.fixture
+async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
+    stored = template(LOOP, "{{ s * n }}", version=1)
+
+    async def get_template(engine: object, name: str, version: int | None) -> Any:
+        return stored if name == "big" else None  # the store, without PostgreSQL
+
+    monkeypatch.setattr(ingress.templates, "get_template", get_template)
+    engine = create_async_engine("postgresql+asyncpg://sluice@127.0.0.1:9/none")
+    app = create_app(IngressServices(
+        settings=IngressSettings(admin_key=SecretStr("a" * 48), max_body_bytes=BODY_LIMIT),
+        kafka=KafkaSettings(kafka_bootstrap="memory://template-limits", topic_prefix="tl."),
+        config=parse_config({"models": {"m": {"deployments": ["sim"]}}, "deployments": {
+            "sim": {"provider": "simulated", "model": "gpt-4o-mini"}}}),
+        api_keys=_Keys(), requests=_NoRequests(), webhooks=WebhookSettings(),
+        batches=BatchSettings(), ledger=LedgerAccess(engine)))
+    try:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                     base_url="http://ingress") as client:
+            yield client
+    finally:
+        await engine.dispose()
+
+
+@pytest.mark.parametrize("variables", [
+    {"ctx": "c" * 1000, "qs": [0] * 100, "s": "", "n": 0},  # the loop passes the limit
+    {"ctx": "", "qs": [], "s": "ab", "n": 2000},  # 4000 characters in one expression
+])
+async def test_the_route_answers_400_with_the_envelope(client: httpx.AsyncClient,
+                                                       variables: dict[str, Any]) -> None:
+    response = await client.post("/v1/templates/big/completions", headers=bearer("sk-user"),
+                                 json={"variables": variables})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert (error["type"], error["code"], error["param"]) == (
+        "invalid_request_error", "template_too_large", "variables")
+    assert "'big'" in error["message"] and f"{BODY_LIMIT:,} characters" in error["message"]
+
+
+async def test_the_route_renders_off_the_event_loop(client: httpx.AsyncClient,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    threads: list[int] = []
+
+    def render(*args: Any, **kwargs: Any) -> dict[str, Any]:
+        threads.append(threading.get_ident())
+        return render_body(*args, **kwargs)
+
+    monkeypatch.setattr(ingress.templates, "render_body", render)
+    response = await client.post("/v1/templates/big/completions", headers=bearer("sk-user"),
+                                 json={"variables": {"s": "ab", "n": 2000}})
+    assert response.status_code == 400
+    assert threads and threads[0] != threading.get_ident()
