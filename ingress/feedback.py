@@ -1,7 +1,8 @@
 """Feedback on answers over HTTP (README "Feedback").
 
-- `POST /v1/requests/{id}/feedback` `{score, label?, comment?}`: one entry per call
-  (several per request allowed), 201 with the stored entry. Another tenant's id, or an id
+- `POST /v1/requests/{id}/feedback` `{score, label?, comment?}`: one entry per caller
+  and request: a new post replaces the caller's earlier one (same `id`); 201 with the
+  stored entry when new, 200 when it replaced one. Another tenant's id, or an id
   the ledger has not recorded yet, answers 404 exactly like `GET /v1/requests/{id}`.
 - `POST /v1/batches/{batch_id}/feedback` `{custom_id, score, label?, comment?}`: the same
   for a batch line, found by its custom id.
@@ -103,7 +104,8 @@ def register_feedback_routes(app: FastAPI, services: IngressServices) -> None:
             engine, tenant=principal.tenant, api_key_id=principal.api_key_id,
             request_id=request_id, score=spec.score, label=spec.label, comment=spec.comment,
         )
-        return json_response(feedback_body(entry, spec.comment is not None), 201)
+        return json_response(feedback_body(entry, spec.comment is not None),
+                             200 if entry.replaced else 201)
 
     @app.post("/v1/batches/{batch_id}/feedback")
     async def batch_feedback(request: Request, batch_id: str) -> Response:
@@ -118,7 +120,8 @@ def register_feedback_routes(app: FastAPI, services: IngressServices) -> None:
             request_id=request_id, score=spec.score, label=spec.label, comment=spec.comment,
             batch_id=batch_id, custom_id=spec.custom_id,
         )
-        return json_response(feedback_body(entry, spec.comment is not None), 201)
+        return json_response(feedback_body(entry, spec.comment is not None),
+                             200 if entry.replaced else 201)
 
     @app.get("/v1/feedback")
     async def feedback_summary(request: Request) -> Response:

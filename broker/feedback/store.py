@@ -5,6 +5,10 @@ A request's model and variant are read from `requests` and its deployment from i
 call in `usage_events` at report time, not copied at write time: feedback may arrive
 before the ledger has recorded the call, and the report still groups it right once it has.
 The comment is content: it is stored only for tenants with `store_content`.
+
+One entry per (request, caller): a caller's new post on a request replaces its earlier one
+(a retried POST changes nothing, a change of mind wins), and reports count requests, each
+with the mean of its callers' scores, so repeated posts cannot skew an A/B comparison.
 """
 
 from __future__ import annotations
@@ -15,7 +19,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, and_, func, insert, select
+from sqlalchemy import ColumnElement, and_, func, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from broker.batches.tables import batch_requests, batches
@@ -29,7 +34,10 @@ FEEDBACK_DIMENSIONS = ("tenant", "model", "deployment", "variant")
 
 @dataclass(frozen=True, slots=True)
 class FeedbackEntry:
-    """One feedback row as stored (`comment` is None when the tenant keeps no content)."""
+    """One feedback row as stored (`comment` is None when the tenant keeps no content).
+
+    `replaced`: the post replaced the caller's earlier entry on the request (same `id`).
+    """
 
     id: str
     request_id: str
@@ -39,6 +47,7 @@ class FeedbackEntry:
     created_at: datetime
     batch_id: str | None = None
     custom_id: str | None = None
+    replaced: bool = False
 
 
 async def request_tenant(engine: AsyncEngine, request_id: str) -> str | None:
@@ -69,7 +78,7 @@ async def record_feedback(
     engine: AsyncEngine,
     *,
     tenant: str,
-    api_key_id: str | None,
+    api_key_id: str,
     request_id: str,
     score: float,
     label: str | None,
@@ -77,28 +86,37 @@ async def record_feedback(
     batch_id: str | None = None,
     custom_id: str | None = None,
 ) -> FeedbackEntry:
-    """Store one feedback entry; the comment only if the tenant opted into content storage.
+    """Store the feedback of caller `api_key_id` on a request, replacing its earlier one.
 
-    The caller has checked that `request_id` belongs to `tenant`.
+    The comment is kept only if the tenant opted into content storage. A replaced entry
+    keeps its id; everything else (score, label, comment, batch line, `created_at`) is
+    the new post's. The caller has checked that `request_id` belongs to `tenant`.
 
     Raises:
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
     keeps_content = select(tenants.c.store_content).where(tenants.c.name == tenant)
+    new_id = f"fb_{secrets.token_hex(12)}"
     with database_errors(engine):
         async with engine.begin() as connection:
             stores = bool((await connection.execute(keeps_content)).scalar_one_or_none())
-            row = (await connection.execute(
-                insert(feedback).values(
-                    id=f"fb_{secrets.token_hex(12)}", request_id=request_id, tenant=tenant,
-                    api_key_id=api_key_id, batch_id=batch_id, custom_id=custom_id,
-                    score=score, label=label, comment=comment if stores else None,
-                ).returning(feedback)
-            )).one()
+            statement = insert(feedback).values(
+                id=new_id, request_id=request_id, tenant=tenant, api_key_id=api_key_id,
+                batch_id=batch_id, custom_id=custom_id, score=score, label=label,
+                comment=comment if stores else None,
+            )
+            new = statement.excluded
+            # One statement: two identical posts at once still leave one entry.
+            row = (await connection.execute(statement.on_conflict_do_update(
+                index_elements=[feedback.c.request_id, feedback.c.api_key_id],
+                set_={"score": new.score, "label": new.label, "comment": new.comment,
+                      "batch_id": new.batch_id, "custom_id": new.custom_id,
+                      "created_at": func.now()},
+            ).returning(feedback))).one()
     return FeedbackEntry(
         id=row.id, request_id=row.request_id, score=row.score, label=row.label,
         comment=row.comment, created_at=row.created_at, batch_id=row.batch_id,
-        custom_id=row.custom_id,
+        custom_id=row.custom_id, replaced=row.id != new_id,
     )
 
 
@@ -118,11 +136,11 @@ def parse_feedback_group_by(raw: str | None) -> tuple[str, ...]:
     return names
 
 
-def _last_deployment() -> Any:
+def _last_deployment(request_id: ColumnElement[str]) -> Any:
     # The deployment of the request's last call: after a failover, the one that answered.
     return (
         select(usage_events.c.deployment)
-        .where(usage_events.c.request_id == feedback.c.request_id)
+        .where(usage_events.c.request_id == request_id)
         .order_by(usage_events.c.finished_at.desc())
         .limit(1)
         .scalar_subquery()
@@ -137,28 +155,32 @@ async def feedback_report(
     group_by: Sequence[str],
     tenant: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Feedback given in `[start, end)`: count and mean score per group.
+    """Feedback given in `[start, end)`: rated requests and their mean score per group.
 
+    A request counts once, scored by the mean of its callers' entries (one each).
     Requests the ledger has not recorded yet group under model and deployment `""`.
 
     Raises:
         DatabaseUnavailable: PostgreSQL cannot be reached.
     """
+    given = select(feedback.c.tenant, feedback.c.request_id,
+                   func.avg(feedback.c.score).label("score")).where(
+        and_(feedback.c.created_at >= start, feedback.c.created_at < end))
+    if tenant is not None:
+        given = given.where(feedback.c.tenant == tenant)
+    rated = given.group_by(feedback.c.tenant, feedback.c.request_id).subquery("rated")
     columns: dict[str, ColumnElement[Any]] = {
-        "tenant": feedback.c.tenant,
+        "tenant": rated.c.tenant,
         "model": func.coalesce(requests.c.model, ""),
-        "deployment": func.coalesce(_last_deployment(), ""),
+        "deployment": func.coalesce(_last_deployment(rated.c.request_id), ""),
         "variant": requests.c.variant,
     }
     groups = [columns[name].label(name) for name in group_by]
     statement = (
         select(*groups, func.count().label("feedback_count"),
-               func.avg(feedback.c.score).label("feedback_mean_score"))
-        .select_from(feedback.outerjoin(requests, requests.c.id == feedback.c.request_id))
-        .where(and_(feedback.c.created_at >= start, feedback.c.created_at < end))
+               func.avg(rated.c.score).label("feedback_mean_score"))
+        .select_from(rated.outerjoin(requests, requests.c.id == rated.c.request_id))
     )
-    if tenant is not None:
-        statement = statement.where(feedback.c.tenant == tenant)
     if groups:
         statement = statement.group_by(*groups).order_by(*groups)
     with database_errors(engine):

@@ -1,10 +1,13 @@
 """Budget alerts: the thresholds of tenants and keys, and the alerts already fired.
 
-Firing happens in PostgreSQL (migration 0021): a trigger on `spend_accounts` runs in the
-ledger's transaction whenever recorded spend grows, compares it with the scope's rule,
-records each crossed (scope, threshold, period) once and queues a `budget.threshold_crossed`
-webhook for every subscribed endpoint of the tenant. This module configures rules and
-reads what fired; `crossed_thresholds` is the Python twin of the trigger's arithmetic.
+Firing happens in PostgreSQL, in the ledger's transaction (migrations 0021 and 0024): a
+trigger on `spend_accounts` compares a scope's monthly spend with its thresholds whenever
+it grows, and the ledger's `sluice_usage_add` adds new usage to the UTC day of its
+`finished_at` and compares that day's spend with the daily amount. Each crossed
+(scope, threshold, period, budget amount) is recorded once and queues a
+`budget.threshold_crossed` webhook for every subscribed endpoint of the tenant: a budget
+raised mid-month alerts again at its new amount. This module configures rules and reads
+what fired; `crossed_thresholds` is the Python twin of the trigger's arithmetic.
 """
 
 from __future__ import annotations

@@ -418,10 +418,11 @@ prompt_templates = Table(
     CheckConstraint("version >= 1", name="version"),
 )
 
-# Feedback on answers (migration 0022, `broker.feedback.store`): one row per posted
-# score, several per request allowed. `comment` is content: kept only for tenants with
-# `store_content`. Model, deployment and variant come from `requests` and `usage_events`
-# at report time (the `feedback_by_variant` view), so feedback may arrive before the ledger.
+# Feedback on answers (migrations 0022 and 0024, `broker.feedback.store`): one row per
+# (request, caller): a caller's new post replaces its earlier one. `comment` is content:
+# kept only for tenants with `store_content`. Model, deployment and variant come from
+# `requests` and `usage_events` at report time (the `feedback_by_variant` view), so
+# feedback may arrive before the ledger.
 feedback = Table(
     "feedback",
     metadata,
@@ -437,12 +438,14 @@ feedback = Table(
     Column("comment", Text, nullable=True),
     timestamp_column("created_at", now=True),
     CheckConstraint("score >= -1 AND score <= 1", name="score"),
+    UniqueConstraint("request_id", "api_key_id"),
     Index(None, "request_id"),
     Index(None, "tenant", "created_at"),
 )
 
 # Budget alerts (migration 0021, `broker.stores.budget_alerts`): a trigger on
-# `spend_accounts` fires each (scope, threshold, period) once into the webhook outbox.
+# `spend_accounts` fires each (scope, threshold, period, budget amount) once into the webhook
+# outbox; daily spend is added by the ledger's `sluice_usage_add` (migration 0024).
 budget_alert_rules = Table(
     "budget_alert_rules",
     metadata,
@@ -465,7 +468,7 @@ budget_alerts_fired = Table(
     Column("spend_usd", Numeric(20, 10), nullable=False),
     Column("budget_usd", Numeric(20, 10), nullable=False),
     timestamp_column("fired_at", now=True),
-    UniqueConstraint("scope", "threshold", "period"),
+    UniqueConstraint("scope", "threshold", "period", "budget_usd"),
     Index(None, "tenant", "fired_at"),
 )
 

@@ -1,10 +1,10 @@
-"""The budget-alert trigger on real PostgreSQL: spend the ledger adds (`sluice_spend_add`)
-fires each threshold once per scope and period, into the webhook outbox."""
+"""Budget alerts on real PostgreSQL: spend the ledger adds (`sluice_usage_add`) fires each
+threshold once per scope and period, into the webhook outbox."""
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -28,13 +28,15 @@ pytestmark = pytest.mark.integration
 DECEMBER, JANUARY = date(2026, 12, 1), date(2027, 1, 1)
 
 
-async def _spend(engine: AsyncEngine, scope: str, usd: str, period: date = DECEMBER) -> None:
-    """What the ledger does for a batch of new usage rows."""
+async def _spend(engine: AsyncEngine, scope: str, usd: str, period: date = DECEMBER,
+                 day: date | None = None) -> None:
+    """What the ledger does for a batch of new usage rows (spent on `day` of the month)."""
     async with engine.begin() as connection:
         await connection.execute(text(
-            "SELECT sluice_spend_add(ARRAY[:scope], ARRAY[CAST(:period AS date)], "
-            "ARRAY[CAST(:usd AS numeric)], ARRAY[1::bigint])"),
-            {"scope": scope, "period": period, "usd": usd})
+            "SELECT sluice_usage_add(ARRAY[:scope], ARRAY[CAST(:period AS date)], "
+            "ARRAY[CAST(:usd AS numeric)], ARRAY[1::bigint], ARRAY[:scope], "
+            "ARRAY[CAST(:day AS date)], ARRAY[CAST(:usd AS numeric)])"),
+            {"scope": scope, "period": period, "usd": usd, "day": day or period})
 
 
 async def _rows(engine: AsyncEngine, sql: str) -> list[Any]:
@@ -96,12 +98,12 @@ async def test_key_thresholds_use_the_keys_budget(engine: AsyncEngine) -> None:
 
 async def test_daily_spend_alert_fires_once_a_day(engine: AsyncEngine) -> None:
     await set_alert_rule(engine, tenant_scope("daily"), "daily", daily_usd=Decimal("2.5"))
-    await _spend(engine, "tenant:daily", "2")
+    day = date(2026, 12, 5)
+    await _spend(engine, "tenant:daily", "2", day=day)
     assert await _fired(engine) == []
-    await _spend(engine, "tenant:daily", "0.5")
-    await _spend(engine, "tenant:daily", "3")
-    today = datetime.now(UTC).date()
-    assert await _fired(engine) == [("tenant:daily", "daily", today)]
+    await _spend(engine, "tenant:daily", "0.5", day=day)
+    await _spend(engine, "tenant:daily", "3", day=day)
+    assert await _fired(engine) == [("tenant:daily", "daily", day)]
     [row] = await _rows(engine, "SELECT spent_usd FROM budget_daily_spend")
     assert row.spent_usd == Decimal("5.5")
 

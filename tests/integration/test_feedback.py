@@ -1,8 +1,8 @@
 """Feedback on answers through the real stack: the openai SDK asks, httpx gives feedback.
 
-Feedback on a chat answer (twice), the comment kept only under content storage, the
-aggregate in `GET /v1/usage`, `GET /v1/feedback` and the `feedback_by_variant` view,
-tenant isolation, and feedback on a batch line by its custom id.
+Feedback on a chat answer (by two callers, one of them posting again), the comment kept
+only under content storage, the aggregate in `GET /v1/usage`, `GET /v1/feedback` and the
+`feedback_by_variant` view, tenant isolation, and feedback on a batch line by its custom id.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ async def _feedback(stack: Stack, path: str, body: dict[str, Any],
         "Authorization": f"Bearer {key or stack.api_key}"})
 
 
-async def test_feedback_twice_is_reported_by_model_deployment_and_variant(
+async def test_feedback_of_two_callers_is_reported_by_model_deployment_and_variant(
     kafka_settings: KafkaSettings, database_url: str
 ) -> None:
     async with running_stack(kafka_settings, database_url) as stack:
@@ -64,9 +64,16 @@ async def test_feedback_twice_is_reported_by_model_deployment_and_variant(
         assert body["comment"] is None and body["comment_stored"] is False
 
         await set_tenant(stack.engine, "acme", store_content=True)
-        second = await _feedback(stack, path, {"score": -0.5, "comment": "Too long."})
+        colleague, _ = await create_api_key(stack.engine, "acme")
+        second = await _feedback(stack, path, {"score": -0.5, "comment": "Too long."},
+                                 key=colleague)
         assert second.status_code == 201, second.text
         assert second.json()["comment"] == "Too long." and second.json()["comment_stored"]
+        # The first caller changes its mind and retries: its entry is replaced, twice.
+        for _ in range(2):
+            again = await _feedback(stack, path, {"score": 0.5, "label": "fine"})
+            assert again.status_code == 200, again.text  # replaced, not created
+            assert again.json()["id"] == body["id"] and again.json()["score"] == 0.5
         assert await stack.scalar("SELECT count(*) FROM feedback WHERE request_id = :id",
                                   id=request_id) == 2
 
@@ -83,17 +90,18 @@ async def test_feedback_twice_is_reported_by_model_deployment_and_variant(
         row = await eventually(usage_row)  # the ledger records the call's usage apart
         assert row is not None
         assert (row["model"], row["deployment"]) == (MODEL, "sim")
-        assert row["feedback_count"] == 2 and row["feedback_mean_score"] == 0.25
+        # One request, scored by the mean of its two callers' latest entries.
+        assert row["feedback_count"] == 1 and row["feedback_mean_score"] == 0
 
         by_variant = await stack.client.get("/v1/feedback", headers=stack.auth, params=WIDE | {
             "group_by": "model,deployment,variant"})
         assert by_variant.status_code == 200, by_variant.text
         assert by_variant.json()["data"] == [{
             "model": MODEL, "deployment": "sim", "variant": None,
-            "feedback_count": 2, "feedback_mean_score": 0.25}]
+            "feedback_count": 1, "feedback_mean_score": 0}]
         assert await stack.scalar(
             "SELECT feedback_count || ':' || mean_score FROM feedback_by_variant "
-            "WHERE tenant = 'acme' AND model = :m AND deployment = 'sim'", m=MODEL) == "2:0.25"
+            "WHERE tenant = 'acme' AND model = :m AND deployment = 'sim'", m=MODEL) == "1:0"
 
 
 async def test_another_tenants_request_answers_404(

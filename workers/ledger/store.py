@@ -2,8 +2,9 @@
 
 - usage: `INSERT … ON CONFLICT (event_id) DO NOTHING` — a redelivered event is not a row.
   The rows that were new (and only those) are added to the tenant's and the key's monthly
-  spend account in the same statement, so a redelivered event is never charged twice and
-  the accounts never disagree with the rows they sum.
+  spend account (and, for a daily spend alert, to the day of their `finished_at`) in the
+  same statement, so a redelivered event is never charged twice and the accounts never
+  disagree with the rows they sum.
 - request: insert as `queued`; if its result got there first, only fill in the lane.
 - result: upsert the final status, but only over `queued` — the first final answer wins,
   whichever of request and result arrives first. A request whose result is in the same
@@ -45,10 +46,13 @@ log = logging.getLogger("sluice.ledger")
 
 # Usage goes in as one array per column (`unnest`), so a batch is one statement and one
 # round trip whatever its size, and RETURNING can tell the new rows from redelivered ones.
-# Periods are UTC months of `finished_at`, like `spend_by_tenant_month`. The accounts of the
-# holds this batch releases are charged nothing here but are locked in the same sorted pass
-# (`sluice_spend_add` upserts in (scope, period) order): taking them later, in
-# `sluice_spend_release`, could lock out of order against a concurrent admission.
+# Periods are UTC months of `finished_at`, like `spend_by_tenant_month`, and daily-alert
+# days are its UTC days: when the spend happened, not when the ledger got to it (a ledger
+# catching up after midnight must not put yesterday's spend into today). The accounts of
+# the holds this batch releases are charged nothing here but are locked in the same sorted
+# pass (`sluice_usage_add` upserts in (scope, period) order, then the days of daily-alert
+# rules): taking them later, in `sluice_spend_release`, could lock out of order against a
+# concurrent admission.
 _USAGE = """
 WITH new AS (
     INSERT INTO usage_events ({columns})
@@ -57,21 +61,28 @@ WITH new AS (
     RETURNING tenant, api_key_id, finished_at, cost_usd, input_tokens, output_tokens
 ), charges AS (
     SELECT s.scope, (date_trunc('month', new.finished_at AT TIME ZONE 'UTC'))::date AS period,
+           (new.finished_at AT TIME ZONE 'UTC')::date AS day,
            coalesce(new.cost_usd, 0) AS usd,
            new.input_tokens::bigint + new.output_tokens AS tokens
     FROM new CROSS JOIN LATERAL (VALUES ('tenant:' || new.tenant), ('key:' || new.api_key_id))
         AS s(scope)
     WHERE s.scope IS NOT NULL
     UNION ALL
-    SELECT s.scope, h.period, 0, 0
+    SELECT s.scope, h.period, NULL, 0, 0
     FROM spend_holds h CROSS JOIN LATERAL unnest(h.scopes) AS s(scope)
     WHERE h.request_id = ANY(CAST(:settling AS TEXT[]))
 ), accounts AS (
-    SELECT scope, period, sum(usd) AS usd, sum(tokens)::bigint AS tokens
-    FROM charges GROUP BY scope, period
+    SELECT array_agg(scope) AS scopes, array_agg(period) AS periods, array_agg(usd) AS usd,
+           array_agg(tokens) AS tokens
+    FROM (SELECT scope, period, sum(usd) AS usd, sum(tokens)::bigint AS tokens
+          FROM charges GROUP BY scope, period) AS monthly
+), days AS (
+    SELECT array_agg(scope) AS scopes, array_agg(day) AS days, array_agg(usd) AS usd
+    FROM charges WHERE day IS NOT NULL AND usd > 0
 )
-SELECT sluice_spend_add(array_agg(scope), array_agg(period), array_agg(usd), array_agg(tokens))
-FROM accounts
+SELECT sluice_usage_add(accounts.scopes, accounts.periods, accounts.usd, accounts.tokens,
+                        days.scopes, days.days, days.usd)
+FROM accounts, days
 """
 
 RELEASE_STATEMENT = text("SELECT sluice_spend_release(CAST(:request_ids AS TEXT[]))")
