@@ -6,22 +6,43 @@ items, but nothing else limits size: `{{ s * n }}` with a caller's `n = 10**8` b
 variable asks for terabytes. Two checks together keep a render within a limit:
 
 - `rendering` sums the output while it streams (`Template.generate`) and stops past the
-  limit: loops cannot run away with memory;
-- this environment intercepts `*` and `**`, the operators that can allocate far more than
-  their operands in one expression, before the output check could see the result.
+  limit: loops cannot run away with output;
+- this environment refuses, before they run, the single steps that can allocate far more
+  than their operands: `*` and `**`, and the string operations whose result grows with a
+  width or with the product of two input lengths (`s.center(n)`, `'%*s' % (n, s)`,
+  `'{:>{}}'.format(s, n)`, `s.replace('a', big)`, `big.join(items)`, the filters
+  `center`, `indent`, `format`, `join`, `replace`, `wordwrap`, `tojson`, the global
+  `lipsum`), from a bound of their result's length (`growth`).
 
 Neither bounds CPU time (a template can loop without output); the edge renders off its
-event loop for that reason.
+event loop for that reason. Nor do they bound what a loop accumulates without output
+(`~`/`+` into a `namespace` attribute, `list.append`/`extend`), one step at a time.
 """
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Callable, Mapping, Sequence
+from functools import lru_cache, update_wrapper
 from typing import Any
 
 from jinja2 import StrictUndefined, Template
 from jinja2.runtime import Context
-from jinja2.sandbox import SandboxedEnvironment
+from jinja2.sandbox import SandboxedEnvironment, SandboxedEscapeFormatter, SandboxedFormatter
+from jinja2.utils import generate_lorem_ipsum
+from markupsafe import Markup
+
+from broker.templates.bounded_filters import bounded_filters, bounded_lipsum
+from broker.templates.growth import (
+    GROWING_METHODS,
+    OverLimit,
+    Text,
+    format_spec_bound,
+    method_bound,
+    printf_bound,
+    refuse_past_limit,
+)
+
+__all__ = ["BoundedSandbox", "OverLimit", "compiled", "sandbox"]
 
 MAX_EXPONENT = 1024
 """Largest exponent `**` computes: prompts need small powers, and `10 ** 10 ** 8` alone
@@ -32,30 +53,61 @@ MAX_NUMBER_BITS = 16_384
 integer of more than 4,300 digits anyway, so a larger one can only cost time."""
 
 
-class OverLimit(Exception):
-    """An expression or the output went past the render's limit; `rendering` turns it into
-    the caller's `InvalidRequest` naming the template."""
-
-
 class BoundedSandbox(SandboxedEnvironment):
     """A sandbox whose `*` and `**` refuse results larger than `max_chars` (sequences)
-    or than `MAX_NUMBER_BITS` (integers)."""
+    or than `MAX_NUMBER_BITS` (integers), and whose growing string operations refuse
+    results larger than `max_chars`."""
 
-    intercepted_binops = frozenset({"*", "**"})
+    intercepted_binops = frozenset({"*", "**", "%"})
 
     def __init__(self, max_chars: int) -> None:
         # No autoescape: the output is a chat prompt, not HTML. StrictUndefined: a variable
         # the template uses but nobody gave is an error naming it, never an empty string.
         super().__init__(undefined=StrictUndefined, autoescape=False)
         self.max_chars = max_chars
+        self.filters.update(bounded_filters(self.filters, max_chars))
+        self.globals["lipsum"] = bounded_lipsum(generate_lorem_ipsum, max_chars)
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
         """`left <operator> right`, refused when the result would be too large."""
         if operator == "*":
             self._check_product(left, right)
-        else:
+        elif operator == "**":
             self._check_power(left, right)
+        elif isinstance(left, Text):  # printf-style formatting, not a remainder
+            refuse_past_limit(printf_bound(left, right), self.max_chars, "a '%' format")
         return super().call_binop(context, operator, left, right)
+
+    def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
+        """`obj(*args, **kwargs)` from the template; a growing method of a string (e.g.
+        `s.center(n)`) is refused when its result would pass the limit."""
+        receiver, name = getattr(obj, "__self__", None), getattr(obj, "__name__", "")
+        if isinstance(receiver, Text) and name in GROWING_METHODS:
+            if name == "join" and args:  # measured, then joined: an iterator runs once
+                args = (list(args[0]), *args[1:])
+            refuse_past_limit(method_bound(receiver, name, args, kwargs), self.max_chars,
+                              f"{type(receiver).__name__}.{name}()")
+        return super().call(context, obj, *args, **kwargs)
+
+    def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
+        """`str.format` and `format_map` with each field's width checked before it is
+        padded, and the fields' total checked as they are made (`_BoundedFormatter`)."""
+        if super().wrap_str_format(value) is None:  # not a string's format method
+            return None
+        text: str = value.__self__
+        is_format_map = value.__name__ == "format_map"
+
+        def bounded_format(*args: Any, **kwargs: Any) -> str:
+            if is_format_map:
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                kwargs = args[0]
+                args = ()
+            formatter = (_BoundedEscapeFormatter(self, escape=text.escape)
+                         if isinstance(text, Markup) else _BoundedFormatter(self))
+            return type(text)(formatter.vformat(text, args, kwargs))
+
+        return update_wrapper(bounded_format, value)
 
     def _check_product(self, left: Any, right: Any) -> None:
         for sequence, times in ((left, right), (right, left)):
@@ -75,6 +127,33 @@ class BoundedSandbox(SandboxedEnvironment):
         if isinstance(base, int) and isinstance(exponent, int) \
                 and base.bit_length() * exponent > MAX_NUMBER_BITS:
             raise OverLimit(f"a power would exceed {MAX_NUMBER_BITS:,} bits")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """The sandbox's `str.format` formatter, refusing a field wider than the limit before
+    it is padded and a result longer than the limit once its fields add up to more."""
+
+    def __init__(self, env: BoundedSandbox, **kwargs: Any) -> None:
+        super().__init__(env, **kwargs)
+        self.limit = env.max_chars
+        self.written = 0
+
+    def vformat(self, format_string: str, args: Sequence[Any],
+                kwargs: Mapping[str, Any]) -> str:
+        self.written = len(format_string)
+        return super().vformat(format_string, args, kwargs)
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        refuse_past_limit(format_spec_bound(format_spec), self.limit,
+                          f"the format field '{{:{format_spec[:40]}}}'")
+        field = super().format_field(value, format_spec)
+        self.written += len(field)
+        refuse_past_limit(self.written, self.limit, "str.format()")
+        return field
+
+
+class _BoundedEscapeFormatter(_BoundedFormatter, SandboxedEscapeFormatter):
+    """`_BoundedFormatter` for a `Markup` format string, escaping what it inserts."""
 
 
 @lru_cache(maxsize=8)

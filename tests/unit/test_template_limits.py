@@ -170,3 +170,65 @@ async def test_the_route_renders_off_the_event_loop(client: httpx.AsyncClient,
                                  json={"variables": {"s": "ab", "n": 2000}})
     assert response.status_code == 400
     assert threads and threads[0] != threading.get_ident()
+
+
+# One call that would build a huge value from small inputs: a caller's width (n = 10**12
+# would be a MemoryError, not a refusal, if the call ran), or one input's length times
+# another's (limit 1,000, results of ~10,000). Assigned with `set`, never output, so only
+# the bound checked before the call can refuse them.
+HUGE = {"s": "ab", "n": 10**12, "ctx": "a" * 100, "qs": ["a" * 100] * 100}
+GROWING_CALLS = [
+    ("s|center(n)", "center"), ("s.center(n)", "str.center()"),
+    ("s.ljust(n)", "str.ljust()"), ("s.rjust(n)", "str.rjust()"),
+    ("s.zfill(n)", "str.zfill()"), ("(s ~ '\t').expandtabs(n)", "str.expandtabs()"),
+    ("s.encode().center(n)", "bytes.center()"),
+    ("(s ~ '\n' ~ s)|indent(n)", "indent"), ("(ctx|join('\n'))|indent(ctx)", "indent"),
+    ("ctx|wordwrap(1, wrapstring=ctx)", "wordwrap"),
+    ("'%*s' % (n, s)", "'%' format"), ("'%1000000000000s' % s", "'%' format"),
+    ("'%.1000000000000f' % 1.5", "'%' format"),
+    ("('%(c)s' * 100) % {'c': ctx}", "'%' format"),
+    ("'{:>{}}'.format(s, n)", "'{:>1000000000000}'"),
+    ("'{:>1000000000000}'.format(s)", "'{:>1000000000000}'"),
+    ("'{a:>{b}}'.format_map({'a': s, 'b': n})", "'{:>1000000000000}'"),
+    ("('{0}' * 100).format(ctx)", "str.format()"),
+    ("('{:>{}}'|safe).format(s, n)", "'{:>1000000000000}'"),
+    ("'%*s'|format(n, s)", "format"), ("'%(a)1000000000000s'|format(a=s)", "format"),
+    ("ctx|join(ctx)", "join"), ("qs|join", "join"), ("ctx.join(ctx)", "str.join()"),
+    ("ctx.join(qs)", "str.join()"), ("ctx.replace('a', ctx)", "str.replace()"),
+    ("ctx|replace('a', ctx)", "replace"), ("ctx.replace('', ctx)", "str.replace()"),
+    ("ctx.translate({97: ctx})", "str.translate()"), ("[s]|map('center', n)|list", "center"),
+    ("qs|tojson(indent=n)", "tojson"), ("lipsum(n)", "lipsum"),
+]
+
+
+@pytest.mark.parametrize(("expression", "refused"), GROWING_CALLS)
+def test_a_growing_call_is_refused_before_it_runs(expression: str, refused: str) -> None:
+    error = too_large(template(f"{{% set x = {expression} %}}ok"), HUGE, max_chars=1000)
+    assert refused in str(error) and "1,000 characters" in str(error)
+
+
+@pytest.mark.parametrize(("expression", "rendered"), [
+    ("s|center(8)", "   ab   "), ("s.center(7, '*')", "***ab**"), ("s.ljust(4) ~ '|'", "ab  |"),
+    ("s.zfill(4)", "00ab"), ("'a\tb'.expandtabs(4)", "a   b"),
+    ("'a\nb'|indent(2, first=true)", "  a\n  b"), ("'a b c d'|wordwrap(3)", "a b\nc d"),
+    ("'%5s|%-3d|%.2f|%%' % (s, 7, 1.234)", "   ab|7  |1.23|%"),
+    ("'%(a)s-%(a)s' % {'a': s}", "ab-ab"), ("7 % 3", "1"), ("'%s!'|format(s)", "ab!"),
+    ("'{:>5}|{:^{}}'.format(s, s, 6)", "   ab|  ab  "), ("'{a}'.format_map({'a': n})", "3"),
+    ("s|replace('a', 'xy')", "xyb"), ("s.replace('b', 'cd')", "acd"),
+    ("qs|join(', ')", "a, b"), ("', '.join(qs)", "a, b"), ("[1, 2]|join", "12"),
+    ("[{'k': 'x'}, {'k': 'y'}]|join('/', attribute='k')", "x/y"),
+    ("s.translate({97: 'A'})", "Ab"), ("'abcdefghijklmnop'|truncate(9)", "abcdef..."),
+    ("[1, [s]]|tojson(indent=1)", '[\n 1,\n [\n  "ab"\n ]\n]'), ("qs|tojson", '["a", "b"]'),
+    ("lipsum(1, false, 2, 3)|wordcount", "2"),
+])
+def test_ordinary_growing_calls_render_as_before(expression: str, rendered: str) -> None:
+    body = render_body(template(f"{{{{ {expression} }}}}"),
+                       {"s": "ab", "n": 3, "qs": ["a", "b"]}, {}, max_chars=1000)
+    assert body["messages"][0]["content"] == rendered
+
+
+def test_a_growing_call_just_within_the_limit_renders() -> None:
+    spec = template("{{ s.center(n) }}{{ ctx.replace('a', 'bb') }}")
+    content = render_body(spec, {"s": "ab", "n": 500, "ctx": "a" * 250}, {},
+                          max_chars=1000)["messages"][0]["content"]
+    assert len(content) == 1000
