@@ -69,14 +69,15 @@ def deciding(tenant: Status | None, key: Status | None) -> list[Status]:
     """The statuses that decide for a key whose tenant-wide grant is `tenant` and whose
     own grant is `key` (None: no such grant), as `refusal` reads them.
 
-    A decision on the key's own grant (approved or denied) decides alone: denying one key
-    revokes it even under a tenant-wide approval, and approving one key opens it under a
-    tenant-wide denial. A key's own pending request is not a decision: it never takes a
-    tenant-wide approval away, it only says the key is waiting.
+    A key's own grant, once it exists, decides alone: denying one key revokes it even
+    under a tenant-wide approval, and approving one key opens it under a tenant-wide
+    denial. Its pending state decides too: a key denied on its own grant that asks again
+    is waiting for an admin, not let back in by the tenant's approval. (A key that has
+    access already may not ask for it, `ingress.access`, so asking never locks it out.)
     """
-    if key in ("approved", "denied"):
+    if key is not None:
         return [key]
-    return [status for status in (tenant, key) if status is not None]
+    return [] if tenant is None else [tenant]
 
 
 def refusal(resource: str, statuses: Sequence[Status]) -> AccessNotApproved | None:

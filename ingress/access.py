@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from starlette.requests import Request
 from starlette.responses import Response
 
-from broker.access import ADMIN_ACTOR, AccessGate, Action, parse_resource
+from broker.access import ADMIN_ACTOR, AccessGate, Action, parse_resource, refusal
 from broker.config import SluiceConfig
 from broker.errors import (
     AccessNotApproved,
@@ -152,9 +152,16 @@ def register_access_routes(app: FastAPI, services: IngressServices, gate: Access
         _, model = parse_resource(resource)
         if resource.startswith("model:") and not principal.may_use(model):
             raise UnknownModel(model)  # a key limited to other models learns nothing more
+        key_id = principal.api_key_id if scope == "key" else ""
+        if key_id and refusal(resource, await store.statuses(
+                principal.tenant, key_id, resource)) is None:
+            # Its own request would now decide for it (pending): asking must not lock a
+            # key out of what its tenant's approval already opens.
+            raise InvalidRequest(f"This key already has access to {resource}.",
+                                 code="access_already_granted", param="resource")
         grant = await store.request(
             principal.tenant, resource,
-            key_id=principal.api_key_id if scope == "key" else "",
+            key_id=key_id,
             reason=_text(data, "reason"), actor=principal.api_key_id)
         gate.forget(principal.tenant)
         return json_response(grant.as_json())

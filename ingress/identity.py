@@ -90,6 +90,8 @@ class JwksCache:
         if (fetched_at is None or now - fetched_at >= self._ttl_s) and self._may_fetch(url, now):
             await self._refresh(url)
             refreshed = True
+        else:
+            await self._fetch_in_flight(url)  # another caller is asking: its answer is ours
         found = self._find(url, kid)
         if found is None and not refreshed and self._may_fetch(url, now):
             await self._refresh(url)
@@ -106,6 +108,14 @@ class JwksCache:
                 retry_after_s=retry_after_s)
         raise AuthenticationFailed(f"The token's signing key ({kid}) is not one of "
                                    f"issuer {issuer.issuer}'s keys.")
+
+    async def _fetch_in_flight(self, url: str) -> None:
+        # A fetch under way counts as an attempt (`_may_fetch` says no), so without this
+        # wait every token arriving during an ingress's first fetch would be refused.
+        lock = self._locks.get(url)
+        if lock is not None and lock.locked():
+            async with lock:
+                pass
 
     def _may_fetch(self, url: str, now: float) -> bool:
         attempted_at = self._attempted_at.get(url)

@@ -112,7 +112,8 @@ def key_body_with_alerts(record: ApiKeyRecord, rule: AlertRule | None,
     return key_body(record) | key_alert_fields(rule, last)
 
 
-BOUNDED = ("models", "rpm", "tpm", "guardrails", "ip_allow", "ip_deny")
+BOUNDED = ("models", "rpm", "tpm", "monthly_budget_usd", "monthly_budget_tokens",
+           "expires_at", "guardrails", "ip_allow", "ip_deny")
 """The limits of a tenant admin's own key that bound the keys it creates or changes."""
 
 
@@ -138,8 +139,8 @@ def _exceeded(name: str, own: Any, given: Any) -> str | None:
         return f"you are limited ({name} {_shown(own)}), so the key must be too"
     if name == "models" and not set(given) <= set(own):
         return f"models {_shown(set(given) - set(own))} are not among yours"
-    if name in ("rpm", "tpm") and given > own:
-        return f"{name} {given} is above yours ({own})"
+    if name in CEILINGS and given > own:  # a later expiry is a wider limit too
+        return f"{name} {_shown(given)} is above yours ({_shown(own)})"
     if name == "guardrails" and not set(own) <= set(given):
         return f"guardrails must include yours ({_shown(own)})"
     if name == "ip_allow" and not all(_covered(net, own) for net in networks(given)):
@@ -149,15 +150,23 @@ def _exceeded(name: str, own: Any, given: Any) -> str | None:
     return None
 
 
+CEILINGS = ("rpm", "tpm", "monthly_budget_usd", "monthly_budget_tokens", "expires_at")
+"""Limits a key may hold at most as high (as late) as the caller's own."""
+
+
 def _shown(values: Any) -> str:
-    return ", ".join(sorted(values)) if not isinstance(values, int) else str(values)
+    if isinstance(values, datetime):
+        return values.isoformat()
+    if isinstance(values, int | Decimal):
+        return str(values)
+    return ", ".join(sorted(values))
 
 
 def require_within(own: KeyLimits, given: Mapping[str, object]) -> None:
     """Refuse limits `given` to a key (by name; those of `BOUNDED` are checked) that are
-    wider than the caller's own key's `own`: models a subset of the caller's, rpm and tpm
-    not above its, its guardrails included, its allow list kept (the key's within it),
-    its deny list kept.
+    wider than the caller's own key's `own`: models a subset of the caller's, rpm, tpm,
+    monthly budgets and expiry not above (later than) its, its guardrails included, its
+    allow list kept (the key's within it), its deny list kept.
 
     Raises:
         AccessNotApproved: 403 `exceeds_own_limits`, naming the first limit exceeded.

@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
@@ -86,9 +87,12 @@ def _collect_garbage_at_teardown(_freeze_imported_objects: None) -> Iterator[Non
     """Charge a leaked socket or file to the test that leaked it.
 
     An unclosed resource warns when the garbage collector frees it, and with warnings as
-    errors that fails whichever test is running then, often an innocent later one.
+    errors that fails whichever test is running then, often an innocent later one. A failed
+    test's frames stay alive in `sys.last_traceback` (pytest keeps them for post-mortem
+    debugging) until another test fails: dropped here, so what they hold is charged now.
     """
     yield
+    sys.last_type = sys.last_value = sys.last_traceback = None
     gc.collect()
 
 

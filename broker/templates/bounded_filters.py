@@ -2,7 +2,8 @@
 
 `center`, `indent`, `format`, `join`, `replace`, `wordwrap` and `tojson` (its `indent`)
 can make a value far longer than their inputs in one call (a caller's width, or one
-input's length times another's), as can the global `lipsum(n)`.
+input's length times another's), as can the global `lipsum(n)`; `batch` (filled) and
+`slice` make as many items or lists as a caller's number says.
 Each wrapper takes the default filter's arguments (and its `pass_eval_context` /
 `pass_environment` first argument), bounds the result (`growth`), and then calls the
 default filter unchanged. `truncate` needs none: its result is at most its input plus the
@@ -35,6 +36,7 @@ def bounded_filters(defaults: dict[str, Callable[..., Any]],
     center, indent, format_, join = (defaults[name] for name in ("center", "indent",
                                                                  "format", "join"))
     replace, wordwrap, tojson = defaults["replace"], defaults["wordwrap"], defaults["tojson"]
+    batch, slice_ = defaults["batch"], defaults["slice"]
     # Each returns what the default returns (a Markup stays a Markup): typed Any.
 
     def bounded_center(value: Any, width: int = 80) -> Any:
@@ -87,9 +89,21 @@ def bounded_filters(defaults: dict[str, Callable[..., Any]],
         refuse_past_limit(json_bound(compact, value, indent), limit, "tojson")
         return tojson(eval_ctx, value, indent)
 
+    def bounded_batch(value: Any, linecount: int, fill_with: Any = None) -> Any:
+        if fill_with is not None:  # the last batch is filled up to `linecount` items
+            refuse_past_limit(linecount if isinstance(linecount, int) else None, limit,
+                              "batch")
+        return batch(value, linecount, fill_with)
+
+    @pass_eval_context
+    def bounded_slice(eval_ctx: EvalContext, value: Any, slices: int,
+                      fill_with: Any = None) -> Any:
+        refuse_past_limit(slices if isinstance(slices, int) else None, limit, "slice")
+        return slice_(eval_ctx, value, slices, fill_with)
+
     return {"center": bounded_center, "indent": bounded_indent, "format": bounded_format,
             "join": bounded_join, "replace": bounded_replace, "wordwrap": bounded_wordwrap,
-            "tojson": bounded_tojson}
+            "tojson": bounded_tojson, "batch": bounded_batch, "slice": bounded_slice}
 
 
 LOREM_WORD_CHARS = 14

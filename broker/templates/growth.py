@@ -161,8 +161,10 @@ def _printed_length(value: Any, conversion: str) -> int:
     """Generous length of `value` printed by a `%` conversion without width."""
     if isinstance(value, int | float):  # an int's decimal digits: under a third of its bits
         return _NUMBER_DIGITS + (value.bit_length() // 3 if isinstance(value, int) else 0)
-    if conversion in "sb":
-        return len(value) if isinstance(value, Text) else len(str(value))
+    if conversion in "sb" and isinstance(value, str):
+        return len(value)
+    if conversion in "sb" and not isinstance(value, bytes | bytearray):
+        return len(str(value))  # (bytes under `s` print as their repr: below)
     # repr() may escape a character as `\U0001f600`: ten times its length at most.
     return 10 * len(str(value)) + 2
 

@@ -75,7 +75,8 @@ class BoundedSandbox(SandboxedEnvironment):
         elif operator == "**":
             self._check_power(left, right)
         elif isinstance(left, Text):  # printf-style formatting, not a remainder
-            refuse_past_limit(printf_bound(left, right), self.max_chars, "a '%' format")
+            refuse_past_limit(_escaped(left, printf_bound(left, right)), self.max_chars,
+                              "a '%' format")
         return super().call_binop(context, operator, left, right)
 
     def call(self, context: Context, obj: Any, /, *args: Any, **kwargs: Any) -> Any:
@@ -85,8 +86,8 @@ class BoundedSandbox(SandboxedEnvironment):
         if isinstance(receiver, Text) and name in GROWING_METHODS:
             if name == "join" and args:  # measured, then joined: an iterator runs once
                 args = (list(args[0]), *args[1:])
-            refuse_past_limit(method_bound(receiver, name, args, kwargs), self.max_chars,
-                              f"{type(receiver).__name__}.{name}()")
+            refuse_past_limit(_escaped(receiver, method_bound(receiver, name, args, kwargs)),
+                              self.max_chars, f"{type(receiver).__name__}.{name}()")
         return super().call(context, obj, *args, **kwargs)
 
     def wrap_str_format(self, value: Any) -> Callable[..., str] | None:
@@ -111,7 +112,8 @@ class BoundedSandbox(SandboxedEnvironment):
 
     def _check_product(self, left: Any, right: Any) -> None:
         for sequence, times in ((left, right), (right, left)):
-            if isinstance(sequence, str | list | tuple) and isinstance(times, int):
+            if isinstance(sequence, str | bytes | bytearray | list | tuple) \
+                    and isinstance(times, int):
                 size = len(sequence) * times
                 if size > self.max_chars:
                     raise OverLimit(f"an expression would repeat a value to {size:,} items")
@@ -127,6 +129,16 @@ class BoundedSandbox(SandboxedEnvironment):
         if isinstance(base, int) and isinstance(exponent, int) \
                 and base.bit_length() * exponent > MAX_NUMBER_BITS:
             raise OverLimit(f"a power would exceed {MAX_NUMBER_BITS:,} bits")
+
+
+MARKUP_ESCAPE_GROWTH = 5
+"""How much longer escaping makes a text at most: `'` becomes `&#39;`."""
+
+
+def _escaped(receiver: Any, bound: int | None) -> int | None:
+    # A Markup (`|safe`) escapes what it is combined with: up to five times as long.
+    return bound * MARKUP_ESCAPE_GROWTH if bound is not None and isinstance(
+        receiver, Markup) else bound
 
 
 class _BoundedFormatter(SandboxedFormatter):

@@ -2,8 +2,8 @@
 
 - A batch made while its gated model was approved, launched after a denial: that model's
   lines are answered `access_denied` in the error file, the others run.
-- A denial of one key's own grant revokes it under a tenant-wide approval; a key's own
-  pending request does not take the tenant-wide approval away.
+- A denial of one key's own grant revokes it under a tenant-wide approval, and asking again
+  leaves it waiting for an admin; a key that has access may not ask (no self-lockout).
 - A tenant admin acting through a key with limits creates and changes keys only within
   them, and may not change its own key's; the admin is not limited. Members do not list
   the tenant's keys in the console; a tenant admin does.
@@ -117,7 +117,7 @@ async def test_a_denial_stops_the_lines_of_a_batch_made_before_it(
                               id=created.id) in ("in_progress", "finalizing", "completed")
 
 
-async def test_a_keys_own_decision_overrides_the_tenants_and_its_pending_does_not(
+async def test_a_keys_own_grant_decides_over_the_tenants(
     stack: Stack
 ) -> None:
     other_secret, other = await create_api_key(stack.engine, "acme")
@@ -131,18 +131,23 @@ async def test_a_keys_own_decision_overrides_the_tenants_and_its_pending_does_no
         own = await stack.client.post("/v1/admin/access", headers=ADMIN, json={
             "resource": f"model:{GATED}", "tenant": "acme", "key_id": other.id,
             "reason": "contractor key"})
-        # Its own pending request (made by the admin) takes nothing away yet.
         assert own.json()["status"] == "pending"
-        assert await _code(theirs) is None
         await _decide(stack, own.json()["id"], "deny")
         assert await _code(theirs) == "access_denied"
         assert await _code(mine) is None
 
-        # The key asks again: pending is no decision, the tenant's approval stands again.
+        # The denied key asks again: it waits for an admin, the tenant's approval does not
+        # let it back in.
         again = await stack.client.post("/v1/access/requests", headers=_bearer(other_secret),
                                         json={"resource": f"model:{GATED}", "reason": "pls"})
         assert again.json()["status"] == "pending"
-        assert await _code(theirs) is None
+        assert await _code(theirs) == "access_pending"
+        # A key that has access (through its tenant) may not ask: that would lock it out.
+        asked = await stack.client.post("/v1/access/requests", headers=stack.auth,
+                                        json={"resource": f"model:{GATED}", "reason": "x"})
+        assert asked.status_code == 400 and \
+            asked.json()["error"]["code"] == "access_already_granted"
+        assert await _code(mine) is None
 
         # The tenant-wide grant denied, one key approved on its own: that key alone calls.
         await _decide(stack, tenant_wide.json()["id"], "deny")

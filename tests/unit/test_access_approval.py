@@ -49,8 +49,9 @@ def test_refusal_codes(statuses: tuple[Status, ...], code: str | None) -> None:
     ("approved", "denied", "access_denied"),
     ("denied", "approved", None),
     ("pending", "denied", "access_denied"),
-    # The key's own pending request is no decision: a tenant-wide approval stands.
-    ("approved", "pending", None),
+    # The key's own pending request decides too: a key denied on its own grant that asks
+    # again waits for an admin, whatever the tenant's approval says.
+    ("approved", "pending", "access_pending"),
     ("denied", "pending", "access_pending"),
     (None, "pending", "access_pending"),
     # Without a grant of its own, the tenant's decides.

@@ -5,6 +5,7 @@ fetches)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
@@ -262,3 +263,20 @@ def test_an_unreachable_issuer_is_a_503_with_retry_after() -> None:
                                                 retry_after_s=29.5))
     assert response.status_code == 503 and response.headers["retry-after"] == "30"
     assert ISSUER in json.loads(bytes(response.body))["error"]["message"]
+
+
+async def test_tokens_arriving_during_the_first_fetch_wait_for_it(issuer: Issuer) -> None:
+    answered = asyncio.Event()
+
+    async def slow(request: httpx.Request) -> httpx.Response:
+        issuer.fetches += 1
+        await answered.wait()  # the issuer answers once every token is waiting
+        return httpx.Response(200, json=issuer.jwks())
+
+    cache = JwksCache(ttl_s=600, min_refetch_s=30, transport=httpx.MockTransport(slow))
+    config = IssuerConfig(issuer=ISSUER, jwks_url=JWKS_URL, audience=AUDIENCE)
+    waiting = [asyncio.ensure_future(cache.key(config, "rsa-1")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    answered.set()
+    keys = await asyncio.gather(*waiting)
+    assert len(keys) == 3 and issuer.fetches == 1  # one fetch served all three

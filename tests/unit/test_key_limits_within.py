@@ -3,16 +3,24 @@ each limit it could otherwise escape, and what stays allowed."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
 import pytest
 
 from broker.errors import AccessNotApproved
 from broker.stores.keys import KeyLimits
 from ingress.key_admin import bounded_limits, require_within
 
+EXPIRES = datetime(2027, 1, 1, tzinfo=UTC)
 OWN = KeyLimits(models=frozenset({"a", "b"}), rpm=100, tpm=10_000, guardrails=("pii",),
-                ip_allow=("10.0.0.0/8",), ip_deny=("10.9.0.0/16",), role="tenant_admin")
+                ip_allow=("10.0.0.0/8",), ip_deny=("10.9.0.0/16",), role="tenant_admin",
+                monthly_budget_usd=Decimal("50"), monthly_budget_tokens=1_000_000,
+                expires_at=EXPIRES)
 WITHIN = KeyLimits(models=frozenset({"a"}), rpm=100, tpm=5_000, guardrails=("pii", "inj"),
-                   ip_allow=("10.1.0.0/16", "10.2.3.4/32"), ip_deny=("10.9.0.0/16",))
+                   ip_allow=("10.1.0.0/16", "10.2.3.4/32"), ip_deny=("10.9.0.0/16",),
+                   monthly_budget_usd=Decimal("50"), monthly_budget_tokens=10,
+                   expires_at=EXPIRES - timedelta(days=1))
 
 
 def test_a_key_within_every_limit_passes() -> None:
@@ -31,6 +39,12 @@ def test_an_unlimited_caller_limits_nothing() -> None:
     ({"rpm": None}, "rpm"),
     ({"rpm": 101}, "rpm 101 is above yours (100)"),
     ({"tpm": 10_001}, "tpm 10001 is above yours (10000)"),
+    ({"monthly_budget_usd": None}, "monthly_budget_usd"),
+    ({"monthly_budget_usd": Decimal("50.01")}, "monthly_budget_usd 50.01 is above yours (50)"),
+    ({"monthly_budget_tokens": 1_000_001}, "monthly_budget_tokens 1000001 is above yours"),
+    # A key that outlives its maker's would keep its rights after the maker's expire.
+    ({"expires_at": None}, "expires_at"),
+    ({"expires_at": EXPIRES + timedelta(seconds=1)}, "expires_at 2027-01-01T00:00:01+00:00"),
     ({"guardrails": None}, "guardrails"),
     ({"guardrails": ("inj",)}, "guardrails must include yours (pii)"),
     ({"ip_allow": None}, "ip_allow"),

@@ -388,3 +388,21 @@ async def test_a_pool_stops_at_once_while_a_takeover_waits_for_the_ledger() -> N
     stop.set()
     await asyncio.wait_for(worker, 20)  # a guard: the drain alone would wait 120 s
     assert offsets.closed == 1 and pool.slots.used == 0
+
+
+class TimingOutOffsets(MemoryLedgerOffsets):
+    """A socket that times out (a TimeoutError of its own, not the catch-up's cap)."""
+
+    async def committed(self, partitions: Collection[int]) -> dict[int, int]:
+        raise TimeoutError("read timed out")
+
+
+async def test_a_socket_timeout_is_kafka_unavailable_not_the_cap(
+    caplog: pytest.LogCaptureFixture
+) -> None:
+    offsets = TimingOutOffsets({0: 7})
+    with caplog.at_level(logging.WARNING, "sluice.worker"):
+        # Unavailable: nothing more to look up (False), unlike a cap reached (True).
+        assert await LedgerCatchUp(offsets).after_takeover(time.time()) is False
+    assert "cannot read the ledger's progress (read timed out)" in caplog.text
+    assert offsets.closed == 1

@@ -55,7 +55,7 @@ def test_a_loop_over_a_callers_long_list_stops_at_the_limit() -> None:
 
 
 @pytest.mark.parametrize("content", ["{{ s * n }}", "{{ n * s }}", "{{ [s] * n }}",
-                                     "{{ (s, s) * n }}"])
+                                     "{{ (s, s) * n }}", "{{ (s.encode() * n)|length }}"])
 def test_one_multiplication_cannot_build_a_huge_value(content: str) -> None:
     error = too_large(template(content), {"s": "ab", "n": 10**8})
     assert "items" in str(error)
@@ -198,6 +198,7 @@ GROWING_CALLS = [
     ("ctx|replace('a', ctx)", "replace"), ("ctx.replace('', ctx)", "str.replace()"),
     ("ctx.translate({97: ctx})", "str.translate()"), ("[s]|map('center', n)|list", "center"),
     ("qs|tojson(indent=n)", "tojson"), ("lipsum(n)", "lipsum"),
+    ("[1]|batch(n, 0)|list", "batch"), ("[1]|slice(n)|list", "slice"),
 ]
 
 
@@ -209,6 +210,8 @@ def test_a_growing_call_is_refused_before_it_runs(expression: str, refused: str)
 
 @pytest.mark.parametrize(("expression", "rendered"), [
     ("s|center(8)", "   ab   "), ("s.center(7, '*')", "***ab**"), ("s.ljust(4) ~ '|'", "ab  |"),
+    ("[1, 2, 3]|batch(2, 0)|list", "[[1, 2], [3, 0]]"),
+    ("[1, 2, 3]|slice(2)|list", "[[1, 2], [3]]"),
     ("s.zfill(4)", "00ab"), ("'a\tb'.expandtabs(4)", "a   b"),
     ("'a\nb'|indent(2, first=true)", "  a\n  b"), ("'a b c d'|wordwrap(3)", "a b\nc d"),
     ("'%5s|%-3d|%.2f|%%' % (s, 7, 1.234)", "   ab|7  |1.23|%"),
@@ -232,3 +235,14 @@ def test_a_growing_call_just_within_the_limit_renders() -> None:
     content = render_body(spec, {"s": "ab", "n": 500, "ctx": "a" * 250}, {},
                           max_chars=1000)["messages"][0]["content"]
     assert len(content) == 1000
+
+
+@pytest.mark.parametrize("expression", [
+    "('x'|safe).join([ctx])", "('a'|safe).replace('a', ctx)", "('%s'|safe) % ctx",
+    "'%s' % ctx.encode()",
+])
+def test_escaping_and_reprs_are_counted_at_their_full_length(expression: str) -> None:
+    # Each result is several times its inputs' length: escaped quotes, a bytes repr.
+    error = too_large(template(f"{{% set x = {expression} %}}ok"), HUGE | {"ctx": "'" * 300},
+                      max_chars=1000)
+    assert "1,000 characters" in str(error)

@@ -22,7 +22,6 @@ waiting for it go back to Kafka uncalled, as those waiting for budget do.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 import time
@@ -125,19 +124,21 @@ class LedgerCatchUp:
         latest = self._latest
         if latest is not None and not latest.done():
             latest.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await latest
+            # Waited for, not awaited: a cancel of the caller itself must still reach it.
+            await asyncio.wait([latest])
 
     async def _catch_up(self, offsets: LedgerOffsets, stop: asyncio.Event | None) -> Outcome:
+        deadline = asyncio.timeout(self._max_wait_s + self._stuck_question_s)
         try:
-            async with asyncio.timeout(self._max_wait_s + self._stuck_question_s):
+            async with deadline:
                 return await self._wait(offsets, stop)
-        except TimeoutError:
-            log.warning("Kafka did not answer how far the ledger has read within %.0f s; "
-                        "calling requests taken over, an answer the ledger has not recorded "
-                        "yet may be billed twice", self._max_wait_s + self._stuck_question_s)
-            return Outcome.GAVE_UP
-        except (KafkaError, BrokerUnavailable, OSError) as exc:
+        except (KafkaError, BrokerUnavailable, OSError) as exc:  # TimeoutError is an OSError
+            if isinstance(exc, TimeoutError) and deadline.expired():
+                log.warning("Kafka did not answer how far the ledger has read within %.0f s; "
+                            "calling requests taken over, an answer the ledger has not "
+                            "recorded yet may be billed twice",
+                            self._max_wait_s + self._stuck_question_s)
+                return Outcome.GAVE_UP
             log.warning("cannot read the ledger's progress (%s); requests taken over are "
                         "called unless already recorded", exc)
             return Outcome.UNAVAILABLE
