@@ -420,12 +420,14 @@ def create_app(services: IngressServices) -> FastAPI:
         await ingress.publisher.start()
         if ingress.publisher.ready:  # with Kafka away we serve 503s instead of waiting
             await ingress.replies.wait_ready(10.0)
-        yield
-        await ingress.publisher.stop()
-        await ingress.cache.close()  # hits answered but not yet recorded
-        await ingress.replies.stop()
-        if announcements is not None:
-            await announcements.stop()
+        try:
+            yield
+        finally:  # also when the app's host fails (a test's body raising inside it)
+            await ingress.publisher.stop()
+            await ingress.cache.close()  # hits answered but not yet recorded
+            await ingress.replies.stop()
+            if announcements is not None:
+                await announcements.stop()
 
     # FastAPI's native OpenTelemetry hook probes the environment on every request (7% of
     # ingress CPU in the profile) although no OpenTelemetry provider is configured.

@@ -27,6 +27,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import asyncpg
 import pytest
+from fastapi.dependencies import models as fastapi_models
 from pydantic import SecretStr
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine
@@ -93,6 +94,14 @@ def _collect_garbage_at_teardown(_freeze_imported_objects: None) -> Iterator[Non
     """
     yield
     sys.last_type = sys.last_value = sys.last_traceback = None
+    # FastAPI's callable classifications (lru_caches keyed by each route function) keep
+    # the last few dozen apps alive, and an app holds its ingress's producer and engine:
+    # a leak would surface dozens of tests later. Private names, hence looked up softly.
+    for name in ("_is_gen_callable_cached", "_is_async_gen_callable_cached",
+                 "_is_coroutine_callable_cached"):
+        cached = getattr(fastapi_models, name, None)
+        if cached is not None:
+            cached.cache_clear()
     gc.collect()
 
 

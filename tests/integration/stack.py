@@ -192,6 +192,8 @@ async def running_stack(
             yield Stack(client, api_key, engine, sim_client, kafka, app.state.ingress)
     finally:
         stop.set()
-        await _stopped(tasks, 60)
-        await sim_client.aclose()
-        await engine.dispose()
+        try:
+            await _stopped(tasks, 60)
+        finally:  # a stack that did not stop still closes what the test opened
+            await sim_client.aclose()
+            await engine.dispose()

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 import httpx
+import pytest
 
 from broker.batches.settings import BatchSettings
 from broker.config import SluiceConfig, parse_config
@@ -116,3 +117,15 @@ async def test_queued_requests_all_reach_the_results_topic_once() -> None:
             await asyncio.sleep(0.05)
     assert sorted(r.request_id for r in results) == sorted(ids)
     assert {r.status for r in results} == {RequestStatus.SUCCEEDED}
+
+
+async def test_the_lifespan_closes_kafka_when_its_host_fails() -> None:
+    kafka = KafkaSettings(kafka_bootstrap=f"memory://{uuid.uuid4().hex}")
+    app = create_app(IngressServices(settings=IngressSettings(), kafka=kafka, config=_config(),
+                                     api_keys=_OneKey(), requests=_NoLedger(),
+                                     webhooks=WebhookSettings(), batches=BatchSettings()))
+    with pytest.raises(RuntimeError, match="the host failed"):
+        async with app.router.lifespan_context(app):
+            assert app.state.ingress.publisher.ready
+            raise RuntimeError("the host failed")
+    assert not app.state.ingress.publisher.ready  # its producer was stopped and dropped
