@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import openai
@@ -21,40 +20,23 @@ from sqlalchemy import text
 
 from broker.batches.files import FileStore
 from broker.batches.settings import BatchSettings
-from broker.config import SluiceConfig, parse_config
 from broker.estimates import Estimator
 from broker.kafka import new_producer
-from broker.settings import IngressSettings, KafkaSettings
+from broker.settings import KafkaSettings
 from broker.stores.access import AccessStore
 from broker.stores.keys import create_api_key
-from tests.integration.stack import SIM_BASE, Stack, running_stack
+from tests.integration.stack import Stack
+from tests.integration.test_access_approval import ADMIN, MODEL, _config
+from tests.integration.test_access_approval import stack as access_stack
 from workers.batches.claims import claim
 from workers.batches.launcher import Launcher
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka_engine("apache")]
 
-ADMIN_KEY = "sk-admin-revocation-tests-0123456789abcdef"
-ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
-GATED = "gpt-4o"
-OPEN = "gpt-4o-mini"
-
-
-def _config() -> SluiceConfig:
-    return parse_config({
-        "models": {GATED: {"deployments": ["sim"], "requires_approval": True},
-                   OPEN: {"deployments": ["sim"]}},
-        "deployments": {"sim": {"provider": "openai", "base_url": f"{SIM_BASE}/v1",
-                                "model": "gpt-4o-mini", "input_usd_per_mtok": "0.15",
-                                "output_usd_per_mtok": "0.60"}},
-    })
-
-
-@pytest.fixture
-async def stack(kafka_settings: KafkaSettings, database_url: str) -> AsyncIterator[Stack]:
-    ingress = IngressSettings(sync_timeout_s=20, admin_key=ADMIN_KEY)
-    async with running_stack(kafka_settings, database_url, config=_config(),
-                             ingress=ingress) as running:
-        yield running
+# The access tests' stack (`access_stack`): MODEL requires approval, "open-model" not.
+GATED = MODEL
+OPEN = "open-model"
+stack = access_stack
 
 
 def _bearer(secret: str) -> dict[str, str]:
@@ -171,7 +153,7 @@ async def test_a_tenant_admin_hands_out_keys_within_its_own_limits(stack: Stack)
     assert made.status_code == 201, made.text
     lead, lead_id = _bearer(made.json()["secret"]), made.json()["id"]
 
-    escapes = [({}, "models"), (limits | {"models": [OPEN, GATED]}, "models gpt-4o"),
+    escapes = [({}, "models"), (limits | {"models": [OPEN, GATED]}, f"models {GATED}"),
                (limits | {"rpm": 101}, "rpm 101"), (limits | {"tpm": None}, "tpm"),
                (limits | {"ip_allow": None}, "ip_allow"),
                (limits | {"ip_allow": ["10.0.0.0/8"]}, "ip_allow"),

@@ -12,17 +12,13 @@ import httpx
 import pytest
 
 from broker.config import parse_config
-from broker.identity.config import Role
-from ingress.identity import RolePrincipal
-from ingress.services import Principal
-from tests.unit.edge_app import bearer, edge_client
+from tests.unit.edge_app import RoleKeys, bearer, edge_client
 
 ADMIN = "admin-secret-for-the-admin-role-tests-0123456789"
 CONFIG = parse_config({
     "models": {"m": {"deployments": ["sim"]}},
     "deployments": {"sim": {"provider": "simulated", "model": "gpt-4o-mini"}},
 })
-ROLES: tuple[Role, ...] = ("admin", "tenant_admin", "member", "analyst")
 ADMIN_ONLY: list[tuple[str, str, dict[str, Any] | None]] = [
     ("GET", "/console/api/queues", None), ("GET", "/console/api/budgets", None),
     ("GET", "/console/api/workers", None), ("GET", "/console/api/dead-letters", None),
@@ -35,19 +31,12 @@ ADMIN_ONLY: list[tuple[str, str, dict[str, Any] | None]] = [
 ]
 
 
-class _Keys:
-    """`sk-<role>` is a key of tenant acme with that role."""
-
-    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
-        role = secret.removeprefix("sk-")
-        if role not in ROLES:
-            return None
-        return RolePrincipal(tenant="acme", api_key_id=f"key_{role}", role=role)
+KEYS = RoleKeys()  # `sk-<role>` is a key of tenant acme with that role
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with edge_client(CONFIG, _Keys(), admin_key=ADMIN, kafka="admin-role",
+    async with edge_client(CONFIG, KEYS, admin_key=ADMIN, kafka="admin-role",
                            prefix="r.") as client:
         yield client
 

@@ -10,10 +10,8 @@ import httpx
 import pytest
 
 from broker.config import parse_config
-from broker.identity.config import Role
-from ingress.identity import RolePrincipal
 from ingress.services import Principal
-from tests.unit.edge_app import bearer, edge_client
+from tests.unit.edge_app import RoleKeys, bearer, edge_client
 
 ADMIN = "admin-secret-for-the-key-admin-edge-tests-0123456789"
 CONFIG = parse_config({
@@ -21,26 +19,17 @@ CONFIG = parse_config({
                "gpt-4o-mini": {"deployments": ["sim"]}},
     "deployments": {"sim": {"provider": "simulated", "model": "gpt-4o-mini"}},
 })
-ROLES: tuple[Role, ...] = ("admin", "tenant_admin", "member", "analyst")
 
 
-class _Keys:
-    """`sk-<role>` is a key of tenant acme with that role; `sk-mini` a member key limited
-    to gpt-4o-mini."""
-
-    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
-        if secret == "sk-mini":
-            return Principal(tenant="acme", api_key_id="key_mini",
-                             models=frozenset({"gpt-4o-mini"}))
-        role = secret.removeprefix("sk-")
-        if role not in ROLES:
-            return None
-        return RolePrincipal(tenant="acme", api_key_id=f"key_{role}", role=role)
+# `sk-<role>` is a key of tenant acme with that role; `sk-mini` a member key limited to
+# gpt-4o-mini.
+KEYS = RoleKeys({"sk-mini": Principal(tenant="acme", api_key_id="key_mini",
+                                      models=frozenset({"gpt-4o-mini"}))})
 
 
 @pytest.fixture
 async def client() -> AsyncIterator[httpx.AsyncClient]:
-    async with edge_client(CONFIG, _Keys(), admin_key=ADMIN, kafka="key-admin-edge",
+    async with edge_client(CONFIG, KEYS, admin_key=ADMIN, kafka="key-admin-edge",
                            prefix="k.") as client:
         yield client
 

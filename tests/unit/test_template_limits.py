@@ -10,21 +10,15 @@ from typing import Any
 
 import httpx
 import pytest
-from pydantic import SecretStr
-from sqlalchemy.ext.asyncio import create_async_engine
 
 import ingress.templates
 from broker.batches.lines import InputLine, parse_line
-from broker.batches.settings import BatchSettings
 from broker.batches.template_calls import TemplateBook
 from broker.config import parse_config
 from broker.errors import InvalidRequest
-from broker.settings import IngressSettings, KafkaSettings
 from broker.templates import MAX_RENDERED_CHARS, PromptTemplate, TemplateSpec, render_body
-from broker.webhooks.settings import WebhookSettings
-from ingress.app import create_app
-from ingress.services import IngressServices, LedgerAccess, Principal, StoredRequest
-from tests.unit.edge_app import bearer
+from ingress.services import Principal
+from tests.unit.edge_app import RoleKeys, bearer, edge_client
 
 VARIABLES = [{"name": "ctx", "type": "string"}, {"name": "s", "type": "string"},
              {"name": "n", "type": "number"}, {"name": "qs", "type": "list"}]
@@ -108,16 +102,6 @@ def test_a_batch_line_is_answered_with_the_problem() -> None:
 BODY_LIMIT = 2048
 
 
-class _Keys:
-    async def principal(self, secret: str, *, cached_only: bool = False) -> Principal | None:
-        return Principal(tenant="acme", api_key_id="k1") if secret == "sk-user" else None
-
-
-class _NoRequests:
-    async def find(self, request_id: str) -> StoredRequest | None:
-        return None
-
-
 @pytest.fixture
 async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncClient]:
     stored = template(LOOP, "{{ s * n }}", version=1)
@@ -126,20 +110,12 @@ async def client(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[httpx.AsyncCl
         return stored if name == "big" else None  # the store, without PostgreSQL
 
     monkeypatch.setattr(ingress.templates, "get_template", get_template)
-    engine = create_async_engine("postgresql+asyncpg://sluice@127.0.0.1:9/none")
-    app = create_app(IngressServices(
-        settings=IngressSettings(admin_key=SecretStr("a" * 48), max_body_bytes=BODY_LIMIT),
-        kafka=KafkaSettings(kafka_bootstrap="memory://template-limits", topic_prefix="tl."),
-        config=parse_config({"models": {"m": {"deployments": ["sim"]}}, "deployments": {
-            "sim": {"provider": "simulated", "model": "gpt-4o-mini"}}}),
-        api_keys=_Keys(), requests=_NoRequests(), webhooks=WebhookSettings(),
-        batches=BatchSettings(), ledger=LedgerAccess(engine)))
-    try:
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
-                                     base_url="http://ingress") as client:
-            yield client
-    finally:
-        await engine.dispose()
+    config = parse_config({"models": {"m": {"deployments": ["sim"]}}, "deployments": {
+        "sim": {"provider": "simulated", "model": "gpt-4o-mini"}}})
+    keys = RoleKeys({"sk-user": Principal(tenant="acme", api_key_id="k1")})
+    async with edge_client(config, keys, admin_key="a" * 48, kafka="template-limits",
+                           prefix="tl.", max_body_bytes=BODY_LIMIT) as client:
+        yield client
 
 
 @pytest.mark.parametrize("variables", [
