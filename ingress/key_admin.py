@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from datetime import datetime
 from decimal import Decimal
-from ipaddress import IPv4Network, IPv6Network
+from ipaddress import IPv4Network, IPv6Network, collapse_addresses
 from typing import Annotated, Any
 
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
@@ -118,15 +118,14 @@ BOUNDED = ("models", "rpm", "tpm", "monthly_budget_usd", "monthly_budget_tokens"
 
 
 def _covered(inner: IPv4Network | IPv6Network, outer: tuple[str, ...]) -> bool:
-    """Whether `inner` lies within one of the CIDRs `outer` (of its own IP version)."""
-    for net in networks(outer):
-        if isinstance(inner, IPv4Network) and isinstance(net, IPv4Network) \
-                and inner.subnet_of(net):
-            return True
-        if isinstance(inner, IPv6Network) and isinstance(net, IPv6Network) \
-                and inner.subnet_of(net):
-            return True
-    return False
+    """Whether `inner` lies within the CIDRs `outer` together (of its own IP version):
+    adjacent entries are merged first, so two halves of a /8 cover the /8."""
+    nets = networks(outer)
+    if isinstance(inner, IPv4Network):
+        return any(inner.subnet_of(net) for net in collapse_addresses(
+            net for net in nets if isinstance(net, IPv4Network)))
+    return any(inner.subnet_of(net) for net in collapse_addresses(
+        net for net in nets if isinstance(net, IPv6Network)))
 
 
 def _exceeded(name: str, own: Any, given: Any) -> str | None:

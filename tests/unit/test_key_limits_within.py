@@ -29,6 +29,15 @@ def test_a_key_within_every_limit_passes() -> None:
     require_within(OWN, {"ip_deny": ["10.0.0.0/8"]})
 
 
+def test_lists_are_compared_as_a_whole_not_entry_by_entry() -> None:
+    # Two halves of the caller's deny list keep it; two halves of its allow list stay in.
+    require_within(OWN, {"ip_deny": ["10.9.0.0/17", "10.9.128.0/17"]})
+    split = KeyLimits(role="tenant_admin", ip_allow=("10.0.0.0/9", "10.128.0.0/9"))
+    require_within(split, {"ip_allow": ["10.0.0.0/8"]})
+    with pytest.raises(AccessNotApproved):
+        require_within(split, {"ip_allow": ["10.0.0.0/7"]})
+
+
 def test_an_unlimited_caller_limits_nothing() -> None:
     require_within(KeyLimits(role="tenant_admin"), bounded_limits(KeyLimits()))
 
