@@ -56,6 +56,17 @@ def _expected_text(chat: dict[str, Any]) -> str:
     return completion.choices[0].message.content or ""
 
 
+async def until_ended(client: anthropic.AsyncAnthropic, batch_id: str) -> Any:
+    """The Message Batch `batch_id` once its processing ended (polled for up to 40 s)."""
+    deadline = time.monotonic() + 40
+    batch = await client.messages.batches.retrieve(batch_id)
+    while batch.processing_status != "ended" and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        batch = await client.messages.batches.retrieve(batch_id)
+    assert batch.processing_status == "ended", batch
+    return batch
+
+
 @asynccontextmanager
 async def _stack(kafka: KafkaSettings, database_url: str, with_batches: bool = False,
                  **options: Any) -> AsyncIterator[tuple[Stack, Any]]:
@@ -221,12 +232,7 @@ async def test_a_message_batch_end_to_end(
         assert created.type == "message_batch" and created.id.startswith("msgbatch_")
         assert created.processing_status == "in_progress"
         assert created.request_counts.processing == 3 and created.results_url is None
-        deadline = time.monotonic() + 40
-        batch = created
-        while batch.processing_status != "ended" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            batch = await client.messages.batches.retrieve(created.id)
-        assert batch.processing_status == "ended", batch
+        batch = await until_ended(client, created.id)
         assert batch.ended_at is not None and batch.results_url
         assert batch.request_counts.to_dict() == {
             "processing": 0, "succeeded": 2, "errored": 1, "canceled": 0, "expired": 0}
@@ -264,12 +270,7 @@ async def test_cancelling_a_message_batch(
         canceling = await client.messages.batches.cancel(created.id)
         assert canceling.processing_status == "canceling"
         assert canceling.cancel_initiated_at is not None
-        deadline = time.monotonic() + 40
-        batch = canceling
-        while batch.processing_status != "ended" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            batch = await client.messages.batches.retrieve(created.id)
-        assert batch.processing_status == "ended", batch
+        batch = await until_ended(client, created.id)
         counts = batch.request_counts
         assert counts.canceled > 0 and counts.processing == counts.errored == 0
         assert counts.succeeded + counts.canceled == 200
@@ -338,12 +339,7 @@ async def test_deleting_a_message_batch(kafka_settings: KafkaSettings,
 
         await eventually(billed, timeout_s=30)  # some requests ran before the cancel
         await client.messages.batches.cancel(created.id)
-        deadline = time.monotonic() + 40
-        batch = await client.messages.batches.retrieve(created.id)
-        while batch.processing_status != "ended" and time.monotonic() < deadline:
-            await asyncio.sleep(0.1)
-            batch = await client.messages.batches.retrieve(created.id)
-        assert batch.processing_status == "ended", batch
+        await until_ended(client, created.id)
         recorded = await billed()
         async with stack.openai() as openai_client:
             files = await openai_client.batches.retrieve(ours)

@@ -8,8 +8,6 @@ error file like an unknown model's.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from broker.settings import KafkaSettings
 from broker.stores.keys import KeyLimits, create_api_key
 from tests.integration.stack import Stack, eventually
 from tests.integration.test_anthropic_ingress import _client as anthropic_client
+from tests.integration.test_anthropic_ingress import until_ended
 from tests.integration.test_batches import FINAL, _create, _lines, _until, _upload, batch_stack
 from tests.integration.test_routing import expected_variant, routing_config
 
@@ -114,12 +113,7 @@ async def test_anthropic_message_batch_lines_may_name_an_alias(
                     "model": model, "max_tokens": 16, "metadata": {"user_id": USERS[1]},
                     "messages": [{"role": "user", "content": "Hello"}]}}
                 for custom_id, model in (("alias", "ab-latest"), ("other", "ctx-latest"))])
-            deadline = time.monotonic() + 40
-            batch = created
-            while batch.processing_status != "ended" and time.monotonic() < deadline:
-                await asyncio.sleep(0.1)
-                batch = await client.messages.batches.retrieve(created.id)
-            assert batch.processing_status == "ended", batch
+            await until_ended(client, created.id)
             results = {entry.custom_id: entry.result
                        async for entry in await client.messages.batches.results(created.id)}
         assert results["alias"].type == "succeeded"
