@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from broker.errors import SluiceError
+
 Text = str | bytes | bytearray
 
 WIDENING_METHODS = frozenset({"center", "ljust", "rjust", "zfill"})
@@ -29,7 +31,7 @@ _NUMBER_DIGITS = 400
 ~310 digits); an integer's own digits are added from its size."""
 
 
-class OverLimit(Exception):
+class OverLimit(SluiceError):
     """An expression or the output went past the render's limit; `rendering` turns it into
     the caller's `InvalidRequest` naming the template."""
 
